@@ -1,0 +1,45 @@
+"""The contract between the stream (which builds windows) and the detector (which scores them).
+
+The stream hands over a batch of windows from many series at once; the scorer returns a raw
+anomaly error for the newest points of each window plus how much each dimension contributed.
+A per-series `Calibrator` (detector/calibration.py) turns raw errors into scores in 0..1, and an
+`EpisodeTracker` (detector/episodes.py) turns scores into start/end episodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from detector.errors import ModelLoadError
+
+__all__ = ["ModelLoadError", "WindowScorer", "WindowScores"]
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    """Raw scores for a batch of B windows, each scored on its newest `n_new` points.
+
+    errors:        float32 [B, n_new], non-negative; larger = more anomalous. NaN where the
+                   point itself was missing.
+    contributions: float32 [B, n_new, D]; each row sums to 1 (share of the error per dimension).
+    """
+
+    errors: np.ndarray
+    contributions: np.ndarray
+
+
+class WindowScorer(Protocol):
+    """Scores windows of shape [B, L, D] (float32, NaN = missing value).
+
+    The model is channel-independent, so any number of dimensions D works with one set of
+    weights; `window_length` L is fixed by the model.
+    """
+
+    window_length: int
+    version: str
+    device: str
+
+    def score(self, windows: np.ndarray, n_new: int) -> WindowScores: ...

@@ -1,0 +1,66 @@
+"""The `tsguard` command line. Each subcommand lives with the code it drives; this file wires them.
+
+Modules listed in SUBCOMMAND_MODULES expose `register_cli(subparsers)`, which adds their parser and
+sets `handler=<callable(args) -> int>`. Imports there must stay cheap: heavy imports (torch,
+sentence-transformers) happen inside the handlers, so `tsguard --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from detector.errors import UserError
+
+SUBCOMMAND_MODULES = (
+    "stream.commands",  # demo, serve, broker, replay
+    "training.train",  # train
+    "training.evaluate",  # evaluate nab
+    "stream.logs_cli",  # logs classify | summarize
+)
+
+
+def env_default(option: str, default: str | None = None) -> str | None:
+    """Default for an option, overridable by TSGUARD_<OPTION> (e.g. TSGUARD_BOOTSTRAP)."""
+    return os.environ.get("TSGUARD_" + option.upper().replace("-", "_"), default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tsguard",
+        description="Streaming anomaly detection for metric streams on Kafka.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=env_default("log-level", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity (env TSGUARD_LOG_LEVEL)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"tsguard: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
