@@ -1,12 +1,214 @@
-"""Placeholder registration for `tsguard serve`; replaced by the real command as it is built."""
+"""`tsguard serve`, `broker`, `replay` and `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
 
 from detector.errors import UserError
+from stream.cli import env_default
+
+log = logging.getLogger("tsguard")
 
 
-def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="run the service (not built yet)")
-    p.set_defaults(handler=_not_built)
+def register_cli(sub) -> None:
+    p = sub.add_parser("serve", help="run the service: Kafka in, anomalies and metrics out")
+    _service_options(p)
+    p.add_argument(
+        "--stop-at-end",
+        action="store_true",
+        help="exit 0 once every assigned partition reaches the end offset it had at start",
+    )
+    p.set_defaults(handler=serve)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
+    p.add_argument("--port", type=int, default=int(env_default("broker-port", "9092")))
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(handler=broker)
+
+    p = sub.add_parser(
+        "replay", help="produce a CSV (timestamp,value[,value...]) into the metrics topic"
+    )
+    p.add_argument("file", type=Path)
+    p.add_argument("--series", help="series id (default: the file name without extension)")
+    p.add_argument("--topic", default="tsguard.metrics")
+    p.add_argument("--bootstrap", default=env_default("bootstrap", "127.0.0.1:9092"))
+    p.add_argument(
+        "--rate", type=float, default=0.0, help="points per second (0: as fast as possible)"
+    )
+    p.set_defaults(handler=replay)
+
+    p = sub.add_parser(
+        "demo", help="everything local in one command: broker, live stream, detector"
+    )
+    p.add_argument("--duration", type=float, default=90.0, help="seconds to run (default 90)")
+    p.add_argument("--series", type=int, default=6, help="number of live series")
+    p.add_argument("--rate", type=float, default=20.0, help="points per second per series")
+    p.add_argument("--metrics-port", type=int, default=int(env_default("metrics-port", "9109")))
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--no-logs", action="store_true", help="leave the log heads out")
+    p.set_defaults(handler=demo)
 
 
-def _not_built(args) -> int:
-    raise UserError("'tsguard serve' is not built yet")
+def _service_options(p: argparse.ArgumentParser) -> None:  # fmt: skip
+    p.add_argument(
+        "--bootstrap",
+        default=env_default("bootstrap"),
+        help="Kafka bootstrap servers H:P[,H:P] (env TSGUARD_BOOTSTRAP); none: start the embedded broker",
+    )
+    p.add_argument(
+        "--model",
+        default=env_default("model"),
+        help="model directory (env TSGUARD_MODEL); default: the model shipped with tsguard",
+    )
+    p.add_argument(
+        "--heads", default=env_default("heads", "metrics"), help="comma list of: metrics, logs"
+    )
+    p.add_argument("--metrics-port", type=int, default=int(env_default("metrics-port", "9109")))
+    p.add_argument(
+        "--metrics-addr",
+        default=env_default("metrics-addr", "0.0.0.0"),
+        help="bind address of the metrics endpoint",
+    )
+    p.add_argument("--group-id", default=env_default("group-id", "tsguard"))
+    p.add_argument(
+        "--device", default=env_default("device", "auto"), choices=["auto", "cpu", "cuda"]
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=int(env_default("stride", "1")),
+        help="score a series every N new points",
+    )
+    p.add_argument("--max-batch", type=int, default=1024, help="windows per scoring call")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=50.0, help="longest a window waits for a fuller batch"
+    )
+    p.add_argument(
+        "--max-series", type=int, default=100_000, help="tracked series cap (idlest evicted)"
+    )
+    p.add_argument(
+        "--max-series-gauges", type=int, default=1000, help="cap on per-series score gauges"
+    )
+    p.add_argument("--max-message-bytes", type=int, default=1_000_000)
+    p.add_argument("--partitions", type=int, default=4, help="partitions of topics tsguard creates")
+    p.add_argument("--session-timeout-ms", type=int, default=10000)
+    p.add_argument("--log-window", type=float, default=60.0, help="seconds per log summary window")
+
+
+def _settings(args: argparse.Namespace, bootstrap: str):
+    from stream.settings import KafkaSecurity, Settings
+
+    heads = tuple(h.strip() for h in args.heads.split(",") if h.strip())
+    unknown = set(heads) - {"metrics", "logs"}
+    if unknown or not heads:
+        raise UserError(f"--heads takes metrics and/or logs, got {args.heads!r}")
+    for name in ("stride", "max_batch", "max_series", "max_message_bytes", "partitions"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    return Settings(
+        bootstrap=bootstrap, group_id=args.group_id, security=KafkaSecurity.from_env(),
+        partitions=args.partitions, session_timeout_ms=args.session_timeout_ms,
+        model_dir=args.model, device=args.device, heads=heads, stride=args.stride,
+        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_series=args.max_series,
+        max_message_bytes=args.max_message_bytes, max_series_gauges=args.max_series_gauges,
+        metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
+        stop_at_end=getattr(args, "stop_at_end", False), log_window_s=args.log_window,
+    )  # fmt: skip
+
+
+def build_service(settings):
+    """Load the model and heads, create topics, and return a ready (not yet running) pipeline."""
+    from stream.heads import MetricsHead
+    from stream.kafka_io import ensure_topics
+    from stream.metrics import Metrics
+    from stream.pipeline import Pipeline
+
+    metrics = Metrics(max_series_gauges=settings.max_series_gauges)
+    heads = []
+    if "metrics" in settings.heads:
+        from detector.scorer import load_scorer
+
+        scorer = load_scorer(settings.model_dir, settings.device)
+        log.info("model %s on %s (window %d)", scorer.version, scorer.device, scorer.window_length)
+        heads.append(MetricsHead(settings, scorer, metrics))
+    if "logs" in settings.heads:
+        from stream.log_head import LogsHead
+
+        heads.append(LogsHead(settings, metrics))
+    ensure_topics(settings, settings.topics.all())
+    return Pipeline(settings, heads, metrics), metrics
+
+
+@contextlib.contextmanager
+def _broker_for(bootstrap: str | None):
+    """Yield a bootstrap address: the given one, or an embedded broker's for the duration."""
+    if bootstrap:
+        yield bootstrap
+        return
+    from stream.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as b:
+        log.info("no --bootstrap: started the embedded broker on %s", b.bootstrap)
+        yield b.bootstrap
+
+
+def _on_signals(stop) -> None:
+    def handler(signum, _frame):
+        log.info(
+            "%s: finishing the batch in flight, flushing and committing",
+            signal.Signals(signum).name,
+        )
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def serve(args: argparse.Namespace) -> int:
+    with _broker_for(args.bootstrap) as bootstrap:
+        settings = _settings(args, bootstrap)
+        pipeline, metrics = build_service(settings)
+        metrics.serve(settings.metrics_port, settings.metrics_addr)
+        _on_signals(pipeline.stop)
+        log.info(
+            "serving %s from %s (group %s)", ",".join(pipeline.heads), bootstrap, settings.group_id
+        )
+        return pipeline.run()
+
+
+def broker(args: argparse.Namespace) -> int:
+    from stream.broker import EmbeddedBroker
+
+    b = EmbeddedBroker(port=args.port, host=args.host).start()
+    print(f"embedded Kafka-compatible broker (Tansu) on {b.bootstrap}; Ctrl-C stops it", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            if b._proc is None or b._proc.poll() is not None:
+                raise UserError("the embedded broker exited")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        b.stop()
+    return 0
+
+
+def replay(args: argparse.Namespace) -> int:
+    from stream.replay import replay_csv
+
+    n = replay_csv(args.file, args.series, args.topic, args.bootstrap, args.rate)
+    print(f"produced {n} points from {args.file} to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    return run_demo(args)

@@ -1,0 +1,237 @@
+"""Heads: what the pipeline does with the records of one input topic.
+
+A head turns consumed records into outputs (topic, key, value) for the producer. Work it holds
+back for a fuller batch is "pending"; the pipeline commits offsets only when no head has
+pending work and every output is flushed, which makes delivery at-least-once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from detector.episodes import EpisodeConfig, EpisodeTracker
+from stream.codec import InvalidMessage, dead_letter_record, decode_points, dumps
+from stream.metrics import Metrics
+from stream.settings import Settings
+from stream.windows import ACCEPTED, DIMENSION_MISMATCH, WindowStore
+
+log = logging.getLogger(__name__)
+
+
+class Output(NamedTuple):
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+class Head(Protocol):
+    topic: str
+
+    def handle(self, records: list, now: float) -> list[Output]: ...
+
+    def has_pending(self) -> bool: ...
+
+    def due(self, now: float) -> bool: ...
+
+    def drain(self, now: float) -> list[Output]: ...
+
+    def forget_partitions(self, partitions: set[int]) -> None: ...
+
+
+def dead_letter(settings: Settings, metrics: Metrics, record, error: InvalidMessage) -> Output:
+    metrics.reject(error)
+    metrics.dead_letter.labels(error.reason).inc()
+    value = dead_letter_record(error, record.topic, record.partition, record.offset, record.value)
+    return Output(settings.topics.dead_letter, record.key, value)
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(repr, parts)).encode()).hexdigest()[:32]
+
+
+class _SeriesState:
+    """What the detector remembers about a series beyond its window."""
+
+    __slots__ = ("calibrator", "episode", "episode_id", "partition")
+
+    def __init__(self, calibrator, episode: EpisodeTracker, partition: int):
+        self.calibrator = calibrator
+        self.episode = episode
+        self.episode_id = ""
+        self.partition = partition
+
+
+class MetricsHead:
+    """tsguard.metrics -> windows -> Transformer scorer -> calibration -> episodes -> events."""
+
+    def __init__(self, settings: Settings, scorer, metrics: Metrics):
+        self.settings = settings
+        self.topic = settings.topics.metrics
+        self.metrics = metrics
+        self.store = WindowStore(
+            scorer.window_length, settings.stride, settings.max_batch, settings.max_series
+        )
+        self.state: dict[str, _SeriesState] = {}
+        self.set_scorer(scorer)
+
+    def set_scorer(self, scorer) -> None:
+        """Swap the model between batches (hot reload). Series keep their windows; calibration
+        restarts because the new model's errors live on another scale."""
+        from detector.calibration import Calibrator
+
+        if scorer.window_length != self.store.length:
+            raise ValueError(
+                f"new model window {scorer.window_length} != running window {self.store.length}"
+            )
+        self.scorer = scorer
+        self._calibrator = Calibrator
+        self.episode_config = EpisodeConfig(threshold=float(scorer.calibration.threshold))
+        self.state.clear()
+        self.metrics.set_model(scorer.version, scorer.device)
+        self.metrics.threshold.set(self.episode_config.threshold)
+
+    # -- consuming ---------------------------------------------------------------------------
+    def handle(self, records: list, now: float) -> list[Output]:
+        out: list[Output] = []
+        s, m, store = self.settings, self.metrics, self.store
+        points_ok = 0
+        for rec in records:
+            try:
+                points = decode_points(
+                    rec.value, s.max_message_bytes, s.max_points_per_message, s.max_dimensions
+                )
+            except InvalidMessage as exc:
+                out.append(dead_letter(s, m, rec, exc))
+                continue
+            mismatched = 0
+            for p in points:
+                status = store.add(p, now)
+                if status is ACCEPTED:
+                    points_ok += 1
+                    if p.series not in self.state:
+                        self._track(p.series, rec.partition)
+                elif status is DIMENSION_MISMATCH:
+                    mismatched += 1
+                else:
+                    m.points_skipped.labels(status).inc()
+            if mismatched:
+                err = InvalidMessage(
+                    "dimension_mismatch",
+                    f"{mismatched} point(s) bring dimensions the series does not have "
+                    f"(series dimensions are fixed by their first point)",
+                )
+                out.append(dead_letter(s, m, rec, err))
+        m.points.inc(points_ok)
+        m.series_tracked.set(len(store))
+        return out
+
+    def _track(self, series: str, partition: int) -> None:
+        if len(self.state) >= self.settings.max_series:
+            # The window store evicts the idlest series; drop the state of those it forgot.
+            for name in [n for n in self.state if n not in self.store]:
+                del self.state[name]
+        self.state[series] = _SeriesState(
+            self._calibrator(self.scorer.calibration),
+            EpisodeTracker(self.episode_config),
+            partition,
+        )
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """After a rebalance, series of partitions we no longer own are another process's."""
+        for name in [n for n, st in self.state.items() if st.partition in partitions]:
+            del self.state[name]
+            self.store.drop(name)
+        self.metrics.series_tracked.set(len(self.store))
+
+    # -- scoring -----------------------------------------------------------------------------
+    def has_pending(self) -> bool:
+        return self.store.pending_count() > 0
+
+    def due(self, now: float) -> bool:
+        pending = self.store.pending_count()
+        if pending == 0:
+            return False
+        return (
+            pending >= self.settings.max_batch
+            or (now - self.store.oldest_pending()) * 1000.0 >= self.settings.max_wait_ms
+        )
+
+    def drain(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        for dims, pend in self.store.pending_batches():
+            n = len(pend)
+            for lo in range(0, n, self.settings.max_batch):
+                hi = min(n, lo + self.settings.max_batch)
+                out.extend(self._score(pend.windows[lo:hi], pend.ts[lo:hi], pend.series[lo:hi]))
+            self.metrics.end_to_end.observe(time.monotonic() - pend.first_at)
+            self.store.clear_pending(dims)
+        return out
+
+    def _score(self, windows: np.ndarray, ts: np.ndarray, series: list[str]) -> list[Output]:
+        stride = self.settings.stride
+        t0 = time.perf_counter()
+        result = self.scorer.score(windows, stride)
+        self.metrics.scoring_seconds.observe(time.perf_counter() - t0)
+        self.metrics.batch_size.observe(len(series))
+        self.metrics.windows_scored.inc(len(series))
+        out: list[Output] = []
+        length = windows.shape[1]
+        for i, name in enumerate(series):
+            st = self.state.get(name)
+            if st is None:  # evicted or revoked while its window waited
+                continue
+            scores = st.calibrator.update(result.errors[i])
+            for j in range(stride):
+                score = float(scores[j])
+                kind = st.episode.update(score, ts[i, length - stride + j])
+                if kind is not None:
+                    out.append(
+                        self._event(
+                            kind,
+                            name,
+                            st,
+                            ts[i],
+                            length - stride + j,
+                            score,
+                            result.contributions[i, j],
+                        )
+                    )
+            self.metrics.set_score(name, float(np.nan_to_num(scores[-1])))
+        return out
+
+    def _event(self, kind: str, series: str, st: _SeriesState, ts_row: np.ndarray, j: int,
+               score: float, contributions: np.ndarray) -> Output:  # fmt: skip
+        version = self.scorer.version
+        ts = float(ts_row[j])
+        if kind == "start":
+            st.episode_id = _digest(series, ts, version)
+            self.metrics.anomalies.inc()
+        self.metrics.anomaly_events.labels(kind).inc()
+        dims = self.store.dims(series) if series in self.store else ()
+        shares = {
+            d: round(float(c), 4) for d, c in zip(dims, np.nan_to_num(contributions), strict=False)
+        }
+        event = {
+            "event_id": _digest(st.episode_id, kind, ts, version),
+            "episode_id": st.episode_id,
+            "kind": kind,
+            "series": series,
+            "ts": ts,
+            "score": round(score, 6),
+            "threshold": self.episode_config.threshold,
+            "model_version": version,
+            "window": {
+                "start": float(ts_row[0]),
+                "end": float(ts_row[-1]),
+                "length": int(len(ts_row)),
+            },
+            "contributions": shares,
+            "detected_at": time.time(),
+        }
+        log.info("anomaly %s series=%s ts=%s score=%.4f", kind, series, ts, score)
+        return Output(self.settings.topics.anomalies, series.encode(), dumps(event))

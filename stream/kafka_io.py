@@ -1,0 +1,120 @@
+"""Kafka clients (kafka-python), built in one place so every part of tsguard uses the same settings."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+
+from detector.errors import UserError
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _common(settings: Settings) -> dict:
+    return {"bootstrap_servers": settings.bootstrap.split(","), **settings.security.client_kwargs()}
+
+
+def make_producer(settings: Settings) -> KafkaProducer:
+    try:
+        return KafkaProducer(
+            acks="all",
+            linger_ms=5,
+            retries=10,
+            max_request_size=max(1_048_576, settings.max_message_bytes * 2),
+            **_common(settings),
+        )
+    except NoBrokersAvailable:
+        raise UserError(f"no Kafka broker reachable at {settings.bootstrap}") from None
+
+
+def make_consumer(settings: Settings, group: bool = True, **overrides) -> KafkaConsumer:
+    kwargs = dict(
+        group_id=settings.group_id if group else None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(500, settings.session_timeout_ms // 5),
+        max_poll_records=5000,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes * 2),
+        **_common(settings),
+    )
+    kwargs.update(overrides)
+    try:
+        return KafkaConsumer(**kwargs)
+    except NoBrokersAvailable:
+        raise UserError(f"no Kafka broker reachable at {settings.bootstrap}") from None
+
+
+def ensure_topics(settings: Settings, topics: list[str], timeout_s: float = 20.0) -> None:
+    """Create the topics tsguard reads and writes when they are missing (auto-creation may be
+    off on a production cluster)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(request_timeout_ms=5000, **_common(settings))
+            break
+        except (NoBrokersAvailable, KafkaError, OSError):
+            if time.monotonic() > deadline:
+                raise UserError(f"no Kafka broker reachable at {settings.bootstrap}") from None
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            try:
+                admin.create_topics(
+                    [NewTopic(t, settings.partitions, 1) for t in missing], timeout_ms=10000
+                )
+                log.info("created topics %s", ", ".join(missing))
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def end_offsets(
+    consumer: KafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """One past the last record present now, per partition.
+
+    The broker's reported end offset is trusted only as a hint: we read the record just before it
+    and take the last offset of what comes back, which is exact on any Kafka-protocol broker (some
+    report the base offset of the last record batch rather than its end)."""
+    reported = consumer.end_offsets(partitions)
+    probe = KafkaConsumer(
+        bootstrap_servers=consumer.config["bootstrap_servers"],
+        enable_auto_commit=False,
+        group_id=None,
+        security_protocol=consumer.config["security_protocol"],
+        sasl_mechanism=consumer.config["sasl_mechanism"],
+        sasl_plain_username=consumer.config["sasl_plain_username"],
+        sasl_plain_password=consumer.config["sasl_plain_password"],
+        ssl_cafile=consumer.config["ssl_cafile"],
+    )
+    try:
+        result = {}
+        for tp, end in reported.items():
+            result[tp] = end
+            if end <= 0:
+                continue
+            probe.assign([tp])
+            probe.seek(tp, end - 1)
+            deadline = time.monotonic() + 5.0
+            seen_any = False
+            while time.monotonic() < deadline:
+                records = probe.poll(timeout_ms=300).get(tp, [])
+                if not records:
+                    if seen_any:
+                        break
+                    continue
+                seen_any = True
+                result[tp] = max(result[tp], records[-1].offset + 1)
+        return result
+    finally:
+        probe.close()

@@ -1,0 +1,140 @@
+"""Every Prometheus metric of tsguard, declared once, each with the question it answers.
+
+Names follow the Prometheus naming guide: `_total` counters, `_seconds` histograms, base units,
+bounded label sets (reasons are a fixed vocabulary; per-series gauges are capped).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from stream.codec import InvalidMessage
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+INVALID_REASONS = (
+    "invalid_json", "invalid_utf8", "not_an_object", "bad_series", "missing_ts", "bad_ts",
+    "ts_out_of_range", "missing_value", "bad_value", "value_out_of_range", "too_many_dimensions",
+    "too_large", "empty", "dimension_mismatch", "invalid_log",
+)  # fmt: skip
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None, max_series_gauges: int = 1000):
+        r = self.registry = registry or CollectorRegistry()
+        # Is data flowing in?
+        self.points = Counter("tsguard_points", "Metric points accepted into windows", registry=r)
+        self.messages = Counter(
+            "tsguard_messages", "Kafka messages consumed", ["topic"], registry=r
+        )
+        self.points_skipped = Counter(
+            "tsguard_points_skipped", "Points not added to a window", ["reason"], registry=r
+        )
+        # Is bad input arriving, and is it kept?
+        self.invalid = Counter(
+            "tsguard_messages_invalid", "Messages that could not be used", ["reason"], registry=r
+        )
+        self.dead_letter = Counter(
+            "tsguard_dead_letter",
+            "Records written to the dead-letter topic",
+            ["reason"],
+            registry=r,
+        )
+        # Is the detector keeping up?
+        self.windows_scored = Counter("tsguard_windows_scored", "Windows scored", registry=r)
+        self.scoring_seconds = Histogram(
+            "tsguard_scoring_seconds",
+            "Model time per scored batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "tsguard_batch_size", "Windows per scoring call", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.end_to_end = Histogram(
+            "tsguard_end_to_end_seconds",
+            "Consume to publish, per scored batch (oldest window in it)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "tsguard_consumer_lag",
+            "Messages behind the partition end",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.kafka_errors = Counter(
+            "tsguard_kafka_errors", "Kafka client errors (retried)", ["op"], registry=r
+        )
+        # What is it finding?
+        self.anomalies = Counter("tsguard_anomalies", "Anomaly episodes started", registry=r)
+        self.anomaly_events = Counter(
+            "tsguard_anomaly_events", "Anomaly events published", ["kind"], registry=r
+        )
+        self.score = Gauge(
+            "tsguard_anomaly_score",
+            "Latest calibrated score per series (0..1)",
+            ["series"],
+            registry=r,
+        )
+        self.threshold = Gauge(
+            "tsguard_anomaly_threshold", "Score at which an anomaly episode starts", registry=r
+        )
+        self.series_tracked = Gauge(
+            "tsguard_series_tracked", "Series with a live window", registry=r
+        )
+        self.model_info = Gauge(
+            "tsguard_model_info",
+            "The model being served (value 1)",
+            ["version", "device"],
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "tsguard_model_reloads", "Model reload attempts", ["result"], registry=r
+        )
+        # The log heads.
+        self.log_lines = Counter("tsguard_log_lines", "Log lines classified", ["label"], registry=r)
+        self.log_summaries = Counter(
+            "tsguard_log_summaries", "Log window summaries published", registry=r
+        )
+        for reason in INVALID_REASONS:
+            self.invalid.labels(reason)
+            self.dead_letter.labels(reason)
+        for kind in ("start", "end"):
+            self.anomaly_events.labels(kind)
+        self._max_gauges = max_series_gauges
+        self._gauged: OrderedDict[str, None] = OrderedDict()
+
+    def reject(self, error: InvalidMessage | str) -> None:
+        reason = error.reason if isinstance(error, InvalidMessage) else "error"
+        self.invalid.labels(reason).inc()
+
+    def set_score(self, series: str, score: float) -> None:
+        """Per-series gauge, capped: past the cap the least recently updated series' gauge is
+        removed, so cardinality stays bounded whatever arrives."""
+        if series in self._gauged:
+            self._gauged.move_to_end(series)
+        else:
+            self._gauged[series] = None
+            if len(self._gauged) > self._max_gauges:
+                old, _ = self._gauged.popitem(last=False)
+                self.score.remove(old)
+        self.score.labels(series).set(score)
+
+    def set_model(self, version: str, device: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version, device).set(1)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        from detector.errors import UserError
+
+        try:
+            start_http_server(port, addr=addr, registry=self.registry)
+        except OSError as exc:
+            raise UserError(f"cannot serve metrics on {addr}:{port}: {exc.strerror}") from None
+        log.info("metrics on http://%s:%d/metrics", addr, port)

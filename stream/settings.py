@@ -1,0 +1,86 @@
+"""The one settings object of the service, and the one place that knows topic names."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Topics:
+    metrics: str = "tsguard.metrics"
+    anomalies: str = "tsguard.anomalies"
+    dead_letter: str = "tsguard.dead-letter"
+    logs: str = "tsguard.logs"
+    log_classes: str = "tsguard.log-classes"
+    log_summaries: str = "tsguard.log-summaries"
+
+    def all(self) -> list[str]:
+        return [
+            self.metrics,
+            self.anomalies,
+            self.dead_letter,
+            self.logs,
+            self.log_classes,
+            self.log_summaries,
+        ]
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """Passed through to kafka-python unchanged; credentials come from env, never from flags."""
+
+    protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+
+    @staticmethod
+    def from_env() -> KafkaSecurity:
+        env = os.environ.get
+        return KafkaSecurity(
+            protocol=env("TSGUARD_SECURITY_PROTOCOL", "PLAINTEXT"),
+            sasl_mechanism=env("TSGUARD_SASL_MECHANISM"),
+            sasl_username=env("TSGUARD_SASL_USERNAME"),
+            sasl_password=env("TSGUARD_SASL_PASSWORD"),
+            ssl_cafile=env("TSGUARD_SSL_CAFILE"),
+        )
+
+    def client_kwargs(self) -> dict:
+        kw: dict = {"security_protocol": self.protocol}
+        if self.sasl_mechanism:
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = self.sasl_password
+        if self.ssl_cafile:
+            kw["ssl_cafile"] = self.ssl_cafile
+        return kw
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap: str = "127.0.0.1:9092"
+    group_id: str = "tsguard"
+    topics: Topics = field(default_factory=Topics)
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    partitions: int = 4  # used only when tsguard creates a missing topic
+    session_timeout_ms: int = 10000
+
+    model_dir: str | None = None  # None: the model shipped in the package
+    device: str = "auto"
+    heads: tuple[str, ...] = ("metrics",)
+
+    stride: int = 1  # score every `stride` new points of a series
+    max_batch: int = 1024  # windows per scoring call
+    max_wait_ms: float = 50.0  # longest a ready window waits for a fuller batch
+    max_series: int = 100_000  # tracked series cap; the idlest are evicted beyond it
+    max_message_bytes: int = 1_000_000
+    max_points_per_message: int = 10_000
+    max_dimensions: int = 64
+    max_series_gauges: int = 1000
+
+    metrics_port: int = 9109
+    metrics_addr: str = "0.0.0.0"
+    stop_at_end: bool = False
+    log_window_s: float = 60.0
