@@ -115,7 +115,7 @@ def run_demo(args: argparse.Namespace) -> int:
         printer.start()
 
         base_ts = time.time() - HISTORY_POINTS * STEP_S
-        for k, name in enumerate(names):
+        for name in names:
             for i in range(HISTORY_POINTS):
                 producer.send(
                     settings.topics.metrics,
