@@ -1,0 +1,199 @@
+"""Baseline detectors for the NAB harness, behind the same tiny interface as the tsguard detector.
+
+Every detector is one class with `name` and `score_series(values, timestamps) -> scores`: a float
+array in 0..1, one score per point, where the score of point t depends only on values[: t + 1]
+(the stream so far). Detectors that learn do so from the series' own past only; the ones that fit
+a model fit it on the NAB probationary period (the first 15% of the series, which NAB does not
+score and intends as the learning period; knowing its length presumes knowing the series length,
+as every NAB detector does).
+
+>>> import numpy as np
+>>> x = np.r_[np.zeros(500) + np.random.default_rng(0).normal(0, 1, 500), 40.0]
+>>> s = WindowedGaussian().score_series(x, np.arange(501))
+>>> bool(s[-1] > 0.999 and s[-1] == s.max())
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from scipy.special import erfc
+
+from training.nab import probationary_length
+
+
+class SeriesDetector(Protocol):
+    """What the NAB harness runs: one score in 0..1 per point, causal (uses only the past)."""
+
+    name: str
+
+    def score_series(self, values: np.ndarray, timestamps: np.ndarray) -> np.ndarray: ...
+
+
+def _fill_missing(values: np.ndarray) -> np.ndarray:
+    """Carry the last seen value over NaNs (0 before the first value): detectors need numbers."""
+    x = np.asarray(values, dtype=np.float64).copy()
+    bad = ~np.isfinite(x)
+    if bad.any():
+        idx = np.where(bad, 0, np.arange(len(x)))
+        np.maximum.accumulate(idx, out=idx)
+        x = x[idx]
+        x[~np.isfinite(x)] = 0.0
+    return x
+
+
+@dataclass
+class WindowedGaussian:
+    """NAB's reference "windowedGaussian" detector (Numenta, NAB v1.1 detectors/gaussian).
+
+    The score of a point is 1 - Q(|z|), Q the upper tail probability of a standard normal and z
+    the point's distance from the mean of a reference window in standard deviations. The reference
+    window grows with the stream up to `window` points, then slides forward `step` points at a
+    time; the point itself is never part of its own reference. A near-constant window uses a tiny
+    standard deviation, so any change there scores ~1.
+    """
+
+    window: int = 6400
+    step: int = 100
+    min_std: float = 1e-6
+    name: str = "windowed-gaussian"
+
+    def score_series(self, values: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        x = _fill_missing(values)
+        n = len(x)
+        if n == 0:
+            return np.zeros(0)
+        i = np.arange(n)
+        # Reference window [lo, hi) of point i: the first i points while the window fills, then
+        # the window as of the last completed step.
+        steps_done = np.maximum(i - self.window, 0) // self.step
+        lo = np.where(i <= self.window, 0, steps_done * self.step)
+        hi = np.where(i <= self.window, i, self.window + steps_done * self.step)
+        # Prefix sums (shifted by the first value, which keeps the variance numerically sane).
+        c = x - x[0]
+        s1 = np.r_[0.0, np.cumsum(c)]
+        s2 = np.r_[0.0, np.cumsum(c * c)]
+        count = np.maximum(hi - lo, 1)
+        mean = (s1[hi] - s1[lo]) / count
+        var = np.maximum((s2[hi] - s2[lo]) / count - mean * mean, 0.0)
+        std = np.sqrt(var)
+        std = np.where(std == 0.0, self.min_std, std)
+        z = np.abs(c - mean) / std
+        scores = 1.0 - 0.5 * erfc(z / np.sqrt(2.0))
+        scores[hi - lo == 0] = 0.0  # nothing seen yet
+        return scores
+
+
+def _lagged(x: np.ndarray, k: int) -> np.ndarray:
+    """Rows t = k-1 .. n-1 of [x[t-k+1], ..., x[t]] (each row ends at its own point)."""
+    return np.lib.stride_tricks.sliding_window_view(x, k)
+
+
+@dataclass
+class IsolationForestDetector:
+    """Isolation Forest (Liu, Ting, Zhou, ICDM 2008) on short sliding windows of the series.
+
+    Each point is described by the last `lags` values (levels, as z-scores of the probationary
+    period) and their first differences, so both odd levels and odd jumps isolate quickly. The
+    forest is fitted once, on the windows that end inside the probationary period, and then
+    scores every later point online. The score is the paper's s(x, n) = 2^(-E[h(x)] / c(n)) in
+    0..1 (scikit-learn's `-score_samples`); points before the forest exists score 0.
+    """
+
+    lags: int = 8
+    n_estimators: int = 100
+    max_samples: int = 256
+    seed: int = 0
+    name: str = "isolation-forest"
+
+    def _features(self, x: np.ndarray, mu: float, sd: float) -> np.ndarray:
+        z = (x - mu) / sd
+        win = _lagged(z, self.lags)
+        return np.hstack([win, np.diff(win, axis=1)])
+
+    def score_series(self, values: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        from sklearn.ensemble import IsolationForest
+
+        x = _fill_missing(values)
+        n = len(x)
+        scores = np.zeros(n)
+        fit_end = max(probationary_length(n), self.lags + 1)
+        if n < fit_end or fit_end - self.lags + 1 < 2:
+            return scores
+        head = x[:fit_end]
+        mu, sd = float(np.mean(head)), float(np.std(head)) or 1.0
+        feats = self._features(x, mu, sd)  # row r describes point r + lags - 1
+        forest = IsolationForest(
+            n_estimators=self.n_estimators,
+            max_samples=min(self.max_samples, fit_end - self.lags + 1),
+            random_state=self.seed,
+        )
+        forest.fit(feats[: fit_end - self.lags + 1])
+        scores[self.lags - 1 :] = -forest.score_samples(feats)
+        scores[:fit_end] = 0.0  # the fitting period is not scored (and would be in-sample)
+        return np.clip(scores, 0.0, 1.0)
+
+
+@dataclass
+class PcaReconstruction:
+    """PCA reconstruction error of sliding windows (a linear autoencoder).
+
+    Each point is described by the shape of the window of the last `lags` values: the window minus
+    its own mean, in units of the probationary period's standard deviation (so a slow change of
+    level is not an anomaly forever, but a jump is, while it is inside the window). The principal
+    components that explain `variance` of the probationary windows span "normal"; the squared
+    reconstruction error r of a window, in units of the 99th percentile of the errors on the
+    probationary windows, becomes the score r / (1 + r): monotone, 0.5 at the edge of normal, and
+    not saturated to exactly 1.0 (so NAB's threshold sweep can still order the large errors).
+    """
+
+    lags: int = 16
+    variance: float = 0.95
+    name: str = "pca"
+
+    def score_series(self, values: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        from sklearn.decomposition import PCA
+
+        x = _fill_missing(values)
+        n = len(x)
+        scores = np.zeros(n)
+        fit_end = max(probationary_length(n), self.lags + 1)
+        if n < fit_end or fit_end - self.lags + 1 < 3:
+            return scores
+        sd = float(np.std(x[:fit_end])) or 1.0
+        win = _lagged(x / sd, self.lags)
+        win = win - win.mean(axis=1, keepdims=True)
+        fit = win[: fit_end - self.lags + 1]
+        if float(np.var(fit, axis=0).sum()) < 1e-12:
+            # A flat probationary period: there are no components to fit; any shape is an error.
+            err = np.sum(win**2, axis=1)
+        else:
+            pca = PCA(n_components=self.variance, svd_solver="full").fit(fit)
+            err = np.sum((win - pca.inverse_transform(pca.transform(win))) ** 2, axis=1)
+        # Floor: errors below 1% of a standard deviation per value are numerical noise, not signal.
+        scale = max(float(np.quantile(err[: len(fit)], 0.99)), 1e-4 * self.lags)
+        ratio = err / scale
+        scores[self.lags - 1 :] = ratio / (1.0 + ratio)
+        scores[:fit_end] = 0.0
+        return scores
+
+
+@dataclass
+class NullDetector:
+    """Never detects anything: NAB's 0 point (useful to check the harness end to end)."""
+
+    name: str = "null"
+
+    def score_series(self, values: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        return np.zeros(len(values))
+
+
+BASELINES: dict[str, type] = {
+    "windowed-gaussian": WindowedGaussian,
+    "isolation-forest": IsolationForestDetector,
+    "pca": PcaReconstruction,
+    "null": NullDetector,
+}
