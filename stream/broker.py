@@ -42,6 +42,12 @@ def _kafka_ready(bootstrap: str, timeout_s: float) -> bool:
     from kafka.errors import KafkaError
 
     deadline = time.monotonic() + timeout_s
+    host, port = bootstrap.rsplit(":", 1)
+    # Wait for the listener first, so the Kafka client does not log refused connections.
+    while not _port_in_use(host, int(port)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
     while time.monotonic() < deadline:
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)

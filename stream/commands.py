@@ -50,6 +50,9 @@ def register_cli(sub) -> None:
     p.add_argument("--series", type=int, default=6, help="number of live series")
     p.add_argument("--rate", type=float, default=20.0, help="points per second per series")
     p.add_argument("--metrics-port", type=int, default=int(env_default("metrics-port", "9109")))
+    p.add_argument(
+        "--model", default=env_default("model"), help="model directory (default: the shipped model)"
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-logs", action="store_true", help="leave the log heads out")
     p.set_defaults(handler=demo)

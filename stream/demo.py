@@ -92,7 +92,7 @@ def run_demo(args: argparse.Namespace) -> int:
     with EmbeddedBroker() as broker:
         say(f"embedded Kafka broker on {broker.bootstrap}")
         settings = Settings(bootstrap=broker.bootstrap, group_id="tsguard-demo", session_timeout_ms=6000,
-                            heads=_available_heads(heads), max_wait_ms=20.0, log_window_s=30.0)  # fmt: skip
+                            heads=_available_heads(heads), max_wait_ms=20.0, model_dir=args.model, log_window_s=30.0)  # fmt: skip
         pipeline, metrics = build_service(settings)
         port = args.metrics_port
         try:

@@ -7,7 +7,7 @@ import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from detector.errors import UserError
 from stream.settings import Settings
@@ -28,7 +28,7 @@ def make_producer(settings: Settings) -> KafkaProducer:
             max_request_size=max(1_048_576, settings.max_message_bytes * 2),
             **_common(settings),
         )
-    except NoBrokersAvailable:
+    except KafkaTimeoutError:
         raise UserError(f"no Kafka broker reachable at {settings.bootstrap}") from None
 
 
@@ -47,7 +47,7 @@ def make_consumer(settings: Settings, group: bool = True, **overrides) -> KafkaC
     kwargs.update(overrides)
     try:
         return KafkaConsumer(**kwargs)
-    except NoBrokersAvailable:
+    except KafkaTimeoutError:
         raise UserError(f"no Kafka broker reachable at {settings.bootstrap}") from None
 
 
@@ -59,7 +59,7 @@ def ensure_topics(settings: Settings, topics: list[str], timeout_s: float = 20.0
         try:
             admin = KafkaAdminClient(request_timeout_ms=5000, **_common(settings))
             break
-        except (NoBrokersAvailable, KafkaError, OSError):
+        except (KafkaError, OSError):
             if time.monotonic() > deadline:
                 raise UserError(f"no Kafka broker reachable at {settings.bootstrap}") from None
             time.sleep(0.5)

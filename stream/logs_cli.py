@@ -4,7 +4,9 @@ from detector.errors import UserError
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("logs", help="log heads: classify and summarize log lines (not built yet)")
+    p = subparsers.add_parser(
+        "logs", help="log heads: classify and summarize log lines (not built yet)"
+    )
     p.set_defaults(handler=_not_built)
 
 

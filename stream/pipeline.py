@@ -65,6 +65,11 @@ class Pipeline:
                 if self.settings.stop_at_end and self._reached_end():
                     log.info("reached the end of every assigned partition")
                     break
+            for head in self.heads.values():
+                finish = getattr(head, "finish", None)
+                if finish is not None:
+                    self._send(finish())
+                    self._unflushed = True
             self.checkpoint(force=True)
             return 0
         finally:

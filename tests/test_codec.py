@@ -32,7 +32,9 @@ def test_array_of_points_and_unknown_fields_ignored():
     assert [p.series for p in decode_points(raw)] == ["a", "b"]
 
 
-@pytest.mark.parametrize("raw", [b'{"series":"a","ts":1,"value":null}', b'{"series":"a","ts":1,"value":NaN}'])
+@pytest.mark.parametrize(
+    "raw", [b'{"series":"a","ts":1,"value":null}', b'{"series":"a","ts":1,"value":NaN}']
+)
 def test_null_and_nan_are_missing(raw):
     (p,) = decode_points(raw)
     assert math.isnan(p.values[0])
@@ -94,7 +96,12 @@ def test_dead_letter_record_keeps_payload():
     err = InvalidMessage("bad_value", "value must be a number")
     rec = json.loads(dead_letter_record(err, "tsguard.metrics", 3, 17, b'{"x": 1}'))
     assert rec["error"].startswith("bad_value") and rec["reason"] == "bad_value"
-    assert (rec["topic"], rec["partition"], rec["offset"], rec["payload"]) == ("tsguard.metrics", 3, 17, '{"x": 1}')
+    assert (rec["topic"], rec["partition"], rec["offset"], rec["payload"]) == (
+        "tsguard.metrics",
+        3,
+        17,
+        '{"x": 1}',
+    )
     binary = json.loads(dead_letter_record(err, "t", 0, 0, b"\xff\x00"))
     assert binary["payload_encoding"] == "base64" and binary["payload"] == "/wA="
 
@@ -118,7 +125,11 @@ def test_fuzz_bytes_never_crash(raw):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.dictionaries(st.sampled_from(["series", "ts", "value", "values", "x"]), json_values, max_size=5))
+@given(
+    st.dictionaries(
+        st.sampled_from(["series", "ts", "value", "values", "x"]), json_values, max_size=5
+    )
+)
 def test_fuzz_objects_decode_or_reject(obj):
     raw = json.dumps(obj).encode()
     try:

@@ -18,7 +18,11 @@ def pt(series, ts, *values, dims=None):
 def drain(store):
     out = {}
     for dims, pend in store.pending_batches():
-        out[dims] = (pend.windows[: len(pend)].copy(), pend.ts[: len(pend)].copy(), list(pend.series))
+        out[dims] = (
+            pend.windows[: len(pend)].copy(),
+            pend.ts[: len(pend)].copy(),
+            list(pend.series),
+        )
         store.clear_pending(dims)
     return out
 
@@ -91,7 +95,9 @@ def test_slots_are_reused_after_eviction():
     for i in range(1000):
         store.add(pt(f"s{i}", 1, 1), 0)
     assert len(store) <= 10
-    assert sum(len(b.pos) for b in store._banks.values()) <= 64  # no growth past the first allocation
+    assert (
+        sum(len(b.pos) for b in store._banks.values()) <= 64
+    )  # no growth past the first allocation
 
 
 def test_bad_configuration():
