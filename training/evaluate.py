@@ -90,20 +90,25 @@ class TsguardDetector:
     points, whose forecasts come from the context before them, so a point's error uses only the
     past and the point itself. The errors go through a fresh `Calibrator` per series in time
     order; its score in 0..1 is the anomaly score. Points before the first full window score 0.
+    `scorer` is a detector.api.WindowScorer with a `calibration` (see `from_model`).
     """
 
-    model_dir: str | None = None
-    device: str = "auto"
+    scorer: object
     stride: int = 1
     name: str = "tsguard"
 
     def __post_init__(self) -> None:
-        from detector.scorer import load_scorer
-
-        self.scorer = load_scorer(self.model_dir, device=self.device)
         max_new = getattr(self.scorer, "max_new", None)
         if self.stride < 1 or (max_new is not None and self.stride > max_new):
             raise UserError(f"--stride must be in 1..{max_new or 'inf'}, got {self.stride}")
+
+    @classmethod
+    def from_model(
+        cls, model_dir: str | None = None, device: str = "auto", stride: int = 1
+    ) -> TsguardDetector:
+        from detector.scorer import load_scorer
+
+        return cls(load_scorer(model_dir, device=device), stride=stride)
 
     def raw_errors(self, values: np.ndarray) -> tuple[int, np.ndarray]:
         """(first scored index, errors of points first..n-1 in time order)."""
@@ -136,7 +141,7 @@ class TsguardDetector:
 def make_detector(args: argparse.Namespace):
     """The detector named by --detector (SeriesDetector interface of training/baselines.py)."""
     if args.detector == "tsguard":
-        return TsguardDetector(args.model, device=args.device, stride=args.stride)
+        return TsguardDetector.from_model(args.model, device=args.device, stride=args.stride)
     from training.baselines import BASELINES
 
     return BASELINES[args.detector]()
