@@ -18,6 +18,7 @@ import argparse
 import fnmatch
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -46,7 +47,11 @@ def register_cli(subparsers) -> None:
         "corpus, normalised null=0 / perfect=100) and print the three profile scores as JSON.",
     )
     n.add_argument("--corpus", type=Path, required=True, help="NAB directory (data/, labels/)")
-    n.add_argument("--model", help="model directory for --detector tsguard (default: shipped)")
+    n.add_argument(
+        "--model",
+        default=os.environ.get("TSGUARD_MODEL"),
+        help="model directory for --detector tsguard (default: the shipped model; env TSGUARD_MODEL)",
+    )
     n.add_argument(
         "--detector", default="tsguard", choices=DETECTORS, help="detector to run (default tsguard)"
     )
@@ -63,7 +68,12 @@ def register_cli(subparsers) -> None:
     )
     n.add_argument("--plots", type=Path, help="write PNG plots of the worst files here")
     n.add_argument("--n-plots", type=int, default=6, help="number of worst files to plot")
-    n.add_argument("--device", default="auto", help="auto, cpu or cuda (tsguard detector)")
+    n.add_argument(
+        "--device",
+        default=os.environ.get("TSGUARD_DEVICE", "auto"),
+        choices=["auto", "cpu", "cuda"],
+        help="where the tsguard model runs (default auto; env TSGUARD_DEVICE)",
+    )
     n.add_argument(
         "--stride",
         type=int,
