@@ -1,0 +1,229 @@
+"""The tsguard Transformer encoder: a small channel-independent patch forecaster.
+
+Idea (PatchTST, Nie et al., ICLR 2023, "A Time Series is Worth 64 Words"): cut the context of a
+univariate series into patches, embed each patch as one token, run a Transformer encoder over the
+tokens and forecast the next `horizon` points from all tokens at once. The anomaly error of a new
+point is how far it lies from that forecast, in units of the context's robust scale.
+
+Everything a reader needs is in this file:
+
+- `ModelConfig`: the architecture, a dataclass that round-trips through config.json.
+- `normalise` / `impute`: per-window robust normalisation (median / IQR of the context) and
+  missing-value handling, so one model serves series of any scale and NaN never reaches it.
+- `PatchForecaster`: patch embedding -> pre-norm Transformer blocks -> flatten head.
+
+Channel independence: a [B, L, D] window is scored as B*D univariate series with shared weights,
+so one model handles any number of dimensions; per-dimension errors give the contributions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Normalised values are clipped to this range before they enter the network: one huge outlier in
+# the context must not blow up activations (the error of a new point is never clipped).
+INPUT_CLIP = 20.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of `PatchForecaster`. `window` = context + horizon points."""
+
+    window: int = 128  # L: points per window the stream hands over
+    horizon: int = 16  # H: points forecast in one pass = the largest n_new supported
+    patch: int = 8  # points per token; context must be a multiple of it
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 3
+    d_ff: int = 128
+    dropout: float = 0.1
+
+    @property
+    def context(self) -> int:
+        return self.window - self.horizon
+
+    @property
+    def n_patches(self) -> int:
+        return self.context // self.patch
+
+    def validate(self) -> None:
+        if self.horizon < 1 or self.window <= self.horizon:
+            raise ValueError(
+                f"need 1 <= horizon < window, got horizon={self.horizon} window={self.window}"
+            )
+        if self.context % self.patch != 0:
+            raise ValueError(f"context ({self.context}) must be a multiple of patch ({self.patch})")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> ModelConfig:
+        names = {f.name for f in fields(ModelConfig)}
+        missing = names - set(d)
+        unknown = set(d) - names
+        if missing or unknown:
+            raise ValueError(
+                f"architecture keys: missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
+        cfg = ModelConfig(**d)
+        cfg.validate()
+        return cfg
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def normalise(context: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Robust location and scale of each row of `context` [N, C] (NaN = missing).
+
+    loc = median, scale = IQR / 1.349 (equals the std for Gaussian data, and one spike does not
+    move it). Series that sit on one value most of the time have IQR 0; for them the scale falls
+    back to the mean absolute deviation from the median (* 1.2533, again the std for Gaussian
+    data), and finally to a floor relative to |loc| so a flat line does not divide by zero. All
+    terms scale with the data, so scaling/shifting a window leaves normalised values alone.
+    Returns (loc [N, 1], scale [N, 1]).
+    """
+    q = torch.nanquantile(
+        context, torch.tensor([0.25, 0.5, 0.75], dtype=context.dtype, device=context.device), dim=1
+    )
+    q25, loc, q75 = q[0], q[1], q[2]
+    iqr_scale = (q75 - q25) / 1.349
+    mad_scale = 1.2533 * torch.nanmean((context - loc.unsqueeze(1)).abs(), dim=1)
+    scale = torch.where(iqr_scale > 0, iqr_scale, mad_scale)
+    scale = torch.maximum(scale, eps * loc.abs())
+    # All-missing rows: loc NaN -> 0, scale -> 1 (the network then sees zeros and a zero mask).
+    loc = torch.nan_to_num(loc, nan=0.0)
+    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
+    return loc.unsqueeze(1), scale.unsqueeze(1)
+
+
+def impute(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward-fill NaNs along dim 1 of normalised `x` [N, C]; leading NaNs become 0 (the median).
+
+    Returns (filled [N, C], observed mask [N, C] as float 1/0). The mask goes into the network so
+    it can tell a real value from a filled one.
+    """
+    observed = ~torch.isnan(x)
+    n, c = x.shape
+    idx = torch.arange(c, device=x.device).expand(n, c)
+    # Index of the last observed point at or before each position (-1 if none yet).
+    last = torch.where(observed, idx, torch.full_like(idx, -1)).cummax(dim=1).values
+    filled = torch.gather(torch.nan_to_num(x, nan=0.0), 1, last.clamp(min=0))
+    filled = torch.where(last >= 0, filled, torch.zeros_like(filled))
+    return filled, observed.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (z.view(n, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in (q, k, v))
+        # Bidirectional (encoder) attention: every patch of the context may look at every other.
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(n, t, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block (as in GPT-2 / nanoGPT): stable to train without LR tricks."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x)))
+        return x + self.mlp(self.ln2(x))
+
+
+class PatchForecaster(nn.Module):
+    """Forecast `horizon` normalised points from a normalised, imputed context.
+
+    Input: values [N, C] and observed mask [N, C] (C = cfg.context). Output: [N, H] forecast.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        # A patch token sees the patch's values and its mask (2 * patch numbers).
+        self.embed = nn.Linear(2 * cfg.patch, cfg.d_model)
+        # Learned absolute positions: the number of patches is fixed by the config.
+        self.pos = nn.Parameter(torch.zeros(1, cfg.n_patches, cfg.d_model))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        # Flatten head (PatchTST): every token contributes to every forecast step.
+        self.head = nn.Linear(cfg.n_patches * cfg.d_model, cfg.horizon)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # GPT-2 style: N(0, 0.02) for linears, zero biases, and residual projections scaled by
+        # 1/sqrt(2 * n_layers) so the residual stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif "ln" in name:
+                nn.init.ones_(p)
+            elif name.endswith("proj.weight"):
+                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * self.cfg.n_layers))
+            else:
+                nn.init.normal_(p, 0.0, 0.02)
+        # The head starts at zero: the first forecast is "the median", a sane baseline.
+        nn.init.zeros_(self.head.weight)
+
+    def forward(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        n, c = values.shape
+        p = self.cfg.patch
+        x = torch.cat([values.view(n, c // p, p), mask.view(n, c // p, p)], dim=2)
+        h = self.drop(self.embed(x) + self.pos)
+        for block in self.blocks:
+            h = block(h)
+        h = self.ln_f(h)
+        return self.head(h.reshape(n, -1))
+
+
+def prepare(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raw context [N, C] (NaN = missing) -> (values, mask, loc, scale) ready for the network.
+
+    Shared by training and scoring so both see exactly the same preprocessing.
+    """
+    loc, scale = normalise(context)
+    filled, mask = impute((context - loc) / scale)
+    return filled.clamp(-INPUT_CLIP, INPUT_CLIP), mask, loc, scale

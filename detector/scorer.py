@@ -1,0 +1,261 @@
+"""Load a model directory and score windows: the `WindowScorer` the stream uses.
+
+A model directory holds `config.json` (architecture, window, features, normalisation, calibration,
+version, training description) and `model.safetensors`. Loading never unpickles; every problem
+with the directory raises `ModelLoadError` with one line saying what is wrong.
+
+>>> import numpy as np
+>>> scorer = load_scorer(device="cpu")
+>>> windows = np.random.default_rng(0).normal(size=(4, scorer.window_length, 2)).astype("float32")
+>>> scores = scorer.score(windows, n_new=1)
+>>> scores.errors.shape, scores.contributions.shape
+((4, 1), (4, 1, 2))
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from detector.api import WindowScores
+from detector.calibration import CalibrationConfig
+from detector.errors import ModelLoadError, UserError
+from detector.model import ModelConfig, PatchForecaster, prepare
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "tsguard-model/1"
+REQUIRED_KEYS = (
+    "format",
+    "version",
+    "architecture",
+    "window",
+    "features",
+    "normalisation",
+    "calibration",
+    "training",
+)
+# Rows (window x dimension) per forward pass: bounds memory for huge batches.
+MAX_ROWS_PER_PASS = 16384
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'. Asking for cuda without one is a user error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was requested but torch sees no CUDA device")
+        return "cuda"
+    if device == "cpu":
+        return "cpu"
+    raise UserError(f"unknown device {device!r}; expected auto, cpu or cuda")
+
+
+class Scorer:
+    """Scores [B, L, D] windows on their newest `n_new` points (1 <= n_new <= max_new).
+
+    The newest n_new points are forecast from the `context` points just before them; a point's
+    error per dimension is |observed - forecast| in units of the context's robust scale, and the
+    point's error is the root mean square over its observed dimensions. Contributions are each
+    dimension's share of the squared error.
+    """
+
+    def __init__(
+        self,
+        model: PatchForecaster,
+        config: dict[str, Any],
+        device: str = "cpu",
+    ) -> None:
+        self.model = model.eval().to(device)
+        self.cfg: ModelConfig = model.cfg
+        self.config = config
+        self.device = device
+        self.window_length: int = self.cfg.window
+        self.max_new: int = self.cfg.horizon
+        self.version: str = str(config["version"])
+        self.calibration = CalibrationConfig.from_dict(config["calibration"])
+
+    def score(self, windows: np.ndarray, n_new: int) -> WindowScores:
+        w = np.asarray(windows, dtype=np.float32)
+        if w.ndim == 2:  # [B, L] univariate convenience
+            w = w[:, :, None]
+        if w.ndim != 3 or w.shape[1] != self.window_length:
+            raise ValueError(f"windows must be [B, {self.window_length}, D], got {list(w.shape)}")
+        if not 1 <= n_new <= self.max_new:
+            raise ValueError(f"n_new must be in 1..{self.max_new}, got {n_new}")
+        b, length, d = w.shape
+        if b == 0 or d == 0:
+            return WindowScores(
+                np.zeros((b, n_new), np.float32), np.zeros((b, n_new, d), np.float32)
+            )
+        # Channel independence: [B, L, D] -> [B*D, L] rows, scored with shared weights.
+        rows = np.ascontiguousarray(w.transpose(0, 2, 1).reshape(b * d, length))
+        err = np.empty((b * d, n_new), np.float32)
+        for start in range(0, rows.shape[0], MAX_ROWS_PER_PASS):
+            chunk = rows[start : start + MAX_ROWS_PER_PASS]
+            err[start : start + len(chunk)] = self._row_errors(chunk, n_new)
+        err = err.reshape(b, d, n_new).transpose(0, 2, 1)  # [B, n_new, D], NaN where missing
+        return _combine(err)
+
+    @torch.inference_mode()
+    def _row_errors(self, rows: np.ndarray, n_new: int) -> np.ndarray:
+        t = torch.from_numpy(rows)
+        if self.device == "cuda":
+            t = t.pin_memory().to("cuda", non_blocking=True)
+        c = self.cfg.context
+        length = self.window_length
+        context = t[:, length - n_new - c : length - n_new]
+        target = t[:, length - n_new :]
+        # Normalisation stays in float32 (quantiles, division); only the network runs in bf16.
+        values, mask, loc, scale = prepare(context)
+        if self.device == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                forecast = self.model(values, mask)
+            forecast = forecast.float()
+        else:
+            forecast = self.model(values, mask)
+        err = ((target - loc) / scale - forecast[:, :n_new]).abs()
+        return err.cpu().numpy()
+
+
+def _combine(err: np.ndarray) -> WindowScores:
+    """Per-dimension errors [B, n, D] (NaN = missing) -> WindowScores (RMS error, shares)."""
+    sq = np.square(err, dtype=np.float64)
+    observed = ~np.isnan(sq)
+    n_obs = observed.sum(axis=2)
+    sq0 = np.where(observed, sq, 0.0)
+    total = sq0.sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        errors = np.where(n_obs > 0, np.sqrt(total / np.maximum(n_obs, 1)), np.nan)
+        shares = sq0 / total[..., None]
+    # No error at all (perfect forecast) or every dimension missing: equal shares among the
+    # observed dimensions (all of them if none is), so each row still sums to 1.
+    flat = ~(total > 0)
+    if flat.any():
+        even = np.where(n_obs[..., None] > 0, observed, True).astype(np.float64)
+        even /= even.sum(axis=2, keepdims=True)
+        shares = np.where(flat[..., None], even, shares)
+    return WindowScores(errors.astype(np.float32), shares.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- model directory
+
+
+def load_scorer(model_dir: str | Path | None = None, device: str = "auto") -> Scorer:
+    """Load a model directory (None -> the shipped default model). Raises ModelLoadError."""
+    path = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
+    config, cfg = read_config(path)
+    model = PatchForecaster(cfg)
+    state = _read_weights(path / WEIGHTS_FILE, model)
+    model.load_state_dict(state)
+    return Scorer(model, config, resolve_device(device))
+
+
+def read_config(path: Path) -> tuple[dict[str, Any], ModelConfig]:
+    """Read and validate `path/config.json`; returns (raw dict, architecture)."""
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {str(path)!r} does not exist")
+    cfg_path = path / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ModelLoadError(f"model directory {str(path)!r} has no {CONFIG_FILE}")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{cfg_path}: invalid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{cfg_path}: expected a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise ModelLoadError(f"{cfg_path}: missing keys {missing}")
+    if config["format"] != FORMAT:
+        raise ModelLoadError(f"{cfg_path}: format {config['format']!r} is not {FORMAT!r}")
+    try:
+        if not isinstance(config["architecture"], dict):
+            raise ValueError("architecture must be an object")
+        cfg = ModelConfig.from_dict(config["architecture"])
+        if not isinstance(config["calibration"], dict):
+            raise ValueError("calibration must be an object")
+        CalibrationConfig.from_dict(config["calibration"])
+        if config["window"] != cfg.window:
+            raise ValueError(f"window {config['window']} != architecture.window {cfg.window}")
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{cfg_path}: {exc}") from None
+    return config, cfg
+
+
+def _read_weights(path: Path, model: PatchForecaster) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ModelLoadError(f"model directory {str(path.parent)!r} has no {WEIGHTS_FILE}")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{path}: unreadable safetensors file ({exc})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{path}: tensors do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ModelLoadError(
+                f"{path}: tensor {name!r} has shape {list(tensor.shape)}, "
+                f"the config needs {list(expected[name].shape)}"
+            )
+        if not torch.isfinite(tensor).all():
+            raise ModelLoadError(f"{path}: tensor {name!r} holds NaN or inf")
+    return {k: v.float() for k, v in state.items()}
+
+
+def save_model_dir(
+    path: str | Path,
+    model: PatchForecaster,
+    *,
+    version: str,
+    calibration: CalibrationConfig,
+    training: dict[str, Any],
+) -> None:
+    """Write `config.json` + `model.safetensors` (atomic per file: write to .tmp, then rename)."""
+    from safetensors.torch import save_file
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    config = {
+        "format": FORMAT,
+        "version": version,
+        "architecture": cfg.to_dict(),
+        "window": cfg.window,
+        "features": {
+            "mode": "channel-independent",
+            "dimensions": "any",
+            "max_new": cfg.horizon,
+            "scoring": "forecast the newest n_new points from the context before them; "
+            "error = |observed - forecast| / robust scale; RMS over dimensions",
+        },
+        "normalisation": {
+            "method": "per-window robust: (x - median) / (IQR/1.349, or 1.2533*mean|x - median| when IQR is 0) of the context",
+            "missing": "forward fill after normalisation (leading gaps -> 0) + observed mask input",
+            "input_clip": 20.0,
+        },
+        "calibration": calibration.to_dict(),
+        "training": training,
+    }
+    state = {k: v.detach().cpu().contiguous().float() for k, v in model.state_dict().items()}
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": FORMAT, "version": version})
+    tmp.chmod(0o644)  # safetensors creates the file owner-only; a model dir is meant to be shared
+    tmp.replace(out / WEIGHTS_FILE)
+    tmp = out / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out / CONFIG_FILE)

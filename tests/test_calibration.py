@@ -1,0 +1,125 @@
+"""The online calibrator: scores in 0..1, warm-up, big errors after calm score ~1, no lookahead."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detector.calibration import CalibrationConfig, Calibrator, tail_score
+
+
+def _calm(n: int, seed: int = 0) -> np.ndarray:
+    # Forecast errors look like |noise|: half-normal around 0.8.
+    return np.abs(np.random.default_rng(seed).normal(0.0, 1.0, n))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(min_value=0, max_value=1e30),
+            st.just(float("nan")),
+            st.just(float("inf")),
+        ),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_scores_are_always_in_0_1(errors: list[float]) -> None:
+    cal = Calibrator(CalibrationConfig(warmup=5, short_window=3))
+    out = cal.update(np.array(errors))
+    assert out.shape == (len(errors),)
+    assert np.isfinite(out).all() and (out >= 0).all() and (out <= 1).all()
+
+
+def test_warm_up_scores_zero_then_warms_up() -> None:
+    cfg = CalibrationConfig(warmup=100)
+    cal = Calibrator(cfg)
+    errs = _calm(99)
+    errs[50] = 1e6  # even a huge error scores 0 while warming up
+    assert (cal.update(errs) == 0).all()
+    assert not cal.warmed_up
+    cal.update(_calm(1, seed=1))
+    assert cal.warmed_up
+
+
+def test_default_warm_up_fits_the_live_demo() -> None:
+    # The demo has a few hundred points per series; the scorer needs one window first.
+    assert CalibrationConfig().warmup <= 300 - 128
+
+
+def test_big_error_after_calm_scores_near_one() -> None:
+    cfg = CalibrationConfig()
+    cal = Calibrator(cfg)
+    calm = cal.update(_calm(1000))
+    assert calm[cfg.warmup :].max() < cfg.threshold, "calm data must not open episodes"
+    spike = cal.update(np.array([30.0]))[0]
+    assert spike > 0.95
+
+
+def test_calm_false_alarm_rate_is_low() -> None:
+    cfg = CalibrationConfig()
+    cal = Calibrator(cfg)
+    scores = cal.update(_calm(20000, seed=3))[cfg.warmup :]
+    assert (scores >= cfg.threshold).mean() < 1e-3
+
+
+def test_sustained_shift_is_flagged_then_absorbed() -> None:
+    cfg = CalibrationConfig(long_window=500)
+    cal = Calibrator(cfg)
+    cal.update(_calm(1000))
+    shifted = cal.update(_calm(3000, seed=5) + 3.0)
+    assert shifted[:20].max() >= cfg.threshold  # the change is flagged quickly
+    assert shifted[-200:].max() < cfg.threshold  # and becomes the new normal
+
+
+def test_no_lookahead() -> None:
+    """Scores of a prefix do not depend on what follows it."""
+    errs = _calm(600, seed=7)
+    errs[400] = 25.0
+    full = Calibrator().update(errs)
+    for cut in (200, 401, 450):
+        np.testing.assert_array_equal(Calibrator().update(errs[:cut]), full[:cut])
+    # Feeding point by point gives exactly the same scores as one batch.
+    cal = Calibrator()
+    one_by_one = np.concatenate([cal.update(errs[i : i + 1]) for i in range(len(errs))])
+    np.testing.assert_array_equal(one_by_one, full)
+
+
+def test_nan_scores_zero_and_leaves_state_unchanged() -> None:
+    errs = _calm(400, seed=8)
+    a, b = Calibrator(), Calibrator()
+    a.update(errs)
+    b.update(errs[:200])
+    assert (b.update(np.array([np.nan, np.nan])) == 0).all()
+    b.update(errs[200:])
+    assert (a.mu, a.var, a.mu1, a.var1, a.n) == (b.mu, b.var, b.mu1, b.var1, b.n)
+    np.testing.assert_array_equal(a.update(np.array([9.0])), b.update(np.array([9.0])))
+
+
+def test_state_is_small() -> None:
+    cal = Calibrator()
+    cal.update(_calm(5000))
+    size = sys.getsizeof(cal) + sys.getsizeof(cal._buf) + sum(sys.getsizeof(x) for x in cal._buf)
+    assert size < 2048
+
+
+def test_tail_score_is_monotone_and_bounded() -> None:
+    zs = np.linspace(-50, 50, 1001)
+    s = np.array([tail_score(float(z), 10.0) for z in zs])
+    assert (np.diff(s) >= 0).all() and s[0] == 0.0 and s[-1] == 1.0
+    assert tail_score(4.265, 10.0) == pytest.approx(0.5, abs=0.01)  # Q(4.265) ~ 1e-5
+
+
+def test_config_round_trip_and_validation() -> None:
+    cfg = CalibrationConfig(warmup=20, threshold=0.7)
+    assert CalibrationConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError):
+        CalibrationConfig.from_dict({"threshold": 1.5})
+    with pytest.raises(ValueError):
+        CalibrationConfig.from_dict({"nonsense": 1})

@@ -1,0 +1,298 @@
+"""The detector model and scorer: shapes, normalisation invariance, missing values, model dirs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detector.api import WindowScores
+from detector.calibration import CalibrationConfig
+from detector.errors import ModelLoadError
+from detector.model import ModelConfig, PatchForecaster, impute, normalise
+from detector.scorer import DEFAULT_MODEL_DIR, Scorer, load_scorer, save_model_dir
+
+# A tiny architecture keeps these tests fast; the default model is checked separately.
+TINY = ModelConfig(window=40, horizon=8, patch=8, d_model=16, n_heads=2, n_layers=1, d_ff=32)
+
+
+def _random_model(seed: int = 0, cfg: ModelConfig = TINY) -> PatchForecaster:
+    torch.manual_seed(seed)
+    model = PatchForecaster(cfg)
+    # Weights away from the (zero-head) init so the forecasts depend on the input.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    save_model_dir(
+        out,
+        _random_model(),
+        version="test-1",
+        calibration=CalibrationConfig(),
+        training={"data": "none"},
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def scorer(model_dir: Path) -> Scorer:
+    return load_scorer(model_dir, device="cpu")
+
+
+def _windows(b: int, length: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)[None, :, None]
+    return (
+        np.sin(t / 5.0 + rng.uniform(0, 6, (b, 1, d))) + 0.3 * rng.normal(size=(b, length, d))
+    ).astype(np.float32)
+
+
+def test_config_round_trips_through_json() -> None:
+    cfg = ModelConfig(window=64, horizon=4, patch=4)
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("bad", [{"window": 40, "horizon": 40}, {"window": 41}, {"d_model": 31}])
+def test_invalid_architecture_is_refused(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        ModelConfig(**{**TINY.to_dict(), **bad}).validate()
+
+
+@pytest.mark.parametrize("b,d,n_new", [(1, 1, 1), (5, 3, 4), (7, 2, 8)])
+def test_score_shapes_and_contributions(scorer: Scorer, b: int, d: int, n_new: int) -> None:
+    out = scorer.score(_windows(b, scorer.window_length, d), n_new=n_new)
+    assert isinstance(out, WindowScores)
+    assert out.errors.shape == (b, n_new) and out.errors.dtype == np.float32
+    assert out.contributions.shape == (b, n_new, d) and out.contributions.dtype == np.float32
+    assert np.all(out.errors >= 0)
+    np.testing.assert_allclose(out.contributions.sum(axis=2), 1.0, atol=1e-5)
+    assert np.all(out.contributions >= 0)
+
+
+def test_scorer_attributes(scorer: Scorer) -> None:
+    assert scorer.window_length == TINY.window
+    assert scorer.version == "test-1"
+    assert scorer.device == "cpu"
+    assert scorer.calibration == CalibrationConfig()
+    assert 0 < scorer.calibration.threshold <= 1
+
+
+def test_bad_n_new_and_window_shape(scorer: Scorer) -> None:
+    w = _windows(2, scorer.window_length, 1)
+    with pytest.raises(ValueError):
+        scorer.score(w, n_new=0)
+    with pytest.raises(ValueError):
+        scorer.score(w, n_new=TINY.horizon + 1)
+    with pytest.raises(ValueError):
+        scorer.score(w[:, 1:], n_new=1)
+
+
+@pytest.mark.parametrize("a,b", [(1000.0, 0.0), (1e-3, 5.0), (-3.0, 1e6)])
+def test_scaling_and_shifting_leave_errors_unchanged(scorer: Scorer, a: float, b: float) -> None:
+    w = _windows(6, scorer.window_length, 2, seed=1)
+    base = scorer.score(w, n_new=4)
+    moved = scorer.score(a * w.astype(np.float64) + b, n_new=4)
+    if a > 0:
+        np.testing.assert_allclose(moved.errors, base.errors, rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(moved.contributions, base.contributions, atol=2e-3)
+    else:
+        # A negative scale mirrors the series; the (non-symmetric) forecaster may differ, but
+        # the result is still finite and well formed.
+        assert np.isfinite(moved.errors).all()
+
+
+def test_errors_depend_on_the_new_points(scorer: Scorer) -> None:
+    w = _windows(4, scorer.window_length, 1, seed=2)
+    spiked = w.copy()
+    spiked[:, -1, 0] += 50 * np.abs(w[:, :-1, 0]).max()
+    assert np.all(scorer.score(spiked, 1).errors > scorer.score(w, 1).errors + 10)
+
+
+def test_contributions_point_at_the_anomalous_dimension(scorer: Scorer) -> None:
+    w = _windows(3, scorer.window_length, 3, seed=3)
+    w[:, -1, 1] += 100.0
+    out = scorer.score(w, 1)
+    assert np.all(out.contributions[:, 0, 1] > 0.9)
+
+
+def test_nan_handling(scorer: Scorer) -> None:
+    w = _windows(4, scorer.window_length, 2, seed=4)
+    w[0, 3:10, 0] = np.nan  # gap in the context
+    w[1, :, 1] = np.nan  # a dimension missing everywhere
+    w[2, -1, :] = np.nan  # the new point missing in every dimension
+    w[3, -1, 0] = np.nan  # the new point missing in one dimension
+    out = scorer.score(w, 1)
+    assert np.isfinite(out.errors[[0, 1, 3]]).all()
+    assert np.isnan(out.errors[2, 0])
+    assert np.isfinite(out.contributions).all()
+    np.testing.assert_allclose(out.contributions.sum(axis=2), 1.0, atol=1e-5)
+    assert out.contributions[1, 0, 1] == 0.0  # a missing dimension contributes nothing
+    assert out.contributions[3, 0, 0] == 0.0
+
+
+def test_all_missing_window_is_finite(scorer: Scorer) -> None:
+    w = np.full((2, scorer.window_length, 1), np.nan, np.float32)
+    w[:, -1, 0] = 1.0
+    out = scorer.score(w, 1)
+    assert np.isfinite(out.errors).all()
+
+
+def test_normalise_is_robust_to_one_spike() -> None:
+    x = torch.randn(1, 200, generator=torch.Generator().manual_seed(0))
+    loc, scale = normalise(x)
+    x[0, 10] = 1e6
+    loc2, scale2 = normalise(x)
+    assert abs(float(loc2 - loc)) < 0.05 and abs(float(scale2 / scale) - 1) < 0.05
+
+
+def test_impute_forward_fills_and_masks() -> None:
+    x = torch.tensor([[float("nan"), 1.0, float("nan"), float("nan"), 3.0]])
+    filled, mask = impute(x)
+    assert filled.tolist() == [[0.0, 1.0, 1.0, 1.0, 3.0]]
+    assert mask.tolist() == [[0.0, 1.0, 0.0, 0.0, 1.0]]
+
+
+def test_save_load_round_trip_scores_equal(model_dir: Path, tmp_path: Path) -> None:
+    model = _random_model()
+    direct = Scorer(model, json.loads((model_dir / "config.json").read_text()), "cpu")
+    loaded = load_scorer(model_dir, device="cpu")
+    w = _windows(5, TINY.window, 2, seed=5)
+    np.testing.assert_array_equal(direct.score(w, 3).errors, loaded.score(w, 3).errors)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.model.state_dict()[k])
+    config = json.loads((model_dir / "config.json").read_text())
+    for key in (
+        "architecture",
+        "window",
+        "features",
+        "normalisation",
+        "calibration",
+        "version",
+        "training",
+    ):
+        assert key in config
+
+
+def test_default_model_loads_and_scores() -> None:
+    scorer = load_scorer(None, device="cpu")
+    assert 64 <= scorer.window_length <= 128
+    assert scorer.version.startswith("tsguard-default-")
+    assert (DEFAULT_MODEL_DIR / "model.safetensors").stat().st_size < 5 * 2**20
+    t = np.arange(scorer.window_length, dtype=np.float32)
+    calm = (100 + 10 * np.sin(2 * np.pi * t / 48)).astype(np.float32)[None, :, None]
+    spike = calm.copy()
+    spike[0, -1, 0] += 80
+    assert scorer.score(spike, 1).errors[0, 0] > 5 * scorer.score(calm, 1).errors[0, 0]
+    assert scorer.max_new >= 8
+
+
+# ----------------------------------------------------------------------------- ModelLoadError cases
+
+
+def _copy(model_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "m"
+    shutil.copytree(model_dir, dst)
+    return dst
+
+
+def _edit_config(path: Path, fn) -> None:
+    cfg = json.loads((path / "config.json").read_text())
+    fn(cfg)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def _drop_version(c: dict) -> None:
+    del c["version"]
+
+
+def _wrong_shape(c: dict) -> None:
+    c["architecture"]["d_model"] = 32
+    c["architecture"]["n_heads"] = 2
+
+
+def _unknown_arch_key(c: dict) -> None:
+    c["architecture"]["colour"] = "blue"
+
+
+def _bad_window(c: dict) -> None:
+    c["window"] = 99
+
+
+def _bad_calibration(c: dict) -> None:
+    c["calibration"]["threshold"] = 7.0
+
+
+def _bad_format(c: dict) -> None:
+    c["format"] = "something-else/9"
+
+
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (_drop_version, "missing keys"),
+        (_wrong_shape, "shape"),
+        (_unknown_arch_key, "unknown"),
+        (_bad_window, "window"),
+        (_bad_calibration, "threshold"),
+        (_bad_format, "format"),
+    ],
+)
+def test_bad_config_is_refused(model_dir: Path, tmp_path: Path, edit, needle: str) -> None:
+    m = _copy(model_dir, tmp_path)
+    _edit_config(m, edit)
+    with pytest.raises(ModelLoadError, match=needle):
+        load_scorer(m, device="cpu")
+
+
+def test_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_scorer(tmp_path / "nope", device="cpu")
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_missing_file(model_dir: Path, tmp_path: Path, name: str) -> None:
+    m = _copy(model_dir, tmp_path)
+    (m / name).unlink()
+    with pytest.raises(ModelLoadError, match=name.replace(".", r"\.")):
+        load_scorer(m, device="cpu")
+
+
+def test_bad_json(model_dir: Path, tmp_path: Path) -> None:
+    m = _copy(model_dir, tmp_path)
+    (m / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="invalid JSON"):
+        load_scorer(m, device="cpu")
+
+
+def test_truncated_safetensors(model_dir: Path, tmp_path: Path) -> None:
+    m = _copy(model_dir, tmp_path)
+    data = (m / "model.safetensors").read_bytes()
+    (m / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_scorer(m, device="cpu")
+
+
+def test_safetensors_with_missing_tensor(model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    m = _copy(model_dir, tmp_path)
+    state = load_file(str(m / "model.safetensors"))
+    state.pop("head.bias")
+    save_file(state, str(m / "model.safetensors"))
+    with pytest.raises(ModelLoadError, match="head.bias"):
+        load_scorer(m, device="cpu")
+
+
+def test_load_error_message_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError) as info:
+        load_scorer(tmp_path / "nope", device="cpu")
+    assert "\n" not in str(info.value)
