@@ -1,0 +1,46 @@
+"""The CUDA scoring path (bf16 autocast, pinned memory) agrees with the CPU path.
+
+Skipped on machines without a CUDA device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from detector.scorer import load_scorer
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)"
+    ),
+]
+
+
+def _windows(b: int, length: int, d: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    t = np.arange(length)[None, :, None]
+    w = (
+        50
+        + 10 * np.sin(2 * np.pi * t / 48 + rng.uniform(0, 6, (b, 1, d)))
+        + rng.normal(size=(b, length, d))
+    )
+    w[0, -1, 0] += 60  # one clear anomaly
+    w[1, 10:20, 0] = np.nan  # a gap
+    return w.astype(np.float32)
+
+
+@pytest.mark.parametrize("n_new", [1, 8])
+def test_cuda_scores_match_cpu_within_bf16_tolerance(n_new: int) -> None:
+    cpu = load_scorer(None, device="cpu")
+    gpu = load_scorer(None, device="cuda")
+    assert gpu.device == "cuda" and load_scorer(None, device="auto").device == "cuda"
+    w = _windows(512, cpu.window_length, 3)
+    a, b = cpu.score(w, n_new), gpu.score(w, n_new)
+    assert b.errors.shape == a.errors.shape and b.errors.dtype == np.float32
+    # bf16 keeps ~3 significant digits; the errors are O(1) normalised units.
+    np.testing.assert_allclose(b.errors, a.errors, rtol=0.05, atol=0.05)
+    np.testing.assert_allclose(b.contributions, a.contributions, atol=0.05)
+    assert b.errors[0, -1] > 10 * np.median(b.errors)
