@@ -102,10 +102,28 @@ def _service_options(p: argparse.ArgumentParser) -> None:  # fmt: skip
     p.add_argument("--partitions", type=int, default=4, help="partitions of topics tsguard creates")
     p.add_argument("--session-timeout-ms", type=int, default=10000)
     p.add_argument("--log-window", type=float, default=60.0, help="seconds per log summary window")
+    p.add_argument(
+        "--rebuild-messages",
+        type=int,
+        default=50_000,
+        help="messages per partition read back on assignment to rebuild windows (0: none)",
+    )
+    p.add_argument(
+        "--security-protocol",
+        default=env_default("security-protocol", "PLAINTEXT"),
+        choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+    )
+    p.add_argument(
+        "--sasl-mechanism",
+        default=env_default("sasl-mechanism"),
+        choices=[None, "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+        help="credentials come from TSGUARD_SASL_USERNAME / TSGUARD_SASL_PASSWORD",
+    )
+    p.add_argument("--ssl-cafile", default=env_default("ssl-cafile"), help="CA bundle for SSL")
 
 
 def _settings(args: argparse.Namespace, bootstrap: str):
-    from stream.settings import KafkaSecurity, Settings
+    from stream.settings import Settings
 
     heads = tuple(h.strip() for h in args.heads.split(",") if h.strip())
     unknown = set(heads) - {"metrics", "logs"}
@@ -115,7 +133,8 @@ def _settings(args: argparse.Namespace, bootstrap: str):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     return Settings(
-        bootstrap=bootstrap, group_id=args.group_id, security=KafkaSecurity.from_env(),
+        bootstrap=bootstrap, group_id=args.group_id, security=_security(args),
+        rebuild_messages=args.rebuild_messages,
         partitions=args.partitions, session_timeout_ms=args.session_timeout_ms,
         model_dir=args.model, device=args.device, heads=heads, stride=args.stride,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_series=args.max_series,
@@ -123,6 +142,33 @@ def _settings(args: argparse.Namespace, bootstrap: str):
         metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
         stop_at_end=getattr(args, "stop_at_end", False), log_window_s=args.log_window,
     )  # fmt: skip
+
+
+def _security(args: argparse.Namespace):
+    """Kafka security from flags; secrets only from the environment (never on a command line)."""
+    import os
+
+    from stream.settings import KafkaSecurity
+
+    if args.sasl_mechanism and not args.security_protocol.startswith("SASL"):
+        raise UserError("--sasl-mechanism needs --security-protocol SASL_SSL or SASL_PLAINTEXT")
+    if args.ssl_cafile and not Path(args.ssl_cafile).is_file():
+        raise UserError(f"--ssl-cafile {args.ssl_cafile}: no such file")
+    user, password = (
+        os.environ.get("TSGUARD_SASL_USERNAME"),
+        os.environ.get("TSGUARD_SASL_PASSWORD"),
+    )
+    if args.sasl_mechanism and not (user and password):
+        raise UserError(
+            "SASL needs TSGUARD_SASL_USERNAME and TSGUARD_SASL_PASSWORD in the environment"
+        )
+    return KafkaSecurity(
+        protocol=args.security_protocol,
+        sasl_mechanism=args.sasl_mechanism,
+        sasl_username=user,
+        sasl_password=password,
+        ssl_cafile=args.ssl_cafile,
+    )
 
 
 def build_service(settings):
@@ -161,16 +207,17 @@ def _broker_for(bootstrap: str | None):
         yield b.bootstrap
 
 
-def _on_signals(stop) -> None:
+def _on_signals(pipeline) -> None:
     def handler(signum, _frame):
         log.info(
             "%s: finishing the batch in flight, flushing and committing",
             signal.Signals(signum).name,
         )
-        stop()
+        pipeline.stop()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGHUP, lambda *_: pipeline.reload_requested.set())
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -178,7 +225,7 @@ def serve(args: argparse.Namespace) -> int:
         settings = _settings(args, bootstrap)
         pipeline, metrics = build_service(settings)
         metrics.serve(settings.metrics_port, settings.metrics_addr)
-        _on_signals(pipeline.stop)
+        _on_signals(pipeline)
         log.info(
             "serving %s from %s (group %s)", ",".join(pipeline.heads), bootstrap, settings.group_id
         )

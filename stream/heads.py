@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -57,13 +58,14 @@ def _digest(*parts: object) -> str:
 class _SeriesState:
     """What the detector remembers about a series beyond its window."""
 
-    __slots__ = ("calibrator", "episode", "episode_id", "partition")
+    __slots__ = ("calibrator", "episode", "episode_id", "partition", "mute_until")
 
     def __init__(self, calibrator, episode: EpisodeTracker, partition: int):
         self.calibrator = calibrator
         self.episode = episode
         self.episode_id = ""
         self.partition = partition
+        self.mute_until = -np.inf  # points up to this ts rebuild state; their events were published
 
 
 class MetricsHead:
@@ -77,6 +79,7 @@ class MetricsHead:
             scorer.window_length, settings.stride, settings.max_batch, settings.max_series
         )
         self.state: dict[str, _SeriesState] = {}
+        self.replay_until: dict[int, int] = {}  # partition -> committed offset while rebuilding
         self.set_scorer(scorer)
 
     def set_scorer(self, scorer) -> None:
@@ -95,31 +98,74 @@ class MetricsHead:
         self.metrics.set_model(scorer.version, scorer.device)
         self.metrics.threshold.set(self.episode_config.threshold)
 
+    def reload(self) -> bool:
+        """Load the model directory again and swap it in; a model that fails to load or does
+        not fit the running windows is refused, and the current one keeps serving."""
+        from detector.errors import ModelLoadError
+        from detector.scorer import load_scorer
+
+        try:
+            scorer = load_scorer(self.settings.model_dir, self.settings.device)
+            if scorer.window_length != self.store.length:
+                raise ModelLoadError(
+                    f"window {scorer.window_length} differs from the running {self.store.length}; "
+                    "restart to change the window length"
+                )
+        except ModelLoadError as exc:
+            self.metrics.model_reloads.labels("refused").inc()
+            log.error("model reload refused, still serving %s: %s", self.scorer.version, exc)
+            return False
+        self.set_scorer(scorer)
+        self.metrics.model_reloads.labels("ok").inc()
+        log.info("model reloaded: now serving %s on %s", scorer.version, scorer.device)
+        return True
+
+    def model_stamp(self) -> tuple:
+        """Changes when the model directory's files change (size or mtime)."""
+        from detector.scorer import DEFAULT_MODEL_DIR
+
+        root = Path(self.settings.model_dir) if self.settings.model_dir else DEFAULT_MODEL_DIR
+        stamp = []
+        for name in ("config.json", "model.safetensors"):
+            try:
+                st = (root / name).stat()
+                stamp.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamp.append(None)
+        return tuple(stamp)
+
     # -- consuming ---------------------------------------------------------------------------
     def handle(self, records: list, now: float) -> list[Output]:
         out: list[Output] = []
         s, m, store = self.settings, self.metrics, self.store
-        points_ok = 0
+        points_ok = replayed = 0
         for rec in records:
+            replay = rec.offset < self.replay_until.get(rec.partition, -1)
             try:
                 points = decode_points(
                     rec.value, s.max_message_bytes, s.max_points_per_message, s.max_dimensions
                 )
             except InvalidMessage as exc:
-                out.append(dead_letter(s, m, rec, exc))
+                if not replay:
+                    out.append(dead_letter(s, m, rec, exc))
                 continue
             mismatched = 0
             for p in points:
                 status = store.add(p, now)
                 if status is ACCEPTED:
-                    points_ok += 1
-                    if p.series not in self.state:
-                        self._track(p.series, rec.partition)
+                    st = self.state.get(p.series)
+                    if st is None:
+                        st = self._track(p.series, rec.partition)
+                    if replay:
+                        st.mute_until = p.ts
+                        replayed += 1
+                    else:
+                        points_ok += 1
                 elif status is DIMENSION_MISMATCH:
                     mismatched += 1
-                else:
+                elif not replay:
                     m.points_skipped.labels(status).inc()
-            if mismatched:
+            if mismatched and not replay:
                 err = InvalidMessage(
                     "dimension_mismatch",
                     f"{mismatched} point(s) bring dimensions the series does not have "
@@ -127,19 +173,21 @@ class MetricsHead:
                 )
                 out.append(dead_letter(s, m, rec, err))
         m.points.inc(points_ok)
+        m.points_replayed.inc(replayed)
         m.series_tracked.set(len(store))
         return out
 
-    def _track(self, series: str, partition: int) -> None:
+    def _track(self, series: str, partition: int) -> _SeriesState:
         if len(self.state) >= self.settings.max_series:
             # The window store evicts the idlest series; drop the state of those it forgot.
             for name in [n for n in self.state if n not in self.store]:
                 del self.state[name]
-        self.state[series] = _SeriesState(
+        st = self.state[series] = _SeriesState(
             self._calibrator(self.scorer.calibration),
             EpisodeTracker(self.episode_config),
             partition,
         )
+        return st
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """After a rebalance, series of partitions we no longer own are another process's."""
@@ -188,8 +236,11 @@ class MetricsHead:
             scores = st.calibrator.update(result.errors[i])
             for j in range(stride):
                 score = float(scores[j])
-                kind = st.episode.update(score, ts[i, length - stride + j])
-                if kind is not None:
+                point_ts = float(ts[i, length - stride + j])
+                kind = st.episode.update(score, point_ts)
+                if kind == "start":
+                    st.episode_id = _digest(name, point_ts, self.scorer.version)
+                if kind is not None and point_ts > st.mute_until:
                     out.append(
                         self._event(
                             kind,
@@ -209,7 +260,6 @@ class MetricsHead:
         version = self.scorer.version
         ts = float(ts_row[j])
         if kind == "start":
-            st.episode_id = _digest(series, ts, version)
             self.metrics.anomalies.inc()
         self.metrics.anomaly_events.labels(kind).inc()
         dims = self.store.dims(series) if series in self.store else ()

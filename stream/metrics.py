@@ -32,6 +32,11 @@ class Metrics:
         self.messages = Counter(
             "tsguard_messages", "Kafka messages consumed", ["topic"], registry=r
         )
+        self.points_replayed = Counter(
+            "tsguard_points_replayed",
+            "Points re-read to rebuild state after a restart or rebalance",
+            registry=r,
+        )
         self.points_skipped = Counter(
             "tsguard_points_skipped", "Points not added to a window", ["reason"], registry=r
         )

@@ -22,6 +22,8 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 LAG_EVERY_S = 5.0
+FLUSH_TIMEOUT_S = 30.0
+MODEL_CHECK_EVERY_S = 2.0
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -31,13 +33,9 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked):
         # Finish and commit what we consumed before the partitions move to another process.
         self.pipeline.checkpoint(force=True)
-        for head in self.pipeline.heads.values():
-            head.forget_partitions({tp.partition for tp in revoked if tp.topic == head.topic})
 
     def on_partitions_assigned(self, assigned):
-        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
-        self.pipeline.assigned = set(assigned)
-        self.pipeline.end_targets = None
+        self.pipeline.on_assigned(set(assigned))
 
 
 class Pipeline:
@@ -49,13 +47,65 @@ class Pipeline:
         self.assigned: set[TopicPartition] = set()
         self.end_targets: dict[TopicPartition, int] | None = None
         self._unflushed = False
+        self._send_failed: Exception | None = None
         self._last_lag = 0.0
+        self.reload_requested = threading.Event()
+        self._last_model_check = time.monotonic()
+        self._model_stamp = self._model_head_stamp()
         self.consumer = make_consumer(settings)
         self.producer = make_producer(settings)
         self.consumer.subscribe(list(self.heads), listener=_Rebalance(self))
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Per-series state lives with the partition: drop what moved away, and rebuild what
+        arrived by reading back up to `rebuild_messages` before the committed offset. Records
+        before the committed offset only rebuild state; their outputs were published already."""
+        lost, gained = self.assigned - assigned, assigned - self.assigned
+        self.assigned = assigned
+        self.end_targets = None
+        log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+        for head in self.heads.values():
+            head.forget_partitions({tp.partition for tp in lost if tp.topic == head.topic})
+        self._rebuild(sorted(gained))
+
+    def _rebuild(self, partitions: list[TopicPartition]) -> None:
+        depth = self.settings.rebuild_messages
+        for tp in partitions:
+            head = self.heads[tp.topic]
+            committed = self.consumer.committed(tp)
+            if not committed or depth <= 0 or not hasattr(head, "replay_until"):
+                continue
+            begin = self.consumer.beginning_offsets([tp])[tp]
+            start = max(begin, committed - depth)
+            if start < committed:
+                head.replay_until[tp.partition] = committed
+                self.consumer.seek(tp, start)
+                log.info(
+                    "%s[%d]: rebuilding state from offset %d (committed %d)",
+                    tp.topic,
+                    tp.partition,
+                    start,
+                    committed,
+                )
+
+    def _rewind(self) -> None:
+        """An output could not be delivered: forget everything since the last commit and consume
+        it again, exactly as a restarted process would."""
+        for head in self.heads.values():
+            head.forget_partitions({tp.partition for tp in self.assigned if tp.topic == head.topic})
+            head.drain(time.monotonic())  # pending windows belong to the forgotten state
+        for tp in self.assigned:
+            committed = self.consumer.committed(tp)
+            if committed is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        self._rebuild(sorted(self.assigned))
+        self._send_failed = None
+        self._unflushed = False
 
     def run(self) -> int:
         """Consume until stopped (or, with stop_at_end, until the end offsets seen at start)."""
@@ -93,6 +143,8 @@ class Pipeline:
         if polled:
             self._unflushed = True
         self.checkpoint(force=False)
+        if self.reload_requested.is_set() or now - self._last_model_check > MODEL_CHECK_EVERY_S:
+            self._maybe_reload(now)
         if now - self._last_lag > LAG_EVERY_S:
             self._update_lag()
             self._last_lag = now
@@ -105,7 +157,20 @@ class Pipeline:
                 self._send(head.drain(now))
         if self._any_pending() or not self._unflushed:
             return
-        self.producer.flush()
+        try:
+            self.producer.flush(timeout=FLUSH_TIMEOUT_S)
+        except KafkaError as exc:
+            self.metrics.kafka_errors.labels("flush").inc()
+            log.warning("flush did not complete, offsets stay uncommitted: %s", exc)
+            return
+        if self._send_failed is not None:
+            self.metrics.kafka_errors.labels("produce").inc()
+            log.warning(
+                "an output could not be delivered (%s); re-consuming from the last commit",
+                self._send_failed,
+            )
+            self._rewind()
+            return
         try:
             self.consumer.commit()
             self._unflushed = False
@@ -114,12 +179,37 @@ class Pipeline:
             self.metrics.kafka_errors.labels("commit").inc()
             log.warning("commit failed (will retry at the next checkpoint): %s", exc)
 
+    def _model_head_stamp(self):
+        head = self.heads.get(self.settings.topics.metrics)
+        return head.model_stamp() if head is not None else None
+
+    def _maybe_reload(self, now: float) -> None:
+        """Hot reload between batches: on SIGHUP, or when the model directory's files change."""
+        self._last_model_check = now
+        stamp = self._model_head_stamp()
+        if stamp is None:
+            return
+        if not self.reload_requested.is_set() and stamp == self._model_stamp:
+            return
+        self.reload_requested.clear()
+        self._model_stamp = stamp
+        self.checkpoint(force=True)  # windows consumed so far are scored by the model they met
+        self.heads[self.settings.topics.metrics].reload()
+
     def _any_pending(self) -> bool:
         return any(h.has_pending() for h in self.heads.values())
 
     def _send(self, outputs: list[Output]) -> None:
         for out in outputs:
-            self.producer.send(out.topic, key=out.key, value=out.value)
+            try:
+                future = self.producer.send(out.topic, key=out.key, value=out.value)
+            except KafkaError as exc:  # e.g. no metadata while the broker is away
+                self._on_send_error(exc)
+            else:
+                future.add_errback(self._on_send_error)
+
+    def _on_send_error(self, exc: Exception) -> None:
+        self._send_failed = exc
 
     def _reached_end(self) -> bool:
         if not self.assigned:

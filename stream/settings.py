@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 
@@ -35,17 +34,6 @@ class KafkaSecurity:
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_cafile: str | None = None
-
-    @staticmethod
-    def from_env() -> KafkaSecurity:
-        env = os.environ.get
-        return KafkaSecurity(
-            protocol=env("TSGUARD_SECURITY_PROTOCOL", "PLAINTEXT"),
-            sasl_mechanism=env("TSGUARD_SASL_MECHANISM"),
-            sasl_username=env("TSGUARD_SASL_USERNAME"),
-            sasl_password=env("TSGUARD_SASL_PASSWORD"),
-            ssl_cafile=env("TSGUARD_SSL_CAFILE"),
-        )
 
     def client_kwargs(self) -> dict:
         kw: dict = {"security_protocol": self.protocol}
@@ -83,4 +71,5 @@ class Settings:
     metrics_port: int = 9109
     metrics_addr: str = "0.0.0.0"
     stop_at_end: bool = False
+    rebuild_messages: int = 50_000  # per partition, read back on assignment to rebuild windows
     log_window_s: float = 60.0
