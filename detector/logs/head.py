@@ -1,0 +1,360 @@
+"""The log head: one pure-compute object behind `tsguard logs classify|summarize` and the Kafka
+pipeline's logs head (no Kafka imports here).
+
+    head = LogHead(LogHeadConfig(labels="severity", window_s=300))
+    classes = head.classify(records)     # one tsguard.log-classes value per record
+    summaries = head.observe(records)    # tsguard.log-summaries values of windows that closed
+    summaries += head.flush()            # at shutdown / end of input
+
+Per line: mask the variables and mine the template (Drain3, per source, bounded); the template's
+words are what gets classified, and the classification is cached per template, so a repeated
+template costs a dictionary lookup instead of an embedding. `classify` and `observe` mine each
+line once even when both are called on the same batch (`process` does both in one call).
+
+Messages:
+    tsguard.logs         {"source", "ts", "message"} or a raw text line
+    tsguard.log-classes  {"source", "ts", "message", "label", "confidence", "scores": {label: p}}
+    tsguard.log-summaries {"source", "window": {"start", "end"}, "lines",
+                           "templates": [{"template", "count", "new"}], "highlights": [lines],
+                           "summary": text}
+`ts` and window bounds are epoch seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+from detector.logs.classifier import (
+    ClassifierConfig,
+    LabelSet,
+    ZeroShotClassifier,
+    load_label_set,
+)
+from detector.logs.encoder import CachedEncoder, TextEncoder
+from detector.logs.summarizer import SummaryConfig, WindowSummarizer
+from detector.logs.templates import (
+    MinedLine,
+    TemplateConfig,
+    TemplateMiner,
+    embedding_text,
+    mask_variables,
+)
+
+UNKNOWN_SOURCE = "unknown"
+MAX_SOURCE_CHARS = 256
+# Timestamps outside 1970..2100 are unit mistakes (ms since the epoch) or garbage.
+TS_MIN, TS_MAX = 0.0, 4102444800.0
+_PRUNE_EVERY = 10_000  # lines between prunes of the summarizer's template history
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    source: str
+    ts: float  # epoch seconds
+    message: str
+
+
+@dataclass(frozen=True)
+class LogHeadConfig:
+    labels: str = "severity"  # shipped set name, .yaml/.toml file, or "a,b,c"
+    label_set: LabelSet | None = None  # a ready LabelSet (overrides `labels`)
+    unknown_below: float = 0.4  # confidence under which the label is "unknown"
+    window_s: float = 300.0  # summary window (tumbling, per source)
+    highlights: int = 3
+    max_templates: int = 2000  # per source (Drain clusters, LRU)
+    max_sources: int = 1000
+    template_cache: bool = True  # cache classifications/embeddings per template
+    sentence_weight: float = 0.7
+    max_line_chars: int = 4096  # longer lines are mined and classified on this prefix
+    summarizer_model: str | None = None  # local seq2seq dir for abstractive summaries
+    device: str = "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# Input parsing
+
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
+    )
+}
+_ISO_RE = re.compile(
+    r"^\[?(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
+    r"\s*(Z|[+-]\d{2}:?\d{2})?(?![\d:])"
+)
+_CTIME_RE = re.compile(r"^\[\w{3} (\w{3}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2}) (\d{4})\]")
+_SYSLOG_RE = re.compile(r"^(\w{3}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2})\b")
+_YYMMDD_RE = re.compile(r"^(\d{2})(\d{2})(\d{2}) (\d{2})(\d{2})(\d{2})\b")  # HDFS
+_SLASH_RE = re.compile(r"^(\d{2})/(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})\b")  # yy/mm/dd (Spark)
+_MMDD_RE = re.compile(r"^(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?\b")  # Android
+
+
+_TS_PREFIX_RE = re.compile(
+    "|".join(
+        f"(?:{p.pattern})"
+        for p in (_ISO_RE, _CTIME_RE, _SYSLOG_RE, _YYMMDD_RE, _SLASH_RE, _MMDD_RE)
+    )
+    + r"[\s,;|\]]*"
+)
+
+
+def strip_timestamp(line: str) -> str:
+    """The line without a recognised leading timestamp: a timestamp is a variable, and at the
+    head of a line it would also take the first levels of Drain's parse tree."""
+    m = _TS_PREFIX_RE.match(line)
+    return line[m.end() :] if m and m.end() < len(line) else line
+
+
+def _utc(y: int, mo: int, d: int, h: int, mi: int, s: int, frac: str | None = None) -> float:
+    ts = datetime(y, mo, d, h, mi, s, tzinfo=UTC).timestamp()
+    return ts + (float("0." + frac) if frac else 0.0)
+
+
+def parse_line_timestamp(line: str, now: float) -> float | None:
+    """Epoch seconds from a raw log line's leading timestamp, or None.
+
+    Recognises ISO 8601 ("2015-10-18 18:01:47,978", with or without zone), Apache
+    "[Sun Dec 04 04:47:44 2005]", syslog "Jun 14 15:16:01", HDFS "081109 203615", "17/06/09
+    20:10:40" and Android "03-17 16:13:38.811". Zone-less times are read as UTC; year-less ones
+    take the year of `now`. Anything else: None (the caller uses arrival time).
+    """
+    try:
+        m = _ISO_RE.match(line)
+        if m:
+            y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
+            if m.group(8):
+                tz = m.group(8)
+                iso = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}"
+                iso += "+00:00" if tz == "Z" else tz[:3] + ":" + tz[-2:]
+                ts = datetime.fromisoformat(iso).timestamp()
+                return ts + (float("0." + m.group(7)) if m.group(7) else 0.0)
+            return _utc(y, mo, d, h, mi, s, m.group(7))
+        m = _CTIME_RE.match(line)
+        if m and m.group(1).lower() in _MONTHS:
+            return _utc(int(m.group(6)), _MONTHS[m.group(1).lower()], int(m.group(2)),
+                        int(m.group(3)), int(m.group(4)), int(m.group(5)))  # fmt: skip
+        m = _SYSLOG_RE.match(line)
+        if m and m.group(1).lower() in _MONTHS:
+            year = datetime.fromtimestamp(now, UTC).year
+            return _utc(year, _MONTHS[m.group(1).lower()], int(m.group(2)),
+                        int(m.group(3)), int(m.group(4)), int(m.group(5)))  # fmt: skip
+        m = _YYMMDD_RE.match(line)
+        if m:
+            yy, mo, d, h, mi, s = (int(g) for g in m.groups())
+            return _utc(2000 + yy, mo, d, h, mi, s)
+        m = _SLASH_RE.match(line)
+        if m:
+            yy, mo, d, h, mi, s = (int(g) for g in m.groups())
+            return _utc(2000 + yy, mo, d, h, mi, s)
+        m = _MMDD_RE.match(line)
+        if m:
+            mo, d, h, mi, s = (int(g) for g in m.groups()[:5])
+            year = datetime.fromtimestamp(now, UTC).year
+            return _utc(year, mo, d, h, mi, s, m.group(6))
+    except ValueError:  # e.g. month 13: not a timestamp after all
+        return None
+    return None
+
+
+def _parse_ts(raw: object, now: float) -> float:
+    if raw is None:
+        return now
+    if isinstance(raw, bool):
+        raise ValueError("ts must be epoch seconds or ISO 8601")
+    if isinstance(raw, int | float):
+        ts = float(raw)
+    elif isinstance(raw, str):
+        text = raw.strip()
+        try:
+            dt = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+        except ValueError:
+            raise ValueError("ts is not ISO 8601") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)  # a zone-less log time is read as UTC
+        ts = dt.timestamp()
+    else:
+        raise ValueError("ts must be epoch seconds or ISO 8601")
+    if not (TS_MIN <= ts <= TS_MAX) or math.isnan(ts):
+        raise ValueError("ts out of range (epoch seconds 1970..2100)")
+    return ts
+
+
+def parse_log_value(value: bytes | None, key: bytes | None, now: float) -> LogRecord:
+    """Decode one tsguard.logs value: a JSON object {"source", "ts", "message"} or a raw line.
+
+    source: the object's, else the key, else "unknown"; ts: the object's (epoch seconds or ISO
+    8601), else a timestamp at the start of a raw line, else `now`. Raises ValueError with a short
+    reason for input that cannot be used (broken UTF-8, a line that starts with "{" but is not a
+    JSON object, a non-string message, a bad ts, an empty line).
+    """
+    if value is None:
+        raise ValueError("empty value")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("invalid UTF-8") from None
+    text = text.strip()
+    if not text:
+        raise ValueError("empty line")
+    key_source = UNKNOWN_SOURCE
+    if key:
+        key_source = key.decode("utf-8", errors="replace")[:MAX_SOURCE_CHARS] or UNKNOWN_SOURCE
+    if text.startswith("{"):
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise ValueError("invalid JSON") from None
+        if not isinstance(obj, dict):
+            raise ValueError("JSON value is not an object")
+        message = obj.get("message")
+        if not isinstance(message, str):
+            raise ValueError("message must be a string")
+        if not message.strip():
+            raise ValueError("empty message")
+        source = obj.get("source", key_source)
+        if source is None:
+            source = key_source
+        if not isinstance(source, str) or not source:
+            raise ValueError("source must be a non-empty string")
+        return LogRecord(source[:MAX_SOURCE_CHARS], _parse_ts(obj.get("ts"), now), message)
+    ts = parse_line_timestamp(text, now)
+    return LogRecord(key_source, now if ts is None else ts, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# The head
+
+
+class LogHead:
+    """Zero-shot classification and window summaries over log records (see module docstring)."""
+
+    def __init__(self, config: LogHeadConfig | None = None, encoder: TextEncoder | None = None):
+        from detector.logs.encoder import shared_encoder
+
+        self.config = config = config or LogHeadConfig()
+        self.label_set = config.label_set or load_label_set(config.labels)
+        if not 0.0 <= config.unknown_below <= 1.0:
+            raise ValueError("unknown_below must be in [0, 1]")
+        base = encoder if encoder is not None else shared_encoder(config.device)
+        # Without the template cache every line's text goes to the model: nothing is remembered.
+        self.encoder = CachedEncoder(base, max_entries=100_000 if config.template_cache else 0)
+        self.classifier = ZeroShotClassifier(
+            self.label_set,
+            encoder=self.encoder,
+            config=ClassifierConfig(
+                unknown_below=config.unknown_below,
+                sentence_weight=config.sentence_weight,
+                cache_size=50_000 if config.template_cache else 0,
+            ),
+        )
+        self.miner = TemplateMiner(
+            TemplateConfig(max_templates=config.max_templates, max_sources=config.max_sources)
+        )
+        abstractive = None
+        if config.summarizer_model:
+            from detector.logs.abstractive import AbstractiveSummarizer
+
+            abstractive = AbstractiveSummarizer(config.summarizer_model, device=config.device)
+        self.summarizer = WindowSummarizer(
+            SummaryConfig(window_s=config.window_s, highlights=config.highlights),
+            template_of=self.miner.template,
+            encode=self.encoder.encode,
+            abstractive=abstractive,
+        )
+        self._texts: OrderedDict[str, str] = OrderedDict()  # template -> embedding text
+        self._last: tuple[list[LogRecord], list[MinedLine]] | None = None
+        self.lines = 0
+        self._since_prune = 0
+
+    # -- mining (once per record, shared by classify and observe) --
+
+    def _mine(self, records: list[LogRecord]) -> list[MinedLine]:
+        if self._last is not None and self._last[0] is records:
+            return self._last[1]
+        limit = self.config.max_line_chars
+        mined = [self.miner.add(r.source, strip_timestamp(r.message[:limit])) for r in records]
+        self._last = (records, mined)
+        self.lines += len(records)
+        return mined
+
+    def _embedding_text(self, template: str) -> str:
+        text = self._texts.get(template)
+        if text is None:
+            text = embedding_text(template) or template
+            self._texts[template] = text
+            if len(self._texts) > 100_000:
+                self._texts.popitem(last=False)
+        return text
+
+    # -- public API --
+
+    def classify(self, records: list[LogRecord]) -> list[dict]:
+        """One tsguard.log-classes value per record (embeddings batched, cached per template)."""
+        if not records:
+            return []
+        if self.config.template_cache:
+            mined = self._mine(records)
+            texts = [self._embedding_text(m.template) for m in mined]
+        else:
+            # The uncached path: each line's own masked words, embedded every time.
+            limit = self.config.max_line_chars
+            texts = [
+                embedding_text(mask_variables(strip_timestamp(r.message[:limit])))
+                or r.message[:limit]
+                for r in records
+            ]
+        probs = self.classifier.probabilities(texts)
+        out = []
+        for record, row in zip(records, probs, strict=True):
+            c = self.classifier.decide(row)
+            out.append(
+                {
+                    "source": record.source,
+                    "ts": record.ts,
+                    "message": record.message,
+                    "label": c.label,
+                    "confidence": c.confidence,
+                    "scores": c.scores,
+                }
+            )
+        return out
+
+    def observe(self, records: list[LogRecord]) -> list[dict]:
+        """Feed the window summarizer; returns summaries of the windows that closed (event time)."""
+        out: list[dict] = []
+        for record, m in zip(records, self._mine(records), strict=True):
+            out.extend(self.summarizer.add(record.source, record.ts, m.template_id, record.message))
+        self._since_prune += len(records)
+        if self._since_prune >= _PRUNE_EVERY:
+            # The history of "seen" templates follows the miner's evictions; done now and then
+            # because it walks every source's history.
+            self._since_prune = 0
+            self.summarizer.forget(
+                lambda s, t: self.miner.template(s, t) is not None, self.config.max_sources
+            )
+        return out
+
+    def process(self, records: list[LogRecord]) -> tuple[list[dict], list[dict]]:
+        """classify + observe in one call (mines each line once)."""
+        return self.classify(records), self.observe(records)
+
+    def advance(self, watermark: float) -> list[dict]:
+        """Close windows that end at or before `watermark` (e.g. wall clock minus a grace period),
+        so a source that went quiet still gets its summary."""
+        return self.summarizer.advance(watermark)
+
+    def flush(self) -> list[dict]:
+        """Close all open windows (shutdown / end of file)."""
+        return self.summarizer.flush()
+
+    @property
+    def embedded_texts(self) -> int:
+        """Texts that went to the embedding model so far (cache misses)."""
+        return self.encoder.encoded

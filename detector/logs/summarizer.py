@@ -1,0 +1,252 @@
+"""Per-source tumbling-window summaries of log lines: counts, new templates, highlights, text.
+
+For each source, lines fall into tumbling windows aligned to the epoch (start = floor(ts / W) * W).
+A window closes when a line of the same source arrives at or after its end (event time), when
+`advance(watermark)` passes its end, or on `flush()`. Lines that arrive late (before the open
+window's start) are counted in the open window: windows already published are never reopened.
+
+A summary has the line count, the templates with counts and whether each is new compared with the
+source's history (first seen in this window), highlights and a short text.
+
+Highlights: maximal marginal relevance (Carbonell & Goldstein, SIGIR 1998) over the window's
+distinct templates, on their sentence embeddings. Relevance mixes centrality (cosine to the
+count-weighted centroid of the window: what the window is mostly about) and novelty (one minus the
+best cosine to the source's earlier templates: what it has not said before). MMR then trades
+relevance against redundancy with the highlights already picked, so three highlights say three
+different things. Each highlight is the first raw line of its template in the window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from detector.logs.templates import embedding_text
+
+
+@dataclass(frozen=True)
+class SummaryConfig:
+    window_s: float = 300.0
+    highlights: int = 3
+    mmr_lambda: float = 0.7  # relevance vs. redundancy in MMR (1 = relevance only)
+    centrality_weight: float = 0.5  # relevance = w * centrality + (1 - w) * novelty
+    max_summary_templates: int = 50  # templates listed per summary (the text counts them all)
+    most_frequent: int = 3  # templates named in the text
+
+
+@dataclass
+class _Window:
+    start: float
+    end: float
+    lines: int = 0
+    counts: dict[int, int] = field(default_factory=dict)  # template id -> lines
+    example: dict[int, str] = field(default_factory=dict)  # template id -> first raw line
+    new: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _SourceState:
+    window: _Window | None = None
+    seen: set[int] = field(default_factory=set)  # template ids from earlier windows
+
+
+TemplateLookup = Callable[[str, int], str | None]
+Encode = Callable[[Sequence[str]], np.ndarray]
+
+
+def _fmt_window(start: float, end: float) -> str:
+    """ "2008-11-09 20:35-20:40 UTC"; seconds only when the bounds have them; both dates when the
+    window crosses midnight."""
+    a = datetime.fromtimestamp(start, UTC)
+    b = datetime.fromtimestamp(end, UTC)
+    clock = "%H:%M:%S" if a.second or b.second else "%H:%M"
+    same_day = (b - a) <= timedelta(days=1) and a.date() == (b - timedelta(microseconds=1)).date()
+    if same_day:
+        return f"{a:%Y-%m-%d} {a.strftime(clock)}-{b.strftime(clock)} UTC"
+    return f"{a:%Y-%m-%d} {a.strftime(clock)} - {b:%Y-%m-%d} {b.strftime(clock)} UTC"
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def mmr_select(vectors: np.ndarray, relevance: np.ndarray, k: int, lam: float) -> list[int]:
+    """Indices of k items by maximal marginal relevance (vectors L2-normalised, rows = items)."""
+    chosen: list[int] = []
+    if len(vectors) == 0:
+        return chosen
+    sims = vectors @ vectors.T
+    candidates = list(range(len(vectors)))
+    while candidates and len(chosen) < k:
+        if chosen:
+            redundancy = sims[np.ix_(candidates, chosen)].max(axis=1)
+        else:
+            redundancy = np.zeros(len(candidates))
+        scores = lam * relevance[candidates] - (1.0 - lam) * redundancy
+        best = candidates[int(np.argmax(scores))]
+        chosen.append(best)
+        candidates.remove(best)
+    return chosen
+
+
+class WindowSummarizer:
+    """Tumbling windows per source over mined lines (see module docstring).
+
+    `template_of(source, template_id)` gives a template's current text (templates generalise as
+    lines arrive, so the text is read when the window closes); `encode` embeds texts (the LogHead
+    passes its cached encoder, so a template is embedded once).
+    """
+
+    def __init__(
+        self,
+        config: SummaryConfig,
+        template_of: TemplateLookup,
+        encode: Encode,
+        abstractive: Callable[[str], str] | None = None,
+    ) -> None:
+        if config.window_s <= 0:
+            raise ValueError("window_s must be positive")
+        self.config = config
+        self.template_of = template_of
+        self.encode = encode
+        self.abstractive = abstractive
+        self._sources: dict[str, _SourceState] = {}
+
+    def add(self, source: str, ts: float, template_id: int, message: str) -> list[dict]:
+        """Count one mined line; returns the summary of the window it closed, if any."""
+        state = self._sources.get(source)
+        if state is None:
+            state = self._sources[source] = _SourceState()
+        out: list[dict] = []
+        window = state.window
+        if window is not None and ts >= window.end:
+            out.append(self._close(source, state))
+            window = None
+        if window is None:
+            start = (ts // self.config.window_s) * self.config.window_s
+            window = state.window = _Window(start=start, end=start + self.config.window_s)
+        window.lines += 1
+        if template_id in window.counts:
+            window.counts[template_id] += 1
+        else:
+            window.counts[template_id] = 1
+            window.example[template_id] = message
+            if template_id not in state.seen:
+                window.new.add(template_id)
+        return out
+
+    def advance(self, watermark: float) -> list[dict]:
+        """Close every open window that ends at or before `watermark` (e.g. wall clock - grace)."""
+        out = []
+        for source, state in self._sources.items():
+            if state.window is not None and state.window.end <= watermark:
+                out.append(self._close(source, state))
+        return out
+
+    def flush(self) -> list[dict]:
+        """Close all open windows (end of input, shutdown)."""
+        return [
+            self._close(source, state)
+            for source, state in self._sources.items()
+            if state.window is not None
+        ]
+
+    def forget(self, keep: Callable[[str, int], bool], max_sources: int) -> None:
+        """Drop history of templates the miner evicted, and of sources beyond max_sources."""
+        for source, state in list(self._sources.items()):
+            state.seen = {t for t in state.seen if keep(source, t)}
+        idle = [s for s, st in self._sources.items() if st.window is None]
+        while len(self._sources) > max_sources and idle:
+            del self._sources[idle.pop(0)]
+
+    # ------------------------------------------------------------------------------------------
+
+    def _close(self, source: str, state: _SourceState) -> dict:
+        window = state.window
+        assert window is not None
+        state.window = None
+        ids = sorted(window.counts, key=lambda t: (-window.counts[t], t))
+        texts = {}
+        for t in ids:
+            text = self.template_of(source, t)
+            texts[t] = text if text is not None else window.example[t]
+        highlights = self._highlights(source, state, window, ids, texts)
+        state.seen.update(window.counts)
+        listed = ids[: self.config.max_summary_templates]
+        templates = [
+            {"template": texts[t], "count": window.counts[t], "new": t in window.new}
+            for t in listed
+        ]
+        summary = self._text(source, window, ids, texts, highlights)
+        if self.abstractive is not None:
+            summary = self.abstractive(
+                summary + " Highlights: " + " | ".join(highlights) if highlights else summary
+            )
+        return {
+            "source": source,
+            "window": {"start": window.start, "end": window.end},
+            "lines": window.lines,
+            "templates": templates,
+            "highlights": highlights,
+            "summary": summary,
+        }
+
+    def _highlights(
+        self,
+        source: str,
+        state: _SourceState,
+        window: _Window,
+        ids: list[int],
+        texts: dict[int, str],
+    ) -> list[str]:
+        k = self.config.highlights
+        if k <= 0 or not ids:
+            return []
+        if len(ids) <= 1:
+            return [window.example[ids[0]]]
+        words = [embedding_text(texts[t]) or texts[t] for t in ids]
+        vecs = self.encode(words)
+        counts = np.asarray([window.counts[t] for t in ids], dtype=np.float64)
+        centroid = (vecs * counts[:, None]).sum(axis=0)
+        centroid /= np.linalg.norm(centroid) or 1.0
+        centrality = vecs @ centroid
+        history = [t for t in state.seen if self.template_of(source, t) is not None]
+        if history:
+            hist_texts = [embedding_text(self.template_of(source, t) or "") for t in history]
+            hist_vecs = self.encode([h or "-" for h in hist_texts])
+            novelty = 1.0 - (vecs @ hist_vecs.T).max(axis=1)
+        else:
+            novelty = np.ones(len(ids))
+        w = self.config.centrality_weight
+        relevance = w * centrality + (1.0 - w) * novelty
+        chosen = mmr_select(vecs, relevance, k, self.config.mmr_lambda)
+        return [window.example[ids[i]] for i in chosen]
+
+    def _text(
+        self,
+        source: str,
+        window: _Window,
+        ids: list[int],
+        texts: dict[int, str],
+        highlights: list[str],
+    ) -> str:
+        n_new = len(window.new)
+        parts = [
+            f"{source}, {_fmt_window(window.start, window.end)}: {window.lines:,} "
+            f"line{'s' if window.lines != 1 else ''}",
+            f"{len(ids):,} template{'s' if len(ids) != 1 else ''}",
+            f"{n_new:,} new template{'s' if n_new != 1 else ''}",
+        ]
+        top = ids[: self.config.most_frequent]
+        if top:
+            parts.append(
+                "most frequent: "
+                + ", ".join(f'"{_short(texts[t])}" ({window.counts[t]:,})' for t in top)
+            )
+        new_ids = [t for t in ids if t in window.new and t not in top][:2]
+        if new_ids and len(ids) > 1:
+            parts.append("new: " + ", ".join(f'"{_short(texts[t])}"' for t in new_ids))
+        return "; ".join(parts) + "."
