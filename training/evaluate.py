@@ -283,9 +283,10 @@ def run_nab(args: argparse.Namespace) -> int:
     results = nab.score_all_profiles(scores, corpus.files, corpus.profiles)
     info.update(detector=name, detect_seconds=round(detect_s, 2))
     log.info(
-        "%s over %d files: detection %.1fs, scoring %.1fs",
+        "%s over %d files: %s %.1fs, NAB scoring %.1fs",
         name,
         len(corpus.series),
+        "reading scores" if args.scores is not None else "detection",
         detect_s,
         time.perf_counter() - t0 - detect_s,
     )

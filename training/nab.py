@@ -26,7 +26,10 @@ and the perfect detector (exactly one detection at the start of every window) sc
     null = -fn_weight * (number of scored windows),  perfect = tp_weight * (number of windows).
 
 The whole threshold sweep is one sort plus cumulative sums over every scored point of the corpus,
-so scoring the full corpus (about 370k points, three profiles) takes a second or two.
+so scoring the full corpus (about 370k points, three profiles) takes a second or two. It tries
+every distinct score as a threshold, so it can find a slightly better threshold than the one NAB
+published (numenta, reward_low_FP_rate: 63.21 here vs 63.12 published); at NAB's published
+thresholds the scores agree to 1e-4.
 
 >>> import numpy as np
 >>> ts = np.arange(100).astype("datetime64[m]")
