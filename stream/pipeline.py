@@ -27,15 +27,19 @@ MODEL_CHECK_EVERY_S = 2.0
 
 
 class _Rebalance(ConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread, where blocking client calls are not allowed: it only
+    records the change (and pauses new partitions); the main loop does the work after poll."""
+
     def __init__(self, pipeline: Pipeline):
         self.pipeline = pipeline
 
     def on_partitions_revoked(self, revoked):
-        # Finish and commit what we consumed before the partitions move to another process.
-        self.pipeline.checkpoint(force=True)
+        # No commit here (it would block the IO thread). Whatever we consumed past the last
+        # commit is consumed again by the next owner; event ids make that harmless.
+        log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
 
     def on_partitions_assigned(self, assigned):
-        self.pipeline.on_assigned(set(assigned))
+        self.pipeline.note_assignment(set(assigned))
 
 
 class Pipeline:
@@ -47,6 +51,8 @@ class Pipeline:
         self.assigned: set[TopicPartition] = set()
         self.end_targets: dict[TopicPartition, int] | None = None
         self._unflushed = False
+        self._to_forget: set[TopicPartition] = set()
+        self._to_rebuild: set[TopicPartition] = set()
         self._send_failed: Exception | None = None
         self._last_lag = 0.0
         self.reload_requested = threading.Event()
@@ -59,17 +65,29 @@ class Pipeline:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Per-series state lives with the partition: drop what moved away, and rebuild what
-        arrived by reading back up to `rebuild_messages` before the committed offset. Records
-        before the committed offset only rebuild state; their outputs were published already."""
+    def note_assignment(self, assigned: set[TopicPartition]) -> None:
         lost, gained = self.assigned - assigned, assigned - self.assigned
         self.assigned = assigned
         self.end_targets = None
+        self._to_forget |= lost
+        self._to_forget -= assigned
+        self._to_rebuild = (self._to_rebuild | gained) & assigned
+        if gained:
+            # Held back until their state is rebuilt from the log (see _apply_assignment).
+            self.consumer.pause(*gained)
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+    def _apply_assignment(self) -> None:
+        """Per-series state lives with the partition: drop what moved away, and rebuild what
+        arrived by reading back up to `rebuild_messages` before the committed offset. Records
+        before the committed offset only rebuild state; their outputs were published already."""
+        lost, self._to_forget = self._to_forget, set()
         for head in self.heads.values():
             head.forget_partitions({tp.partition for tp in lost if tp.topic == head.topic})
-        self._rebuild(sorted(gained))
+        gained, self._to_rebuild = sorted(self._to_rebuild), set()
+        self._rebuild(gained)
+        if gained:
+            self.consumer.resume(*gained)
 
     def _rebuild(self, partitions: list[TopicPartition]) -> None:
         depth = self.settings.rebuild_messages
@@ -134,6 +152,8 @@ class Pipeline:
             log.warning("poll failed, retrying: %s", exc)
             time.sleep(1.0)
             return
+        if self._to_forget or self._to_rebuild:
+            self._apply_assignment()
         now = time.monotonic()
         outputs: list[Output] = []
         for tp, records in polled.items():
