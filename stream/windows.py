@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream.codec import Point
+from stream.codec import UNIVARIATE, Point, PointColumns
 
 ACCEPTED, DUPLICATE, OUT_OF_ORDER, DIMENSION_MISMATCH = (
     "accepted",
@@ -38,6 +38,26 @@ class Pending:
 
 
 @dataclass
+class BatchResult:
+    """What `WindowStore.add_batch` did with a batch of points, in the terms a head reports."""
+
+    accepted: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # DUPLICATE / OUT_OF_ORDER -> points
+    mismatched: dict[int, int] = field(default_factory=dict)  # message -> points with new dims
+    first_accepted: dict[str, int] = field(default_factory=dict)  # series -> message of its
+    # first accepted point (which tells the head the partition a new series lives on)
+
+    def count(self, status: str, series: str, message: int) -> None:
+        if status is ACCEPTED:
+            self.accepted += 1
+            self.first_accepted.setdefault(series, message)
+        elif status is DIMENSION_MISMATCH:
+            self.mismatched[message] = self.mismatched.get(message, 0) + 1
+        else:
+            self.skipped[status] = self.skipped.get(status, 0) + 1
+
+
+@dataclass(slots=True)
 class _Series:
     bank: int  # dimensionality D
     slot: int
@@ -119,12 +139,17 @@ class WindowStore:
     def dims(self, series: str) -> tuple[str, ...]:
         return self._series[series].dims
 
+    def last_ts(self, series: str) -> float:
+        """Timestamp of the newest point of a tracked series."""
+        s = self._series[series]
+        return float(self._banks[s.bank].last_ts[s.slot])
+
     def add(self, p: Point, now: float) -> str:
         """Append one point. Returns ACCEPTED, DUPLICATE (same ts: the newer value replaces the
         older), OUT_OF_ORDER (older than the newest point: dropped) or DIMENSION_MISMATCH."""
         s = self._series.pop(p.series, None)
         if s is None:
-            s = self._track(p)
+            s = self._track(p.dims)
         self._series[p.series] = s  # move to the end: most recently seen
         if s.dims != p.dims:
             values = self._align(s.dims, p)
@@ -152,6 +177,154 @@ class WindowStore:
             self._snapshot(bank, slot, p.series, now)
         return ACCEPTED
 
+    def add_batch(self, cols: PointColumns, now: float) -> BatchResult:
+        """Append many points at once: exactly what `add` on each row in order would do (same
+        windows, timestamps, pending order and evictions), without a Python object per point.
+
+        Runs of univariate points go through numpy in one go when they are in order for their
+        series (each point newer than the one before) and need no eviction: the steady state of
+        a live stream. Anything else (a multivariate point, a duplicate or late point, a store at
+        its series cap) takes the per-point path for that run.
+        """
+        res = BatchResult()
+        start = 0
+        for row in sorted(cols.multi):
+            if start < row:
+                self._add_run(cols, start, row, now, res)
+            p = cols.multi[row]
+            res.count(self.add(p, now), p.series, int(cols.message[row]))
+            start = row + 1
+        if start < len(cols):
+            self._add_run(cols, start, len(cols), now, res)
+        return res
+
+    def _add_run(self, cols: PointColumns, a: int, b: int, now: float, res: BatchResult) -> None:
+        if not self._add_vectorised(cols, a, b, now, res):
+            message = cols.message
+            for row in range(a, b):
+                p = cols.point(row)
+                res.count(self.add(p, now), p.series, int(message[row]))
+
+    def _add_vectorised(
+        self, cols: PointColumns, a: int, b: int, now: float, res: BatchResult
+    ) -> bool:
+        """Rows a..b of univariate points in one numpy pass; False (nothing changed) when the
+        run needs the per-point path."""
+        names = cols.series[a:b]
+        known = self._series
+        length, stride = self.length, self.stride
+        first = dict.fromkeys(names)  # unique series, first-seen order
+        new = [name for name in first if name not in known]
+        new_set = set(new)
+        if len(known) + len(new) > self.max_series:
+            return False  # evictions would interleave with the run: keep add()'s exact order
+        for name in first:
+            s = known.get(name)
+            if s is not None and s.dims != UNIVARIATE:
+                return False  # a "value" point for a multivariate series: add() aligns it
+        # Group the rows by series (stable sort: arrival order within a series). New series get
+        # negative keys for now; their slots are allocated only once the run is known to fit.
+        key_of = {name: (known[name].slot if name not in new_set else -1 - k)
+                  for k, name in enumerate(first)}  # fmt: skip
+        keys = np.fromiter(map(key_of.__getitem__, names), np.int64, b - a)
+        order = np.argsort(keys, kind="stable")
+        k_sorted = keys[order]
+        t_sorted = cols.ts[a:b][order]
+        head = np.empty(len(order), dtype=bool)
+        head[0] = True
+        np.not_equal(k_sorted[1:], k_sorted[:-1], out=head[1:])
+        starts = np.flatnonzero(head)
+        bank = self._banks.get(1)
+        prev = np.empty_like(t_sorted)
+        prev[1:] = t_sorted[:-1]
+        head_keys = k_sorted[starts]
+        prev[starts] = -np.inf
+        if bank is not None:
+            old = head_keys >= 0
+            prev[starts[old]] = bank.last_ts[head_keys[old]]
+        if not np.all(t_sorted > prev):
+            return False  # a duplicate or late point: add() decides row by row
+
+        for name in new:  # first-seen order, the slots add() would give them
+            known[name] = self._track(UNIVARIATE)
+        bank = self._banks[1]
+        if new:
+            first_names = [names[i] for i in order[starts].tolist()]
+            gslot = np.array([known[name].slot for name in first_names], dtype=np.int64)
+        else:
+            gslot = head_keys
+        # Least recently seen first: the run's series move to the end, by their last point.
+        for name in reversed(dict.fromkeys(reversed(names))):
+            known[name] = known.pop(name)
+
+        v_sorted = cols.value[a:b][order]
+        n = len(order)
+        counts = np.diff(np.append(starts, n))
+        gid = np.repeat(np.arange(len(starts)), counts)
+        rank = np.arange(n) - starts[gid]
+        s_sorted = gslot[gid]
+        pos0 = bank.pos[gslot].astype(np.int64)
+        filled0 = bank.filled[gslot].astype(np.int64)
+        new0 = bank.new[gslot].astype(np.int64)
+        # A series snapshots at the first point where its window is full and `stride` points are
+        # new, then every `stride` points (see add()).
+        r1 = np.maximum(np.maximum(length - filled0 - 1, stride - new0 - 1), 0)
+        since = rank - r1[gid]
+        snap = np.flatnonzero((since >= 0) & (since % stride == 0))
+        if len(snap):
+            snap = snap[np.argsort(order[snap], kind="stable")]  # pending keeps arrival order
+            g = gid[snap]
+            # Window of the point at rank r: the ring as it was (oldest first) followed by the
+            # run's points, read at virtual positions r+1 .. r+L.
+            v = rank[snap][:, None] + 1 + np.arange(length)[None, :]
+            from_ring = v < length
+            ring_idx = (pos0[g][:, None] + v) % length
+            run_idx = np.where(from_ring, 0, starts[g][:, None] + v - length)
+            rows = gslot[g][:, None]
+            windows = np.where(from_ring, bank.values[rows, ring_idx, 0], v_sorted[run_idx])
+            wts = np.where(from_ring, bank.ts[rows, ring_idx], t_sorted[run_idx])
+            self._append_pending(bank, windows[:, :, None], wts, names, order[snap], now)
+        # Write the newest L points of each series into its ring.
+        keep = rank >= (counts - length)[gid]
+        ring = (pos0[gid] + rank) % length
+        bank.values[s_sorted[keep], ring[keep], 0] = v_sorted[keep]
+        bank.ts[s_sorted[keep], ring[keep]] = t_sorted[keep]
+        bank.pos[gslot] = (pos0 + counts) % length
+        bank.filled[gslot] = np.minimum(filled0 + counts, length)
+        bank.last_ts[gslot] = t_sorted[starts + counts - 1]
+        last_r = counts - 1
+        n_snaps = np.where(last_r >= r1, (last_r - r1) // stride + 1, 0)
+        bank.new[gslot] = np.where(
+            n_snaps > 0, last_r - (r1 + (n_snaps - 1) * stride), new0 + counts
+        )
+
+        res.accepted += n
+        message = cols.message[a:b].tolist()
+        first_msg = dict(zip(reversed(names), reversed(message), strict=True))
+        for name, m in first_msg.items():
+            res.first_accepted.setdefault(name, m)
+        return True
+
+    def _append_pending(
+        self,
+        bank: _Bank,
+        windows: np.ndarray,
+        ts: np.ndarray,
+        names: list[str],
+        rows: np.ndarray,
+        now: float,
+    ) -> None:
+        pend = bank.pending
+        n0, k = len(pend.series), len(rows)
+        while n0 + k > len(pend.windows):  # never drop a window (see _snapshot)
+            pend.windows = np.concatenate([pend.windows, np.empty_like(pend.windows)])
+            pend.ts = np.concatenate([pend.ts, np.empty_like(pend.ts)])
+        pend.windows[n0 : n0 + k] = windows
+        pend.ts[n0 : n0 + k] = ts
+        pend.series.extend([names[i] for i in rows.tolist()])
+        if n0 == 0:
+            pend.first_at = now
+
     def _align(self, dims: tuple[str, ...], p: Point) -> tuple[float, ...] | None:
         """A point may omit dimensions (missing = NaN) but never bring new ones."""
         given = dict(zip(p.dims, p.values, strict=True))
@@ -159,14 +332,14 @@ class WindowStore:
             return None
         return tuple(given.get(d, math.nan) for d in dims)
 
-    def _track(self, p: Point) -> _Series:
+    def _track(self, dims: tuple[str, ...]) -> _Series:
         if len(self._series) >= self.max_series:
             self._evict(max(1, self.max_series // 100))
-        d = len(p.dims)
+        d = len(dims)
         bank = self._banks.get(d)
         if bank is None:
             bank = self._banks[d] = _Bank(d, self.length, self.max_batch)
-        return _Series(d, bank.allocate(), p.dims)
+        return _Series(d, bank.allocate(), dims)
 
     def _evict(self, n: int) -> None:
         """Forget the n least recently seen series (their slots are reused)."""

@@ -1,0 +1,267 @@
+"""Ingest: `tsguard serve --stop-at-end` against the limit of its Kafka client, in one run.
+
+N points are pre-produced to a fresh embedded broker (one JSON point per message, keyed by
+series). Then, on the same data:
+
+1. limit: a bare kafka-python consumer (all partitions assigned, from the beginning, the same fetch
+   settings as tsguard's consumer) that only reads and orjson-decodes each value, until N are read;
+2. serve: `tsguard serve --stop-at-end` as a subprocess (what a user runs), timed from start to
+   exit, with the startup (model load, group join) read off its log and reported separately;
+3. in-process: the same pipeline built in this process (`build_service` + `Pipeline.run`), so the
+   model time (tsguard_scoring_seconds sum) is exact: framework overhead = (pipeline time - model
+   time) / model time. `--profile` adds a cProfile of this run.
+
+    python -m benchmarks.ingest_bench --points 200000 --series 1000 --stride 1
+
+Prints a table and writes JSON (--out). Not a test: nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import threading
+import time
+import uuid
+
+import orjson
+
+from benchmarks._common import (
+    Scraper,
+    ServeProcess,
+    add_common_args,
+    embedded_broker,
+    encoded_points,
+    environment,
+    print_table,
+    produce,
+    serve_command,
+    write_json,
+)
+
+TOPIC = "tsguard.metrics"
+
+
+def bare_consume(bootstrap: str, n: int, timeout_s: float = 600.0) -> dict:
+    """The limit for this client: read and JSON-decode n messages, nothing else."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=5000,  # the same fetch settings as stream.kafka_io.make_consumer
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=2_000_000,
+    )
+    try:
+        parts = consumer.partitions_for_topic(TOPIC) or set()
+        tps = [TopicPartition(TOPIC, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        got = 0
+        decoded_points = 0
+        t = time.perf_counter()
+        deadline = time.monotonic() + timeout_s
+        while got < n and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    obj = orjson.loads(r.value)
+                    decoded_points += 1 if isinstance(obj, dict) else len(obj)
+                got += len(records)
+        seconds = time.perf_counter() - t
+    finally:
+        consumer.close()
+    return {
+        "messages": got,
+        "points": decoded_points,
+        "seconds": seconds,
+        "points_per_s": got / seconds,
+    }
+
+
+def serve_run(bootstrap: str, n: int, args: argparse.Namespace) -> dict:
+    """`tsguard serve --stop-at-end` as a user runs it; phases from its log lines."""
+    from stream.broker import free_port
+
+    port = free_port()
+    extra = ["--stop-at-end", "--stride", str(args.stride), "--max-batch", str(args.max_batch)]
+    extra += ["--device", args.device]
+    cmd = serve_command(bootstrap, port, *extra)
+    env_threads = {"OMP_NUM_THREADS": str(args.threads)}
+    with ServeProcess(cmd, echo=args.verbose, env=env_threads) as proc, Scraper(port) as scraper:
+        rc = proc.wait(timeout_s=args.timeout)
+        final = scraper.latest
+    if rc != 0:
+        raise RuntimeError(f"serve exited {rc}:\n{proc.tail()}")
+    start, end = proc.started, proc.exited
+    assert end is not None
+    model = proc.first(r"model .* on ")
+    assigned = proc.first(r"assigned \[")
+    targets = proc.first(r"stop-at-end targets")
+    reached = proc.first(r"reached the end")
+    processing = end - (assigned or start)
+    out = {
+        "exit_code": rc,
+        "wall_s": end - start,
+        "startup_s": (assigned or start) - start,
+        "model_loaded_s": (model - start) if model else None,
+        "group_join_s": (assigned - model) if assigned and model else None,
+        "end_offset_probe_s": (targets - assigned) if targets and assigned else None,
+        "drain_and_close_s": (end - reached) if reached else None,
+        "processing_s": processing,
+        "points_per_s_wall": n / (end - start),
+        "points_per_s": n / processing,
+        "last_scrape_before_exit_s": (end - scraper.latest_at) if final else None,
+        "windows_scored_at_last_scrape": final.get("tsguard_windows_scored_total"),
+        "scoring_seconds_sum_at_last_scrape": final.get("tsguard_scoring_seconds_sum"),
+    }
+    return out
+
+
+def inprocess_run(bootstrap: str, n: int, args: argparse.Namespace) -> dict:
+    """The same pipeline in this process: exact model time from the metrics registry."""
+    import torch
+
+    from stream.commands import build_service
+    from stream.settings import Settings
+
+    torch.set_num_threads(args.threads)
+    settings = Settings(
+        bootstrap=bootstrap,
+        group_id=f"bench-inproc-{uuid.uuid4().hex[:8]}",
+        session_timeout_ms=6000,
+        device=args.device,
+        stride=args.stride,
+        max_batch=args.max_batch,
+        stop_at_end=True,
+    )
+    t_build = time.perf_counter()
+    pipeline, metrics = build_service(settings)
+    build_s = time.perf_counter() - t_build
+    assigned_at: list[float] = []
+
+    def watch() -> None:
+        while not pipeline.assigned and not pipeline.stop_event.is_set():
+            time.sleep(0.001)
+        assigned_at.append(time.perf_counter())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    profiler = cProfile.Profile() if args.profile else None
+    t = time.perf_counter()
+    watcher.start()
+    try:
+        if profiler:
+            profiler.enable()
+        pipeline.run()
+    finally:
+        if profiler:
+            profiler.disable()
+        pipeline.stop()
+    end = time.perf_counter()
+    watcher.join(timeout=1)
+    start = assigned_at[0] if assigned_at else t
+    sample = metrics.registry.get_sample_value
+    model_s = sample("tsguard_scoring_seconds_sum") or 0.0
+    batches = sample("tsguard_scoring_seconds_count") or 0.0
+    windows = sample("tsguard_windows_scored_total") or 0.0
+    points = sample("tsguard_points_total") or 0.0
+    pipeline_s = end - start
+    out = {
+        "build_s": build_s,
+        "group_join_s": start - t,
+        "pipeline_s": pipeline_s,
+        "points": points,
+        "points_per_s": points / pipeline_s,
+        "windows_scored": windows,
+        "windows_per_s": windows / pipeline_s,
+        "scoring_batches": batches,
+        "mean_batch": windows / batches if batches else 0.0,
+        "model_s": model_s,
+        "model_windows_per_s": windows / model_s if model_s else None,
+        "framework_overhead": (pipeline_s - model_s) / model_s if model_s else None,
+    }
+    if profiler:
+        buf = io.StringIO()
+        stats = pstats.Stats(profiler, stream=buf).sort_stats("tottime")
+        stats.print_stats(25)
+        prof_path = args.out.with_suffix(".prof")
+        prof_path.parent.mkdir(parents=True, exist_ok=True)
+        stats.dump_stats(prof_path)
+        out["profile_top_tottime"] = buf.getvalue()
+        out["profile_file"] = str(prof_path)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--points", type=int, default=200_000, help="N points pre-produced")
+    p.add_argument("--series", type=int, default=1000, help="distinct series (round-robin)")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--stride", type=int, default=1, help="serve --stride (1 = score every point)")
+    p.add_argument("--max-batch", type=int, default=1024)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--repeats", type=int, default=2, help="bare-consumer repeats (best = limit)")
+    p.add_argument("--no-serve", action="store_true", help="skip the serve subprocess run")
+    p.add_argument("--no-inprocess", action="store_true", help="skip the in-process run")
+    p.add_argument("--profile", action="store_true", help="cProfile the in-process run")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per run")
+    p.add_argument("--verbose", action="store_true", help="echo serve's log")
+    add_common_args(p, "ingest")
+    args = p.parse_args(argv)
+
+    n = args.points
+    messages = encoded_points(n, args.series)
+    result: dict = {"benchmark": "ingest", "config": vars(args) | {"out": str(args.out)}}
+    with embedded_broker(args.partitions) as bootstrap:
+        produce_s = produce(bootstrap, TOPIC, messages)
+        del messages
+        result["produce"] = {"seconds": produce_s, "points_per_s": n / produce_s}
+        result["limit_runs"] = [bare_consume(bootstrap, n) for _ in range(args.repeats)]
+        limit = max(r["points_per_s"] for r in result["limit_runs"])
+        result["limit_points_per_s"] = limit
+        if not args.no_serve:
+            result["serve"] = serve_run(bootstrap, n, args)
+        if not args.no_inprocess:
+            result["inprocess"] = inprocess_run(bootstrap, n, args)
+    result["environment"] = environment()
+
+    rows = [{"run": "limit: kafka-python read + orjson.loads", "points/s": limit, "ratio": 1.0}]
+    if "serve" in result:
+        s = result["serve"]
+        s["ratio_to_limit"] = s["points_per_s"] / limit
+        s["ratio_to_limit_wall"] = s["points_per_s_wall"] / limit
+        rows.append({"run": "tsguard serve (after group join)", "points/s": s["points_per_s"],
+                     "ratio": s["ratio_to_limit"], "seconds": s["processing_s"]})  # fmt: skip
+        rows.append({"run": "tsguard serve (start to exit)", "points/s": s["points_per_s_wall"],
+                     "ratio": s["ratio_to_limit_wall"], "seconds": s["wall_s"]})  # fmt: skip
+    if "inprocess" in result:
+        ip = result["inprocess"]
+        ip["ratio_to_limit"] = ip["points_per_s"] / limit
+        rows.append({"run": "pipeline in-process (after join)", "points/s": ip["points_per_s"],
+                     "ratio": ip["ratio_to_limit"], "seconds": ip["pipeline_s"],
+                     "windows/s": ip["windows_per_s"], "model s": ip["model_s"],
+                     "overhead": ip["framework_overhead"]})  # fmt: skip
+    print_table(
+        rows,
+        ["run", "points/s", "ratio", "seconds", "windows/s", "model s", "overhead"],
+        title=f"ingest: {n:,} points, {args.series} series, stride {args.stride} "
+        f"(load avg {result['environment']['loadavg']['1m']:.2f})",
+    )
+    if "serve" in result:
+        s = result["serve"]
+        print(
+            f"serve phases: model load {s['model_loaded_s']}, group join {s['group_join_s']}, "
+            f"end-offset probe {s['end_offset_probe_s']}, drain+close {s['drain_and_close_s']} (s)"
+        )
+    if args.profile and "inprocess" in result:
+        print(result["inprocess"]["profile_top_tottime"])
+    write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
