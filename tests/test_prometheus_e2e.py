@@ -166,20 +166,26 @@ def test_prometheus_raises_the_anomaly_alert(tmp_path: Path):
         messages += [point("s2", t0 + 60 * i, float(v)) for i, v in enumerate(s2)]
         produce(broker.bootstrap, "tsguard.metrics", messages)
 
-        def s1_alerting() -> bool:
-            return any(
-                a["labels"]["alertname"] == "TsguardSeriesAnomaly"
-                and a["labels"].get("series") == "s1"
-                and a["state"] in ("pending", "firing")
+        def anomaly_alerts_raised() -> bool:
+            raised = {
+                (a["labels"]["alertname"], a["labels"].get("series"))
                 for a in active_alerts(prom)
-            )
+                if a["state"] in ("pending", "firing")
+            }
+            # The per-series score alert, and the anomaly-event alert (tsguard_anomalies_total
+            # rose while Prometheus was watching).
+            return {("TsguardSeriesAnomaly", "s1"), ("TsguardAnomalyEvents", None)} <= raised
 
         wait_until(
-            "TsguardSeriesAnomaly{series=s1} pending or firing", s1_alerting, ALERT_TIMEOUT_S, logs
+            "TsguardSeriesAnomaly{series=s1} and TsguardAnomalyEvents",
+            anomaly_alerts_raised,
+            ALERT_TIMEOUT_S,
+            logs,
         )
 
         alerts = active_alerts(prom)
         s1_alert = next(a for a in alerts if a["labels"].get("series") == "s1")
+        assert s1_alert["labels"]["alertname"] == "TsguardSeriesAnomaly"
         assert s1_alert["labels"]["severity"] == "warning"
         assert s1_alert["labels"]["job"] == "tsguard"
         assert s1_alert["annotations"]["summary"] == "Anomaly on series s1"
