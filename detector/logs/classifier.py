@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -107,6 +107,18 @@ class Classification:
 
 def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD_RE.findall(text) if len(w) >= _MIN_WORD_LEN]
+
+
+class TemplateText(NamedTuple):
+    """What the classifier scores: the sentence to embed and the words for the word score."""
+
+    sentence: str
+    words: tuple[str, ...]
+
+
+def as_input(text: str) -> TemplateText:
+    """A plain text as classifier input: every word of it counts for the word score."""
+    return TemplateText(text, tuple(dict.fromkeys(_words(text))))
 
 
 def _label_from(obj: Any, where: str) -> Label:
@@ -302,11 +314,13 @@ class ZeroShotClassifier:
         if self.label_set.temperature is None:
             self._fit_temperature(np.asarray(is_example), phrases)
 
-    def _scores(self, texts: Sequence[str], exclude: np.ndarray | None = None) -> np.ndarray:
+    def _scores(
+        self, items: Sequence[TemplateText], exclude: np.ndarray | None = None
+    ) -> np.ndarray:
         """Raw label scores (n, labels). `exclude`: (n, phrases) bool, phrases to leave out."""
-        vecs = self.encoder.encode(texts)
+        vecs = self.encoder.encode([item.sentence for item in items])
         sims = vecs @ self._phrase_vecs.T  # (n, phrases)
-        sentence = np.empty((len(texts), len(self.names)), dtype=np.float64)
+        sentence = np.empty((len(items), len(self.names)), dtype=np.float64)
         for j in range(len(self.names)):
             mask = np.broadcast_to(self._phrase_masks[j], sims.shape)
             if exclude is not None:
@@ -315,7 +329,7 @@ class ZeroShotClassifier:
         if not self.config.use_words:
             return sentence
         word = np.zeros_like(sentence)
-        word_lists = [_words(t) for t in texts]
+        word_lists = [item.words for item in items]
         vocab = list(dict.fromkeys(w for ws in word_lists for w in ws))
         if vocab:
             word_vecs = self.encoder.encode(vocab)
@@ -339,7 +353,7 @@ class ZeroShotClassifier:
             return  # too few examples for a fit: keep DEFAULT_TEMPERATURE
         exclude = np.zeros((len(idx), len(phrases)), dtype=bool)
         exclude[np.arange(len(idx)), idx] = True
-        scores = self._scores([phrases[i] for i in idx], exclude)
+        scores = self._scores([as_input(phrases[i]) for i in idx], exclude)
         truth = self._phrase_owner[idx]
 
         scores = scores + PRIOR_SCALE * self.log_prior
@@ -362,9 +376,12 @@ class ZeroShotClassifier:
         p = np.exp(z)
         return p / p.sum(axis=1, keepdims=True)
 
-    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        """Calibrated label probabilities (n, labels) for embedding texts; cached per text."""
+    def probabilities(self, inputs: Sequence[str | TemplateText]) -> np.ndarray:
+        """Calibrated label probabilities (n, labels); cached per input.
+
+        An input is a TemplateText, or a plain string (its words are then all its words)."""
         self._prepare()
+        texts = [x if isinstance(x, TemplateText) else as_input(x) for x in inputs]
         if self.config.cache_size <= 0:  # no cache: score every text, duplicates too
             return self._softmax(self._scores(texts)) if texts else np.zeros((0, len(self.names)))
         todo = [t for t in dict.fromkeys(texts) if t not in self._probs]
@@ -392,5 +409,5 @@ class ZeroShotClassifier:
         scores = {name: round(float(p), 4) for name, p in zip(self.names, probs, strict=True)}
         return Classification(label=label, confidence=round(confidence, 4), scores=scores)
 
-    def classify(self, texts: Sequence[str]) -> list[Classification]:
-        return [self.decide(row) for row in self.probabilities(texts)]
+    def classify(self, inputs: Sequence[str | TemplateText]) -> list[Classification]:
+        return [self.decide(row) for row in self.probabilities(inputs)]

@@ -33,6 +33,7 @@ import orjson
 from detector.logs.classifier import (
     ClassifierConfig,
     LabelSet,
+    TemplateText,
     ZeroShotClassifier,
     load_label_set,
 )
@@ -44,6 +45,7 @@ from detector.logs.templates import (
     TemplateMiner,
     embedding_text,
     mask_variables,
+    prose_words,
 )
 
 UNKNOWN_SOURCE = "unknown"
@@ -97,11 +99,12 @@ _MMDD_RE = re.compile(r"^(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?
 
 
 _TS_PREFIX_RE = re.compile(
-    "|".join(
+    "(?:"
+    + "|".join(
         f"(?:{p.pattern})"
         for p in (_ISO_RE, _CTIME_RE, _SYSLOG_RE, _YYMMDD_RE, _SLASH_RE, _MMDD_RE)
     )
-    + r"[\s,;|\]]*"
+    + r")[\s,;|\]]*"
 )
 
 
@@ -268,7 +271,7 @@ class LogHead:
             encode=self.encoder.encode,
             abstractive=abstractive,
         )
-        self._texts: OrderedDict[str, str] = OrderedDict()  # template -> embedding text
+        self._texts: OrderedDict[str, TemplateText] = OrderedDict()  # template -> input
         self._last: tuple[list[LogRecord], list[MinedLine]] | None = None
         self.lines = 0
         self._since_prune = 0
@@ -284,10 +287,10 @@ class LogHead:
         self.lines += len(records)
         return mined
 
-    def _embedding_text(self, template: str) -> str:
+    def _input(self, template: str) -> TemplateText:
         text = self._texts.get(template)
         if text is None:
-            text = embedding_text(template) or template
+            text = TemplateText(embedding_text(template) or template, prose_words(template))
             self._texts[template] = text
             if len(self._texts) > 100_000:
                 self._texts.popitem(last=False)
@@ -301,15 +304,12 @@ class LogHead:
             return []
         if self.config.template_cache:
             mined = self._mine(records)
-            texts = [self._embedding_text(m.template) for m in mined]
+            texts = [self._input(m.template) for m in mined]
         else:
             # The uncached path: each line's own masked words, embedded every time.
             limit = self.config.max_line_chars
-            texts = [
-                embedding_text(mask_variables(strip_timestamp(r.message[:limit])))
-                or r.message[:limit]
-                for r in records
-            ]
+            masked = [mask_variables(strip_timestamp(r.message[:limit])) for r in records]
+            texts = [TemplateText(embedding_text(m) or m, prose_words(m)) for m in masked]
         probs = self.classifier.probabilities(texts)
         out = []
         for record, row in zip(records, probs, strict=True):

@@ -79,6 +79,28 @@ def embedding_text(template: str, max_words: int = 48) -> str:
     return " ".join(words[:max_words])
 
 
+_PROSE_SPLIT_RE = re.compile(r"[\s,;:()\[\]{}\"=<>|]+")
+_PROSE_TOKEN_RE = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+
+
+def prose_words(template: str, min_len: int = 3) -> tuple[str, ...]:
+    """The template's plain words, lower-cased: tokens that are words, not identifiers.
+
+    "Failed", "ERROR", "can't" are words; "invalidSet", "mod_jk", "NameSystem.delete" and
+    "getTasks" are identifiers (camelCase, underscores, dots) that name things rather than say what
+    happened, so they are left out of the word score (the sentence embedding still reads them).
+    """
+    words: list[str] = []
+    for raw in _PROSE_SPLIT_RE.split(_PLACEHOLDER_RE.sub(" ", template)):
+        token = raw.strip(".!?*#-+/\\'`~")
+        if len(token) < min_len or not _PROSE_TOKEN_RE.fullmatch(token):
+            continue
+        letters = token.replace("'", "")
+        if letters.islower() or letters.isupper() or letters[1:].islower():
+            words.append(token.lower())
+    return tuple(dict.fromkeys(words))
+
+
 @dataclass(frozen=True)
 class TemplateConfig:
     """Drain settings and the bounds on template state.

@@ -1,0 +1,361 @@
+"""Log heads: zero-shot severity quality on loghub against a keyword baseline, and throughput.
+
+Quality. On the loghub 2k samples (../shared/data/loghub) whose `*_structured.csv` has a real level
+column (Android, Apache, HDFS, Hadoop, Spark, Windows; Linux's "Level" column holds the host name
+and the other systems have none), classify severity from the message content alone (the `Content`
+column: no timestamp, no level field) with the shipped severity label set, and compare with a
+keyword baseline (error|fail|fatal|exception -> error, else warn -> warning, else info). Levels
+map: E/F/ERROR/FATAL/error/Error -> error; W/WARN/Warning -> warning; I/D/V/INFO/notice/Info ->
+info. Macro-F1 per system is over the classes present in that system's ground truth (a class a
+system never logs has no F1); "overall" is macro-F1 over error/warning/info, all systems pooled.
+Forced decisions (no "unknown") for the F1; the unknown rate at the default threshold and the
+calibration of the confidence (expected calibration error, 10 bins) are reported beside it.
+
+Throughput. Lines per second through LogHead.classify (mask, Drain3, classify, output dicts) with
+the template cache on and off, the model loaded and warm beforehand:
+  - cached, cold: a fresh head over each file once (every new template costs an embedding);
+  - cached, warm: the same lines again (templates known: the steady state of a long stream);
+  - raw+json: the raw `.log` lines end to end (parse_log_value, classify, orjson.dumps), cold;
+  - no cache: every line embedded (on a prefix of each file, it is slow).
+
+    python -m benchmarks.logs_bench [--threads 2] [--nocache-lines 300] [--sweep]
+
+Prints tables and writes JSON (--out). Not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+import time
+
+import numpy as np
+import orjson
+
+from benchmarks._common import REPO, add_common_args, environment, print_table, write_json
+
+LOGHUB = REPO.parent / "shared" / "data" / "loghub"
+LEVELLED = ("Android", "Apache", "HDFS", "Hadoop", "Spark", "Windows")
+CLASSES = ("error", "warning", "info")
+LEVEL_MAP = {
+    "e": "error", "f": "error", "error": "error", "fatal": "error",
+    "w": "warning", "warn": "warning", "warning": "warning",
+    "i": "info", "d": "info", "v": "info", "info": "info", "notice": "info",
+}  # fmt: skip
+_KEYWORD_ERROR = re.compile(r"error|fail|fatal|exception", re.IGNORECASE)
+_KEYWORD_WARN = re.compile(r"warn", re.IGNORECASE)
+
+
+def keyword_label(message: str) -> str:
+    if _KEYWORD_ERROR.search(message):
+        return "error"
+    if _KEYWORD_WARN.search(message):
+        return "warning"
+    return "info"
+
+
+def load_structured(system: str) -> tuple[list[str], list[str] | None]:
+    """Content lines and mapped levels (None when the system has no level column)."""
+    path = LOGHUB / system / f"{system}_2k.log_structured.csv"
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    contents = [r["Content"] for r in rows]
+    if "Level" not in rows[0] or system not in LEVELLED:
+        return contents, None
+    return contents, [LEVEL_MAP[r["Level"].strip().lower()] for r in rows]
+
+
+def macro_f1(truth: list[str], pred: list[str], classes: tuple[str, ...]) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(truth, pred, labels=list(classes), average="macro", zero_division=0))
+
+
+def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: mean |accuracy - confidence| over equal-width bins."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        sel = (confidence > lo) & (confidence <= hi)
+        if sel.any():
+            total += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
+    return float(total)
+
+
+def make_head(encoder, **kw):
+    from detector.logs.head import LogHead, LogHeadConfig
+
+    return LogHead(LogHeadConfig(**kw), encoder=encoder)
+
+
+def records(system: str, lines: list[str]):
+    from detector.logs.head import LogRecord
+
+    return [LogRecord(system, float(i), line) for i, line in enumerate(lines)]
+
+
+def classify_all(head, recs, batch: int = 512) -> list[dict]:
+    out: list[dict] = []
+    for i in range(0, len(recs), batch):
+        out.extend(head.classify(recs[i : i + batch]))
+    return out
+
+
+def quality(encoder, systems: list[str], **head_kw) -> tuple[list[dict], dict]:
+    rows = []
+    all_truth: list[str] = []
+    all_pred: list[str] = []
+    all_kw: list[str] = []
+    conf: list[float] = []
+    correct: list[bool] = []
+    unknown = 0
+    temperature = None
+    for system in systems:
+        contents, truth = load_structured(system)
+        if truth is None:
+            continue
+        head = make_head(encoder, unknown_below=0.0, **head_kw)
+        out = classify_all(head, records(system, contents))
+        temperature = head.classifier.temperature
+        pred = [o["label"] for o in out]
+        kw = [keyword_label(c) for c in contents]
+        present = tuple(c for c in CLASSES if c in set(truth))
+        default_threshold = 0.4
+        sys_unknown = sum(o["confidence"] < default_threshold for o in out)
+        unknown += sys_unknown
+        rows.append(
+            {
+                "system": system,
+                "lines": len(contents),
+                "classes": "/".join(present),
+                "keyword_f1": macro_f1(truth, kw, present),
+                "zeroshot_f1": macro_f1(truth, pred, present),
+                "delta_pts": 100 * (macro_f1(truth, pred, present) - macro_f1(truth, kw, present)),
+                "unknown@0.4": sys_unknown / len(contents),
+                "templates": head.miner.template_count(system),
+                "embedded": head.embedded_texts,
+            }
+        )
+        all_truth += truth
+        all_pred += pred
+        all_kw += kw
+        conf += [o["confidence"] for o in out]
+        correct += [p == t for p, t in zip(pred, truth, strict=True)]
+    overall = {
+        "system": "overall (pooled)",
+        "lines": len(all_truth),
+        "classes": "/".join(CLASSES),
+        "keyword_f1": macro_f1(all_truth, all_kw, CLASSES),
+        "zeroshot_f1": macro_f1(all_truth, all_pred, CLASSES),
+        "delta_pts": 100
+        * (macro_f1(all_truth, all_pred, CLASSES) - macro_f1(all_truth, all_kw, CLASSES)),
+        "unknown@0.4": unknown / max(len(all_truth), 1),
+    }
+    mean = {
+        "system": "mean of systems",
+        "keyword_f1": float(np.mean([r["keyword_f1"] for r in rows])),
+        "zeroshot_f1": float(np.mean([r["zeroshot_f1"] for r in rows])),
+    }
+    mean["delta_pts"] = 100 * (mean["zeroshot_f1"] - mean["keyword_f1"])
+    calib = {
+        "temperature": temperature,
+        "ece": ece(np.asarray(conf), np.asarray(correct, dtype=np.float64)),
+        "mean_confidence": float(np.mean(conf)),
+        "accuracy": float(np.mean(correct)),
+    }
+    return [*rows, overall, mean], calib
+
+
+def throughput(encoder, systems: list[str], nocache_lines: int) -> list[dict]:
+    from detector.logs.head import parse_log_value
+
+    rows = []
+    corpus = {s: load_structured(s)[0] for s in systems}
+    raw = {
+        s: (LOGHUB / s / f"{s}_2k.log").read_bytes().splitlines()
+        for s in systems
+        if (LOGHUB / s / f"{s}_2k.log").is_file()
+    }
+
+    def timed(label: str, fn, n: int, head) -> None:
+        t = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t
+        rows.append(
+            {
+                "mode": label,
+                "lines": n,
+                "seconds": dt,
+                "lines_per_s": n / dt,
+                "embedded": head.embedded_texts,
+            }
+        )
+
+    # Cached, cold then warm: one head per system (templates are per source anyway).
+    heads = {s: make_head(encoder) for s in systems}
+    all_recs = {s: records(s, corpus[s]) for s in systems}
+    n_all = sum(len(r) for r in all_recs.values())
+
+    class _Sum:  # embedded-text count over all heads, for the table
+        @property
+        def embedded_texts(self) -> int:
+            return sum(h.embedded_texts for h in heads.values())
+
+    total = _Sum()
+    timed(
+        "cache on, cold (fresh head)",
+        lambda: [classify_all(heads[s], all_recs[s]) for s in systems],
+        n_all,
+        total,
+    )
+    before = total.embedded_texts
+    timed(
+        "cache on, warm (templates known)",
+        lambda: [classify_all(heads[s], all_recs[s]) for s in systems],
+        n_all,
+        total,
+    )
+    rows[-1]["embedded"] = total.embedded_texts - before
+
+    # Raw .log lines end to end, cold: parse, classify, serialise.
+    raw_heads = {s: make_head(encoder) for s in raw}
+    n_raw = sum(len(v) for v in raw.values())
+
+    def end_to_end() -> None:
+        now = time.time()
+        for s, lines in raw.items():
+            key = s.encode()
+            for i in range(0, len(lines), 512):
+                recs = [parse_log_value(v, key, now) for v in lines[i : i + 512] if v.strip()]
+                b"".join(orjson.dumps(o) + b"\n" for o in raw_heads[s].classify(recs))
+
+    class _RawSum:
+        @property
+        def embedded_texts(self) -> int:
+            return sum(h.embedded_texts for h in raw_heads.values())
+
+    timed("raw .log + parse + JSON out, cache on, cold", end_to_end, n_raw, _RawSum())
+
+    # No cache: every line is embedded; a prefix of each file keeps this bounded.
+    nc_heads = {s: make_head(encoder, template_cache=False) for s in systems}
+    nc_recs = {s: all_recs[s][:nocache_lines] for s in systems}
+    n_nc = sum(len(r) for r in nc_recs.values())
+
+    class _NcSum:
+        @property
+        def embedded_texts(self) -> int:
+            return sum(h.embedded_texts for h in nc_heads.values())
+
+    timed(
+        f"cache off (first {nocache_lines} lines/file)",
+        lambda: [classify_all(nc_heads[s], nc_recs[s], batch=64) for s in systems],
+        n_nc,
+        _NcSum(),
+    )
+    return rows
+
+
+def sweep(encoder) -> list[dict]:
+    """Sensitivity of the overall F1 to the two hand-set knobs (info prior, sentence weight)."""
+    from dataclasses import replace
+
+    from detector.logs.classifier import load_label_set
+
+    base = load_label_set("severity")
+    out = []
+    for info_prior in (0.7, 0.8, 0.9):
+        other = (1.0 - info_prior) / 2
+        priors = {"error": other, "warning": other, "info": info_prior}
+        labels = tuple(replace(lab, prior=priors[lab.name]) for lab in base.labels)
+        for weight in (0.5, 0.6, 0.7, 0.8, 0.9):
+            rows, _ = quality(
+                encoder,
+                list(LEVELLED),
+                label_set=replace(base, labels=labels),
+                sentence_weight=weight,
+            )
+            overall, mean = rows[-2], rows[-1]
+            out.append(
+                {
+                    "info_prior": info_prior,
+                    "sentence_weight": weight,
+                    "overall_f1": overall["zeroshot_f1"],
+                    "overall_delta_pts": overall["delta_pts"],
+                    "mean_f1": mean["zeroshot_f1"],
+                }
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(p, "logs_bench")
+    p.add_argument("--nocache-lines", type=int, default=300, help="lines per file without cache")
+    p.add_argument("--sweep", action="store_true", help="also sweep prior and sentence weight")
+    p.add_argument("--skip-throughput", action="store_true")
+    args = p.parse_args(argv)
+    if not LOGHUB.is_dir():
+        print(f"loghub data not found at {LOGHUB}", file=sys.stderr)
+        return 2
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from detector.logs.encoder import shared_encoder
+
+    encoder = shared_encoder("cpu")
+    t = time.perf_counter()
+    encoder.encode(["warm up the model"])
+    load_s = time.perf_counter() - t
+
+    q_rows, calib = quality(encoder, list(LEVELLED))
+    print_table(
+        q_rows,
+        [
+            "system",
+            "lines",
+            "classes",
+            "keyword_f1",
+            "zeroshot_f1",
+            "delta_pts",
+            "unknown@0.4",
+            "templates",
+            "embedded",
+        ],  # fmt: skip
+        "Severity from message content: macro-F1, zero-shot vs keyword baseline",
+    )
+    print(
+        f"calibration: T={calib['temperature']:.4f} ece={calib['ece']:.3f} "
+        f"mean confidence={calib['mean_confidence']:.3f} accuracy={calib['accuracy']:.3f}"
+    )
+    result = {
+        "env": environment(),
+        "model_load_s": load_s,
+        "quality": q_rows,
+        "calibration": calib,
+    }
+    if not args.skip_throughput:
+        all_systems = sorted(d.name for d in LOGHUB.iterdir() if d.is_dir())
+        t_rows = throughput(encoder, all_systems, args.nocache_lines)
+        print_table(
+            t_rows,
+            ["mode", "lines", "seconds", "lines_per_s", "embedded"],
+            f"Throughput, LogHead.classify, {len(all_systems)} loghub files, "
+            f"{args.threads} torch thread(s)",
+        )
+        result["throughput"] = t_rows
+    if args.sweep:
+        s_rows = sweep(encoder)
+        print_table(
+            s_rows,
+            ["info_prior", "sentence_weight", "overall_f1", "overall_delta_pts", "mean_f1"],
+            "Sensitivity (shipped: info prior 0.8, sentence weight 0.7)",
+        )
+        result["sweep"] = s_rows
+    write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Template mining and input parsing for the log heads (no embedding model needed)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detector.logs.head import (
+    LogRecord,
+    parse_line_timestamp,
+    parse_log_value,
+    strip_timestamp,
+)
+from detector.logs.templates import (
+    TemplateConfig,
+    TemplateMiner,
+    embedding_text,
+    mask_variables,
+    prose_words,
+)
+
+NOW = 1_700_000_000.0
+
+
+def _utc(*args: int) -> float:
+    return datetime(*args, tzinfo=UTC).timestamp()
+
+
+# ----------------------------------------------------------------------------- masking
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("connect to 10.0.0.1:8080 failed", "connect to <IP> failed"),
+        ("flags=0x1f ok", "flags=<HEX> ok"),
+        ("object 9f4ef63 released", "object <HEX> released"),
+        ("id 123e4567-e89b-12d3-a456-426614174000 done", "id <UUID> done"),
+        ("open /var/log/app/x.log", "open <PATH>"),
+        ("took 1,204 ms at 12.5%", "took <NUM> ms at <NUM>%"),
+        ("blk_-6952295868487656571 deleted", "blk_<NUM> deleted"),
+        ("on 2015-10-18", "on <NUM>-<NUM>-<NUM>"),
+    ],
+)
+def test_mask_variables_masks_the_variable_parts(line: str, expected: str) -> None:
+    assert mask_variables(line) == expected
+
+
+def test_lines_differing_only_in_variables_mask_identically() -> None:
+    a = "Failed to connect to 10.1.2.3:50010 after 3 retries, blk_123 at 0xdeadbeef in /data/a/b"
+    b = "Failed to connect to 192.168.0.77:9 after 12 retries, blk_-98 at 0x1 in /tmp/x/y/z"
+    assert mask_variables(a) == mask_variables(b)
+
+
+def test_embedding_text_drops_masks_and_splits_identifiers() -> None:
+    text = embedding_text("getRunningAppProcesses: caller <NUM> from <IP> of NameSystem.addBlock")
+    assert "<" not in text and "NUM" not in text
+    assert text.split() == [
+        "get", "Running", "App", "Processes", "caller", "from", "of", "Name", "System", "add",
+        "Block",
+    ]  # fmt: skip
+
+
+def test_prose_words_leave_identifiers_out() -> None:
+    words = prose_words("BLOCK* NameSystem.delete: blk_<NUM> is added to invalidSet; Can't find it")
+    assert "invalid" not in " ".join(words) and "invalidset" not in words
+    assert {"added", "can't", "find", "block"} <= set(words)
+
+
+# ----------------------------------------------------------------------------- Drain3
+
+
+def test_same_event_with_different_variables_shares_a_template() -> None:
+    miner = TemplateMiner(TemplateConfig())
+    a = miner.add("hdfs", "Received block blk_123 of size 67108864 from /10.250.19.102")
+    b = miner.add("hdfs", "Received block blk_-987 of size 3545 from /10.251.71.16")
+    c = miner.add("hdfs", "Deleting block blk_55 file /mnt/hadoop/dfs/data/current/blk_55")
+    assert a.template_id == b.template_id != c.template_id
+    assert a.created and not b.created and c.created
+    assert "<NUM>" in b.template and "3545" not in b.template
+
+
+def test_templates_are_per_source() -> None:
+    miner = TemplateMiner(TemplateConfig())
+    a = miner.add("web", "user logged in")
+    b = miner.add("db", "user logged in")
+    assert a.created and b.created
+    assert miner.template_count("web") == miner.template_count("db") == 1
+
+
+def test_template_state_is_bounded() -> None:
+    miner = TemplateMiner(TemplateConfig(max_templates=10, max_sources=3))
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india"]
+    for i in range(60):
+        # Distinct first tokens: each line is its own template.
+        miner.add("s", f"{words[i % 9]}{words[(i // 9) % 9]} started service")
+    assert miner.template_count("s") <= 10
+    for s in ("a", "b", "c", "d", "e"):
+        miner.add(s, "hello world")
+    assert len(miner.sources()) == 3 and miner.evicted_sources >= 2
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def test_json_record_with_all_fields() -> None:
+    value = orjson.dumps({"source": "web", "ts": "2024-05-01T12:00:00Z", "message": "hi there"})
+    rec = parse_log_value(value, b"key", NOW)
+    assert rec == LogRecord("web", _utc(2024, 5, 1, 12), "hi there")
+
+
+def test_json_record_defaults_source_from_key_and_ts_from_now() -> None:
+    rec = parse_log_value(b'{"message": "disk full"}', b"host-1", NOW)
+    assert rec == LogRecord("host-1", NOW, "disk full")
+    rec = parse_log_value(b'{"message": "disk full", "ts": 1700000123.5}', None, NOW)
+    assert rec == LogRecord("unknown", 1700000123.5, "disk full")
+
+
+def test_raw_line_uses_key_and_its_leading_timestamp() -> None:
+    line = b"081109 203615 148 INFO dfs.DataNode$PacketResponder: PacketResponder 1 terminating"
+    rec = parse_log_value(line, b"HDFS", NOW)
+    assert rec.source == "HDFS" and rec.message == line.decode()
+    assert rec.ts == _utc(2008, 11, 9, 20, 36, 15)
+    assert parse_log_value(b"no timestamp here", None, NOW) == LogRecord(
+        "unknown", NOW, "no timestamp here"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b'{"message": "x"', "invalid JSON"),
+        (b'{"message": 42}', "message must be a string"),
+        (b'{"source": "a"}', "message must be a string"),
+        (b'{"message": "x", "ts": "yesterday"}', "ts"),
+        (b'{"message": "x", "ts": 1e30}', "ts"),
+        (b'{"message": "x", "source": 7}', "source"),
+        (b"\xff\xfe broken", "UTF-8"),
+        (b"   ", "empty"),
+        (None, "empty"),
+    ],
+)
+def test_malformed_values_raise_value_error_with_a_reason(value: bytes | None, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_log_value(value, None, NOW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.one_of(st.none(), st.binary(max_size=20)))
+def test_any_bytes_give_a_record_or_value_error(value: bytes, key: bytes | None) -> None:
+    try:
+        rec = parse_log_value(value, key, NOW)
+    except ValueError:
+        return
+    assert isinstance(rec.message, str) and rec.message
+    assert isinstance(rec.source, str) and rec.source
+    assert math.isfinite(rec.ts)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("2015-10-18 18:01:47,978 INFO [main] x", _utc(2015, 10, 18, 18, 1, 47) + 0.978),
+        ("2016-09-28 04:30:30, Info CBS x", _utc(2016, 9, 28, 4, 30, 30)),
+        ("2024-05-01T12:00:00+02:00 x", _utc(2024, 5, 1, 10)),
+        ("[Sun Dec 04 04:47:44 2005] [notice] x", _utc(2005, 12, 4, 4, 47, 44)),
+        ("081109 203615 148 INFO x", _utc(2008, 11, 9, 20, 36, 15)),
+        ("17/06/09 20:10:40 INFO x", _utc(2017, 6, 9, 20, 10, 40)),
+        ("Jun 14 15:16:01 combo sshd", _utc(2023, 6, 14, 15, 16, 1)),  # year of NOW (2023)
+        ("03-17 16:13:38.811  1702 D x", _utc(2023, 3, 17, 16, 13, 38) + 0.811),
+    ],
+)
+def test_loghub_timestamps_are_parsed(line: str, expected: float) -> None:
+    assert parse_line_timestamp(line, NOW) == pytest.approx(expected)
+
+
+def test_unrecognised_or_impossible_timestamps_give_none() -> None:
+    assert parse_line_timestamp("hello 2015", NOW) is None
+    assert parse_line_timestamp("2015-13-45 10:00:00 bad month", NOW) is None
+
+
+def test_strip_timestamp_keeps_the_rest_of_the_line() -> None:
+    assert strip_timestamp("2016-09-28 04:30:30, Info CBS x") == "Info CBS x"
+    assert strip_timestamp("plain line") == "plain line"
