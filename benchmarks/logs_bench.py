@@ -309,7 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     encoder.encode(["warm up the model"])
     load_s = time.perf_counter() - t
 
-    q_rows, calib = quality(encoder, list(LEVELLED))
+    from detector.logs.encoder import CachedEncoder
+
+    # Quality runs (and the sweep) share one cache: the embeddings do not depend on the knobs.
+    shared = CachedEncoder(encoder)
+    q_rows, calib = quality(shared, list(LEVELLED))
     print_table(
         q_rows,
         [
@@ -346,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         result["throughput"] = t_rows
     if args.sweep:
-        s_rows = sweep(encoder)
+        s_rows = sweep(shared)
         print_table(
             s_rows,
             ["info_prior", "sentence_weight", "overall_f1", "overall_delta_pts", "mean_f1"],
