@@ -246,13 +246,13 @@ class Pipeline:
         if not self.assigned:
             return
         try:
-            ends = self.consumer.end_offsets(list(self.assigned))
+            ends = self.consumer.end_offsets(list(self.assigned), timeout_ms=2000)
             for tp, end in ends.items():
                 pos = self.consumer.position(tp)
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - pos))
         except KafkaError as exc:
             self.metrics.kafka_errors.labels("lag").inc()
-            log.debug("lag update failed: %s", exc)
+            log.warning("cannot reach Kafka to update consumer lag (will retry): %s", exc)
 
     def close(self) -> None:
         try:
