@@ -24,6 +24,9 @@ def make_producer(settings: Settings) -> KafkaProducer:
         return KafkaProducer(
             acks="all",
             linger_ms=5,
+            # Duplicates are harmless (deterministic event ids), and idempotent producers cannot
+            # recover when a broker comes back without their producer state.
+            enable_idempotence=False,
             retries=10,
             max_request_size=max(1_048_576, settings.max_message_bytes * 2),
             **_common(settings),

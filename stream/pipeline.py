@@ -255,8 +255,13 @@ class Pipeline:
             log.warning("cannot reach Kafka to update consumer lag (will retry): %s", exc)
 
     def close(self) -> None:
+        """Bounded, whatever the broker's state: outputs not flushed by now were never committed,
+        so they are produced again by whoever consumes these offsets next."""
         try:
-            self.producer.flush(timeout=10)
-        finally:
-            self.producer.close(timeout=5)
-            self.consumer.close()
+            self.producer.close(timeout=10)
+        except KafkaError as exc:
+            log.warning("closing the producer: %s", exc)
+        try:
+            self.consumer.close(autocommit=False)
+        except KafkaError as exc:
+            log.warning("closing the consumer: %s", exc)

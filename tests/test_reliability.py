@@ -293,3 +293,37 @@ def test_hot_reload_refuses_bad_models_and_swaps_good_ones(tmp_path):
         if proc.poll() is None:
             proc.kill()
         broker.stop()
+
+
+def test_broker_outage_is_survived_and_processing_resumes():
+    port = free_port()
+    broker = EmbeddedBroker(port=port).start()
+    ensure_topics(Settings(bootstrap=broker.bootstrap), Settings().topics.all())
+
+    def points(lo: int, hi: int, spike: int | None = None):
+        return [(b"o", orjson.dumps({"series": "o", "ts": T0 + 60 * i, "value": (500.0 if i == spike else 50.0) + i % 10}))
+                for i in range(lo, hi)]  # fmt: skip
+
+    produce(broker.bootstrap, "tsguard.metrics", points(0, 300))
+    mport = free_port()
+    proc = serve(broker, "outage", port=mport)
+    try:
+        wait_metric(mport, "tsguard_points_total", 300)
+        broker.stop()  # the broker goes away...
+        wait_metric(mport, 'tsguard_kafka_errors_total{op="lag"}', 1, timeout_s=30)
+        assert proc.poll() is None
+        broker = EmbeddedBroker(port=port).start()  # ...and comes back (empty: memory storage)
+        ensure_topics(Settings(bootstrap=broker.bootstrap), Settings().topics.all())
+        produce(broker.bootstrap, "tsguard.metrics", points(300, 600, spike=500))
+        wait_metric(mport, "tsguard_points_total", 600, timeout_s=90)
+        deadline = time.monotonic() + 30
+        starts = []
+        while not starts and time.monotonic() < deadline:
+            starts = [
+                e for e in read_topic(broker.bootstrap, "tsguard.anomalies") if e["kind"] == "start"
+            ]
+        assert [e["ts"] for e in starts] == [T0 + 60 * 500]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        broker.stop()
