@@ -185,12 +185,26 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> 
         producer.close()
 
 
-def serve_command(bootstrap: str, metrics_port: int, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "stream.cli", "serve", "--bootstrap", bootstrap,
+VARIANTS = {
+    # name -> environment for benchmarks._serve_variant (see there); "current" is plain tsguard
+    "current": {},
+    "proposed": {"TSGUARD_BENCH_HEAD": "proposed", "TSGUARD_BENCH_FETCH_MAX_WAIT_MS": "10"},
+    "proposed-head": {"TSGUARD_BENCH_HEAD": "proposed"},
+    "proposed-fetch": {"TSGUARD_BENCH_FETCH_MAX_WAIT_MS": "10"},
+}
+
+
+def serve_command(
+    bootstrap: str, metrics_port: int, *extra: str, variant: str = "current"
+) -> tuple[list[str], dict[str, str]]:
+    """The command line (and extra environment) of `tsguard serve` as the benchmarks run it."""
+    module = "stream.cli" if variant == "current" else "benchmarks._serve_variant"
+    cmd = [
+        sys.executable, "-m", module, "serve", "--bootstrap", bootstrap,
         "--metrics-port", str(metrics_port), "--metrics-addr", "127.0.0.1",
         "--group-id", f"bench-{uuid.uuid4().hex[:8]}", "--session-timeout-ms", "6000", *extra,
     ]  # fmt: skip
+    return cmd, dict(VARIANTS[variant])
 
 
 class ServeProcess:

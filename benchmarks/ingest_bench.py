@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import logging
 import pstats
 import threading
 import time
@@ -29,6 +30,7 @@ import uuid
 import orjson
 
 from benchmarks._common import (
+    VARIANTS,
     Scraper,
     ServeProcess,
     add_common_args,
@@ -40,6 +42,7 @@ from benchmarks._common import (
     serve_command,
     write_json,
 )
+from benchmarks._serve_variant import install
 
 TOPIC = "tsguard.metrics"
 
@@ -83,16 +86,16 @@ def bare_consume(bootstrap: str, n: int, timeout_s: float = 600.0) -> dict:
     }
 
 
-def serve_run(bootstrap: str, n: int, args: argparse.Namespace) -> dict:
+def serve_run(bootstrap: str, n: int, variant: str, args: argparse.Namespace) -> dict:
     """`tsguard serve --stop-at-end` as a user runs it; phases from its log lines."""
     from stream.broker import free_port
 
     port = free_port()
     extra = ["--stop-at-end", "--stride", str(args.stride), "--max-batch", str(args.max_batch)]
     extra += ["--device", args.device]
-    cmd = serve_command(bootstrap, port, *extra)
-    env_threads = {"OMP_NUM_THREADS": str(args.threads)}
-    with ServeProcess(cmd, echo=args.verbose, env=env_threads) as proc, Scraper(port) as scraper:
+    cmd, env = serve_command(bootstrap, port, *extra, variant=variant)
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    with ServeProcess(cmd, echo=args.verbose, env=env) as proc, Scraper(port) as scraper:
         rc = proc.wait(timeout_s=args.timeout)
         final = scraper.latest
     if rc != 0:
@@ -105,6 +108,7 @@ def serve_run(bootstrap: str, n: int, args: argparse.Namespace) -> dict:
     reached = proc.first(r"reached the end")
     processing = end - (assigned or start)
     out = {
+        "variant": variant,
         "exit_code": rc,
         "wall_s": end - start,
         "startup_s": (assigned or start) - start,
@@ -115,6 +119,9 @@ def serve_run(bootstrap: str, n: int, args: argparse.Namespace) -> dict:
         "processing_s": processing,
         "points_per_s_wall": n / (end - start),
         "points_per_s": n / processing,
+        "points_per_s_excl_probe": n / (processing - (targets - assigned))
+        if targets and assigned
+        else None,
         "last_scrape_before_exit_s": (end - scraper.latest_at) if final else None,
         "windows_scored_at_last_scrape": final.get("tsguard_windows_scored_total"),
         "scoring_seconds_sum_at_last_scrape": final.get("tsguard_scoring_seconds_sum"),
@@ -122,8 +129,16 @@ def serve_run(bootstrap: str, n: int, args: argparse.Namespace) -> dict:
     return out
 
 
-def inprocess_run(bootstrap: str, n: int, args: argparse.Namespace) -> dict:
+def inprocess_run(bootstrap: str, n: int, variant: str, args: argparse.Namespace) -> dict:
     """The same pipeline in this process: exact model time from the metrics registry."""
+    restore = install(VARIANTS[variant])
+    try:
+        return _inprocess_run(bootstrap, n, variant, args)
+    finally:
+        restore()
+
+
+def _inprocess_run(bootstrap: str, n: int, variant: str, args: argparse.Namespace) -> dict:
     import torch
 
     from stream.commands import build_service
@@ -150,6 +165,7 @@ def inprocess_run(bootstrap: str, n: int, args: argparse.Namespace) -> dict:
         assigned_at.append(time.perf_counter())
 
     watcher = threading.Thread(target=watch, daemon=True)
+    probe_log = _LogTimes("stream.pipeline")
     profiler = cProfile.Profile() if args.profile else None
     t = time.perf_counter()
     watcher.start()
@@ -161,6 +177,7 @@ def inprocess_run(bootstrap: str, n: int, args: argparse.Namespace) -> dict:
         if profiler:
             profiler.disable()
         pipeline.stop()
+        probe_log.close()
     end = time.perf_counter()
     watcher.join(timeout=1)
     start = assigned_at[0] if assigned_at else t
@@ -170,7 +187,10 @@ def inprocess_run(bootstrap: str, n: int, args: argparse.Namespace) -> dict:
     windows = sample("tsguard_windows_scored_total") or 0.0
     points = sample("tsguard_points_total") or 0.0
     pipeline_s = end - start
+    targets = probe_log.first("stop-at-end targets")
+    probe_s = (targets - start) if targets else 0.0
     out = {
+        "variant": variant,
         "build_s": build_s,
         "group_join_s": start - t,
         "pipeline_s": pipeline_s,
@@ -183,12 +203,17 @@ def inprocess_run(bootstrap: str, n: int, args: argparse.Namespace) -> dict:
         "model_s": model_s,
         "model_windows_per_s": windows / model_s if model_s else None,
         "framework_overhead": (pipeline_s - model_s) / model_s if model_s else None,
+        "end_offset_probe_s": probe_s,
+        "points_per_s_excl_probe": points / (pipeline_s - probe_s),
+        "framework_overhead_excl_probe": (pipeline_s - probe_s - model_s) / model_s
+        if model_s
+        else None,
     }
     if profiler:
         buf = io.StringIO()
         stats = pstats.Stats(profiler, stream=buf).sort_stats("tottime")
         stats.print_stats(25)
-        prof_path = args.out.with_suffix(".prof")
+        prof_path = args.out.with_suffix(f".{variant}.prof")
         prof_path.parent.mkdir(parents=True, exist_ok=True)
         stats.dump_stats(prof_path)
         out["profile_top_tottime"] = buf.getvalue()
@@ -196,18 +221,47 @@ def inprocess_run(bootstrap: str, n: int, args: argparse.Namespace) -> dict:
     return out
 
 
+class _LogTimes(logging.Handler):
+    """perf_counter time of each record logged by one logger (INFO and up) while attached."""
+
+    def __init__(self, name: str):
+        super().__init__(logging.INFO)
+        self.times: list[tuple[float, str]] = []
+        self.logger = logging.getLogger(name)
+        self.saved_level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.times.append((time.perf_counter(), record.getMessage()))
+
+    def first(self, text: str) -> float | None:
+        return next((t for t, msg in self.times if text in msg), None)
+
+    def close(self) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.saved_level)
+        super().close()
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--points", type=int, default=200_000, help="N points pre-produced")
-    p.add_argument("--series", type=int, default=1000, help="distinct series (round-robin)")
+    p.add_argument("--series", type=int, default=200, help="distinct series (round-robin)")
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--stride", type=int, default=1, help="serve --stride (1 = score every point)")
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--repeats", type=int, default=2, help="bare-consumer repeats (best = limit)")
-    p.add_argument("--no-serve", action="store_true", help="skip the serve subprocess run")
-    p.add_argument("--no-inprocess", action="store_true", help="skip the in-process run")
-    p.add_argument("--profile", action="store_true", help="cProfile the in-process run")
+    p.add_argument(
+        "--variants",
+        type=lambda s: s.split(","),
+        default=["current", "proposed"],
+        help="serve variants (benchmarks/_common.py VARIANTS), each run on the same data",
+    )
+    p.add_argument("--no-serve", action="store_true", help="skip the serve subprocess runs")
+    p.add_argument("--no-inprocess", action="store_true", help="skip the in-process runs")
+    p.add_argument("--profile", action="store_true", help="cProfile the in-process runs")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per run")
     p.add_argument("--verbose", action="store_true", help="echo serve's log")
     add_common_args(p, "ingest")
@@ -224,43 +278,59 @@ def main(argv: list[str] | None = None) -> dict:
         limit = max(r["points_per_s"] for r in result["limit_runs"])
         result["limit_points_per_s"] = limit
         if not args.no_serve:
-            result["serve"] = serve_run(bootstrap, n, args)
+            result["serve"] = [serve_run(bootstrap, n, v, args) for v in args.variants]
         if not args.no_inprocess:
-            result["inprocess"] = inprocess_run(bootstrap, n, args)
+            result["inprocess"] = [inprocess_run(bootstrap, n, v, args) for v in args.variants]
     result["environment"] = environment()
 
     rows = [{"run": "limit: kafka-python read + orjson.loads", "points/s": limit, "ratio": 1.0}]
-    if "serve" in result:
-        s = result["serve"]
+    for s in result.get("serve", []):
         s["ratio_to_limit"] = s["points_per_s"] / limit
         s["ratio_to_limit_wall"] = s["points_per_s_wall"] / limit
-        rows.append({"run": "tsguard serve (after group join)", "points/s": s["points_per_s"],
-                     "ratio": s["ratio_to_limit"], "seconds": s["processing_s"]})  # fmt: skip
-        rows.append({"run": "tsguard serve (start to exit)", "points/s": s["points_per_s_wall"],
-                     "ratio": s["ratio_to_limit_wall"], "seconds": s["wall_s"]})  # fmt: skip
-    if "inprocess" in result:
-        ip = result["inprocess"]
+        rows.append({"run": f"serve [{s['variant']}] after group join",
+                     "points/s": s["points_per_s"], "ratio": s["ratio_to_limit"],
+                     "seconds": s["processing_s"]})  # fmt: skip
+        if s["points_per_s_excl_probe"]:
+            rows.append({"run": f"serve [{s['variant']}] after join, excl. end probe",
+                         "points/s": s["points_per_s_excl_probe"],
+                         "ratio": s["points_per_s_excl_probe"] / limit,
+                         "seconds": s["processing_s"] - s["end_offset_probe_s"]})  # fmt: skip
+        rows.append({"run": f"serve [{s['variant']}] start to exit",
+                     "points/s": s["points_per_s_wall"], "ratio": s["ratio_to_limit_wall"],
+                     "seconds": s["wall_s"]})  # fmt: skip
+    for ip in result.get("inprocess", []):
         ip["ratio_to_limit"] = ip["points_per_s"] / limit
-        rows.append({"run": "pipeline in-process (after join)", "points/s": ip["points_per_s"],
-                     "ratio": ip["ratio_to_limit"], "seconds": ip["pipeline_s"],
-                     "windows/s": ip["windows_per_s"], "model s": ip["model_s"],
-                     "overhead": ip["framework_overhead"]})  # fmt: skip
+        rows.append({"run": f"in-process [{ip['variant']}] after join",
+                     "points/s": ip["points_per_s"], "ratio": ip["ratio_to_limit"],
+                     "seconds": ip["pipeline_s"], "windows/s": ip["windows_per_s"],
+                     "model s": ip["model_s"], "overhead": ip["framework_overhead"]})  # fmt: skip
+        rows.append({"run": f"in-process [{ip['variant']}] excl. end probe",
+                     "points/s": ip["points_per_s_excl_probe"],
+                     "ratio": ip["points_per_s_excl_probe"] / limit,
+                     "seconds": ip["pipeline_s"] - ip["end_offset_probe_s"],
+                     "model s": ip["model_s"],
+                     "overhead": ip["framework_overhead_excl_probe"]})  # fmt: skip
     print_table(
         rows,
         ["run", "points/s", "ratio", "seconds", "windows/s", "model s", "overhead"],
         title=f"ingest: {n:,} points, {args.series} series, stride {args.stride} "
         f"(load avg {result['environment']['loadavg']['1m']:.2f})",
     )
-    if "serve" in result:
-        s = result["serve"]
+    for s in result.get("serve", []):
         print(
-            f"serve phases: model load {s['model_loaded_s']}, group join {s['group_join_s']}, "
-            f"end-offset probe {s['end_offset_probe_s']}, drain+close {s['drain_and_close_s']} (s)"
+            f"serve [{s['variant']}] phases (s): model load {_f(s['model_loaded_s'])}, group join "
+            f"{_f(s['group_join_s'])}, end-offset probe {_f(s['end_offset_probe_s'])}, "
+            f"drain+close {_f(s['drain_and_close_s'])}"
         )
-    if args.profile and "inprocess" in result:
-        print(result["inprocess"]["profile_top_tottime"])
+    if args.profile:
+        for ip in result.get("inprocess", []):
+            print(f"[{ip['variant']}]", ip["profile_top_tottime"])
     write_json(args.out, result)
     return result
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ class _Bank:
         self.filled = np.zeros(capacity, dtype=np.int32)
         self.new = np.zeros(capacity, dtype=np.int32)
         self.last_ts = np.full(capacity, -np.inf, dtype=np.float64)
-        self.free: list[int] = list(range(capacity - 1, -1, -1))
+        self.free: list[int] = []  # slots given back (evicted, dropped), reused first
+        self.unused = 0  # slots from here on were never taken
         # order[p] lists ring indices oldest -> newest when the next write index is p.
         self.order = (np.arange(length)[None, :] + np.arange(length)[:, None]) % length
         self.pending = Pending(
@@ -83,9 +84,13 @@ class _Bank:
         )
 
     def allocate(self) -> int:
-        if not self.free:
-            self._grow()
-        slot = self.free.pop()
+        if self.free:
+            slot = self.free.pop()
+        else:
+            if self.unused == len(self.pos):
+                self._grow()
+            slot = self.unused
+            self.unused += 1
         self.values[slot] = np.nan
         self.pos[slot] = self.filled[slot] = self.new[slot] = 0
         self.last_ts[slot] = -np.inf
@@ -95,16 +100,19 @@ class _Bank:
         old = len(self.pos)
         new = old * 2
 
-        def grow(a: np.ndarray, fill: float) -> np.ndarray:
-            out = np.full((new, *a.shape[1:]), fill, dtype=a.dtype)
+        def grow(a: np.ndarray, fill: float | None) -> np.ndarray:
+            # Unused slots of the window arrays stay unwritten (allocate() fills a slot when it is
+            # taken), so the OS gives them no memory: doubling costs address space, not RSS.
+            out = np.empty((new, *a.shape[1:]), dtype=a.dtype)
             out[:old] = a
+            if fill is not None:
+                out[old:] = fill
             return out
 
-        self.values = grow(self.values, np.nan)
-        self.ts = grow(self.ts, 0.0)
+        self.values = grow(self.values, None)
+        self.ts = grow(self.ts, None)
         self.pos, self.filled, self.new = grow(self.pos, 0), grow(self.filled, 0), grow(self.new, 0)
         self.last_ts = grow(self.last_ts, -np.inf)
-        self.free.extend(range(new - 1, old - 1, -1))
 
 
 class WindowStore:

@@ -1,0 +1,349 @@
+"""Latency: end-to-end p50/p99 from producing a point to its anomaly event being published, at
+fixed produce rates, for each `--max-wait-ms` of `tsguard serve` (the batching trade-off).
+
+Per max-wait setting: a fresh embedded broker and `tsguard serve` (subprocess). Every series is
+first given a history (window + calibration warm-up) and serve is waited for until it has read
+it. Then, per rate, a producer sends points round-robin over the series at that fixed rate for
+--duration seconds, with a spike injected into one series every --anomaly-every seconds. A point's
+`ts` is the wall-clock time it was sent, and an anomaly event carries the `ts` of the point that
+triggered it, so each event maps back to its send time:
+
+- end-to-end = time this benchmark consumed the event - send time of the triggering point;
+- publish    = the event's Kafka timestamp (set by serve's producer) - send time.
+
+    python -m benchmarks.latency_bench --rates 1000,5000 --max-wait-ms 5,50 --duration 30
+
+Prints a table and writes JSON (--out). Not a test: nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import threading
+import time
+
+import numpy as np
+import orjson
+
+from benchmarks._common import (
+    ServeProcess,
+    add_common_args,
+    embedded_broker,
+    environment,
+    percentiles,
+    point_value,
+    print_table,
+    scrape,
+    series_name,
+    serve_command,
+    write_json,
+)
+
+METRICS, ANOMALIES = "tsguard.metrics", "tsguard.anomalies"
+SPIKE = 40.0  # ~80 noise sigmas above a calm seasonal value
+
+
+class AnomalyListener:
+    """Reads tsguard.anomalies from its end in a thread; records (event, consumed-at)."""
+
+    def __init__(self, bootstrap: str):
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+        )
+        parts = self.consumer.partitions_for_topic(ANOMALIES) or {0}
+        tps = [TopicPartition(ANOMALIES, p) for p in sorted(parts)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            self.consumer.position(tp)  # resolve "end" now, before anything is produced
+        self.events: list[tuple[dict, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for records in self.consumer.poll(timeout_ms=50).values():
+                now = time.time()
+                for r in records:
+                    self.events.append((orjson.loads(r.value), now, r.timestamp / 1000.0))
+
+    def __enter__(self) -> AnomalyListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.consumer.close()
+
+
+class Feed:
+    """The metric stream: calm seasonal series, each point's ts = its send time."""
+
+    def __init__(self, bootstrap: str, n_series: int, seed: int = 0):
+        from kafka import KafkaProducer
+
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
+        self.names = [series_name(i) for i in range(n_series)]
+        self.keys = [n.encode() for n in self.names]
+        self.step = [0] * n_series
+        self.rng = np.random.default_rng(seed)
+        self.next = 0
+
+    def send(self, s: int, ts: float, spike: bool = False) -> None:
+        value = point_value(s, self.step[s], self.rng) + (SPIKE if spike else 0.0)
+        self.step[s] += 1
+        body = {"series": self.names[s], "ts": ts, "value": round(value, 4)}
+        self.producer.send(METRICS, key=self.keys[s], value=orjson.dumps(body))
+
+    def history(self, points_per_series: int) -> int:
+        """Calm past points (1 s apart, ending 1 s ago) so every series is scored from the start."""
+        now = time.time()
+        n = len(self.names)
+        for k in range(points_per_series):
+            ts = now - (points_per_series - k)
+            for s in range(n):
+                self.send(s, ts)
+        self.producer.flush()
+        return points_per_series * n
+
+    def run(self, rate: float, duration: float, anomaly_every: float) -> dict:
+        """Send at `rate` points/s for `duration` s; returns {(series, ts): sent-at} and stats."""
+        n = len(self.names)
+        sent: dict[tuple[str, float], float] = {}
+        spikes: set[tuple[str, float]] = set()
+        start = time.perf_counter()
+        wall0 = time.time() - start
+        count = 0
+        next_spike = anomaly_every
+        spike_series = 0
+        while True:
+            elapsed = time.perf_counter() - start
+            if elapsed >= duration:
+                break
+            due = int(rate * elapsed) - count
+            for _ in range(max(0, due)):
+                s = self.next
+                self.next = (self.next + 1) % n
+                spike = False
+                if elapsed >= next_spike and s == spike_series:
+                    spike, next_spike = True, next_spike + anomaly_every
+                    spike_series = (spike_series + 7) % n
+                ts = wall0 + time.perf_counter()
+                self.send(s, ts, spike)
+                sent[(self.names[s], ts)] = ts
+                if spike:
+                    spikes.add((self.names[s], ts))
+                count += 1
+            time.sleep(0.001)
+        self.producer.flush()
+        took = time.perf_counter() - start
+        return {"sent": sent, "spikes": spikes, "count": count, "seconds": took}
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def consumer_floor(args: argparse.Namespace) -> list[dict]:
+    """What the broker and client alone cost: a bare consumer (no group) reading points produced
+    at each rate, at kafka-python's default fetch.max.wait.ms (500, what tsguard uses today) and
+    at 10 ms."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    rows = []
+    with embedded_broker(args.partitions) as bootstrap:
+        feed = Feed(bootstrap, args.series)
+        try:
+            for rate in args.rates:
+                for fetch_wait in (500, 10):
+                    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                             fetch_max_wait_ms=fetch_wait)  # fmt: skip
+                    tps = [TopicPartition(METRICS, p) for p in range(args.partitions)]
+                    consumer.assign(tps)
+                    consumer.seek_to_end(*tps)
+                    for tp in tps:
+                        consumer.position(tp)
+                    lat: list[float] = []
+                    stop = threading.Event()
+
+                    def read(c=consumer, out=lat, done=stop) -> None:
+                        while not done.is_set():
+                            for records in c.poll(timeout_ms=50).values():
+                                now = time.time()
+                                out.extend(now - orjson.loads(r.value)["ts"] for r in records)
+
+                    reader = threading.Thread(target=read, daemon=True)
+                    reader.start()
+                    try:
+                        feed.run(rate, min(args.duration, 10.0), anomaly_every=math.inf)
+                        time.sleep(1.0)
+                    finally:
+                        stop.set()
+                        reader.join(timeout=5)
+                        consumer.close()
+                    q = percentiles(np.asarray(lat) * 1000)
+                    rows.append({"rate": rate, "fetch_max_wait_ms": fetch_wait, "points": q["n"],
+                                 "p50_ms": q["p50"], "p99_ms": q["p99"], "max_ms": q["max"]})  # fmt: skip
+        finally:
+            feed.close()
+    return rows
+
+
+def wait_points(port: int, target: float, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    got = 0.0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            got = scrape(port).get("tsguard_points_total", 0.0)
+            if got >= target:
+                return got
+        time.sleep(0.25)
+    return got
+
+
+def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
+    """Prometheus-style quantile of a scraped histogram (linear within the bucket)."""
+    buckets = sorted(
+        (float(k.split('le="')[1].rstrip('"}')), v)
+        for k, v in metrics.items()
+        if k.startswith(name + "_bucket{")
+    )
+    if not buckets or buckets[-1][1] == 0:
+        return math.nan
+    total = buckets[-1][1]
+    rank = q * total
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if math.isinf(le):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-12)
+        prev_le, prev_c = le, c
+    return math.nan
+
+
+def one_setting(max_wait: float, variant: str, args: argparse.Namespace) -> list[dict]:
+    from stream.broker import free_port
+
+    rows = []
+    with embedded_broker(args.partitions) as bootstrap:
+        port = free_port()
+        extra = ["--max-wait-ms", str(max_wait), "--stride", str(args.stride), "--device", "cpu"]
+        cmd, env = serve_command(bootstrap, port, *extra, variant=variant)
+        env["OMP_NUM_THREADS"] = str(args.threads)
+        with ServeProcess(cmd, echo=args.verbose, env=env) as proc:
+            proc.wait_for(r"assigned \[", timeout_s=120)
+            feed = Feed(bootstrap, args.series)
+            try:
+                history = feed.history(args.history)
+                got = wait_points(port, history, timeout_s=args.warmup_timeout)
+                if got < history:
+                    raise RuntimeError(f"serve read {got} of {history} history points in time")
+                for rate in args.rates:
+                    before = scrape(port)
+                    with AnomalyListener(bootstrap) as listener:
+                        run = feed.run(rate, args.duration, args.anomaly_every)
+                        target = before.get("tsguard_points_total", 0.0) + run["count"]
+                        caught_up = wait_points(port, target, timeout_s=args.drain)
+                        time.sleep(min(2.0, args.drain))  # last events in flight
+                    after = scrape(port)
+                    row = summarise(max_wait, rate, run, listener.events, before, after,
+                                    caught_up >= target)  # fmt: skip
+                    rows.append({"variant": variant, **row})
+                    print_table(rows[-1:], COLUMNS)
+            finally:
+                feed.close()
+    return rows
+
+
+COLUMNS = ["variant", "max_wait_ms", "rate", "achieved", "events", "spikes_found", "e2e_p50_ms",
+           "e2e_p99_ms", "e2e_max_ms", "publish_p99_ms", "serve_e2e_p99_ms", "kept_up"]  # fmt: skip
+
+
+def summarise(max_wait, rate, run, events, before, after, kept_up) -> dict:
+    sent = run["sent"]
+    e2e, publish = [], []
+    found = set()
+    for ev, consumed_at, kafka_ts in events:
+        key = (ev.get("series"), ev.get("ts"))
+        t0 = sent.get(key)
+        if t0 is None:
+            continue  # from the history
+        e2e.append(consumed_at - t0)
+        publish.append(kafka_ts - t0)
+        if ev.get("kind") == "start" and key in run["spikes"]:
+            found.add(key)
+    hist = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after if "end_to_end" in k}
+    e = percentiles(np.asarray(e2e) * 1000)
+    p = percentiles(np.asarray(publish) * 1000)
+    return {
+        "max_wait_ms": max_wait,
+        "rate": rate,
+        "achieved": run["count"] / run["seconds"],
+        "events": len(e2e),
+        "spikes": len(run["spikes"]),
+        "spikes_found": len(found),
+        "e2e_p50_ms": e["p50"],
+        "e2e_p90_ms": e["p90"],
+        "e2e_p99_ms": e["p99"],
+        "e2e_max_ms": e["max"],
+        "publish_p50_ms": p["p50"],
+        "publish_p99_ms": p["p99"],
+        "serve_e2e_p50_ms": 1000 * histogram_quantile(hist, "tsguard_end_to_end_seconds", 0.5),
+        "serve_e2e_p99_ms": 1000 * histogram_quantile(hist, "tsguard_end_to_end_seconds", 0.99),
+        "kept_up": kept_up,
+        "windows_scored": after.get("tsguard_windows_scored_total", 0.0)
+        - before.get("tsguard_windows_scored_total", 0.0),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    nums = lambda s: [float(x) for x in s.split(",") if x]  # noqa: E731
+    p.add_argument("--rates", type=nums, default=[1000.0, 5000.0], help="points/s, comma list")
+    p.add_argument("--max-wait-ms", type=nums, default=[5.0, 50.0], help="serve settings to try")
+    p.add_argument("--series", type=int, default=100)
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per rate")
+    p.add_argument("--anomaly-every", type=float, default=0.25, help="seconds between spikes")
+    p.add_argument("--history", type=int, default=300, help="warm-up points per series")
+    p.add_argument("--stride", type=int, default=1)
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--warmup-timeout", type=float, default=600.0)
+    p.add_argument("--drain", type=float, default=30.0, help="max seconds to catch up per rate")
+    p.add_argument(
+        "--variants",
+        type=lambda s: s.split(","),
+        default=["current", "proposed"],
+        help="serve variants (benchmarks/_common.py VARIANTS): current, proposed, "
+        "proposed-head, proposed-fetch",
+    )
+    p.add_argument("--verbose", action="store_true", help="echo serve's log")
+    add_common_args(p, "latency")
+    args = p.parse_args(argv)
+
+    result: dict = {"benchmark": "latency", "config": vars(args) | {"out": str(args.out)}}
+    rows = []
+    for variant in args.variants:
+        for w in args.max_wait_ms:
+            rows.extend(one_setting(w, variant, args))
+    result["runs"] = rows
+    result["floor"] = consumer_floor(args)
+    print_table(result["floor"], list(result["floor"][0]), title="broker + client floor: "
+                "a bare consumer's produce -> consume latency")  # fmt: skip
+    result["environment"] = environment()
+    print_table(
+        rows,
+        COLUMNS,
+        title=f"end-to-end latency, {args.series} series, stride {args.stride} "
+        f"(load avg {result['environment']['loadavg']['1m']:.2f})",
+    )
+    write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Memory: resident bytes per tracked series, against the window's own bytes, and resident memory
+staying flat past the `--max-series` cap. No broker: fake records go straight into the real
+`MetricsHead.handle` (windows + calibrator + episode tracker per series), as the pipeline calls it.
+
+1. per series: n distinct series (default 10k, 100k, 1M), each in a fresh process; RSS (psutil)
+   after the head is built vs after every series is tracked, divided by n. "warm" also gives each
+   series' calibrator a full short window of real errors (its steady-state size). The window's own
+   bytes are L*D*4 (float32 values) + L*8 (float64 timestamps).
+2. cap: 1M distinct series streamed through heads capped at --caps (default 10k, 100k); RSS
+   sampled as they arrive, so the curve shows it flat once the cap is reached.
+
+    python -m benchmarks.memory_bench --counts 10000,100000,1000000 --stream 1000000
+
+Prints tables and writes JSON (--out). Not a test: nothing here asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import time
+from collections import namedtuple
+
+import numpy as np
+import orjson
+
+from benchmarks._common import REPO, add_common_args, environment, print_table, write_json
+
+Record = namedtuple("Record", "topic partition offset key value")
+CHUNK = 5000
+
+
+def rss() -> int:
+    import psutil
+
+    gc.collect()
+    return psutil.Process().memory_info().rss
+
+
+def build_head(max_series: int, handle: str):
+    import torch
+
+    from detector.scorer import load_scorer
+    from stream.heads import MetricsHead
+    from stream.metrics import Metrics
+    from stream.settings import Settings
+
+    torch.set_num_threads(1)
+    scorer = load_scorer(None, "cpu")
+    settings = Settings(max_series=max_series)
+    if handle == "proposed":
+        from benchmarks._batch_head import BatchMetricsHead as cls
+    else:
+        cls = MetricsHead
+    return cls(settings, scorer, Metrics())
+
+
+def records(lo: int, hi: int, topic: str) -> list[Record]:
+    out = []
+    for i in range(lo, hi):
+        name = f"host-{i:07d}/cpu"
+        body = orjson.dumps({"series": name, "ts": 1_700_000_000.0, "value": 0.5})
+        out.append(Record(topic, i % 4, i, name.encode(), body))
+    return out
+
+
+def warm_state(head, rng: np.random.Generator) -> None:
+    """Give every calibrator a full short window of errors (its steady-state Python objects)."""
+    for st in head.state.values():
+        n = st.calibrator.cfg.short_window
+        st.calibrator.update(rng.gamma(2.0, 0.5, n))
+
+
+def child_per_series(n: int, handle: str) -> dict:
+    head = build_head(max_series=n + 1, handle=handle)
+    base = rss()
+    t = time.perf_counter()
+    for lo in range(0, n, CHUNK):
+        head.handle(records(lo, min(n, lo + CHUNK), head.topic), 0.0)
+    feed_s = time.perf_counter() - t
+    fresh = rss()
+    warm_state(head, np.random.default_rng(0))
+    warm = rss()
+    store = head.store
+    bank = store._banks[1]
+    length = store.length
+    assert len(store) == n and len(head.state) == n
+    return {
+        "series": n,
+        "rss_base": base,
+        "rss_fresh": fresh,
+        "rss_warm": warm,
+        "bytes_per_series_fresh": (fresh - base) / n,
+        "bytes_per_series_warm": (warm - base) / n,
+        "window_bytes": length * 1 * 4 + length * 8,
+        "bank_capacity": len(bank.pos),
+        "feed_s": feed_s,
+        "breakdown": breakdown(head),
+    }
+
+
+def breakdown(head) -> dict[str, int]:
+    """Python-object bytes held per series, by owner (sys.getsizeof of one tracked series' parts
+    plus its share of the two dicts that index series by name)."""
+    store, state = head.store, head.state
+    name = next(reversed(state))
+    st = state[name]
+    cal = st.calibrator
+    sizeof = sys.getsizeof
+    floats = sum(sizeof(x) for x in cal._buf if type(x) is float and x != 0.0)
+    floats += sum(sizeof(getattr(cal, a)) for a in ("n", "mu", "var", "mu1", "var1"))
+    n = len(state)
+    bank = store._banks[1]
+    return {
+        "series_name_str": sizeof(name),
+        "store_index_dict_share": sizeof(store._series) // n,
+        "store_series_record": sizeof(store._series[name]) + sizeof(store._series[name].slot),
+        "state_dict_share": sizeof(state) // n,
+        "series_state": sizeof(st) + sizeof(st.episode_id),
+        "calibrator": sizeof(cal) + sizeof(cal._buf),
+        "calibrator_floats_and_ints": floats,
+        "episode_tracker": sizeof(st.episode),
+        "bank_bookkeeping_arrays": bank.pos.itemsize * 3 + bank.last_ts.itemsize,
+        "window_values_float32": store.length * 4,
+        "window_ts_float64": store.length * 8,
+    }
+
+
+def child_cap(total: int, cap: int, handle: str, samples: int) -> dict:
+    head = build_head(max_series=cap, handle=handle)
+    base = rss()
+    every = max(CHUNK, (total // samples) // CHUNK * CHUNK)
+    curve = []
+    t = time.perf_counter()
+    for lo in range(0, total, CHUNK):
+        head.handle(records(lo, min(total, lo + CHUNK), head.topic), 0.0)
+        done = min(total, lo + CHUNK)
+        if done % every == 0 or done == total:
+            curve.append({"series_seen": done, "tracked": len(head.store),
+                          "state": len(head.state), "rss": rss(),
+                          "elapsed_s": time.perf_counter() - t})  # fmt: skip
+    after_cap = [c["rss"] for c in curve if c["series_seen"] >= 2 * cap]
+    return {
+        "cap": cap,
+        "series_streamed": total,
+        "rss_base": base,
+        "curve": curve,
+        "rss_final": curve[-1]["rss"],
+        "rss_growth_after_2x_cap": (max(after_cap) - min(after_cap)) if after_cap else None,
+        "evicted": head.store.evicted,
+        "seconds": time.perf_counter() - t,
+    }
+
+
+def run_child(*args: str) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.memory_bench", "--child", *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    p.add_argument("--counts", type=ints, default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--stream", type=int, default=1_000_000, help="series streamed for the caps")
+    p.add_argument("--caps", type=ints, default=[10_000, 100_000])
+    p.add_argument("--samples", type=int, default=20, help="RSS samples per cap run")
+    p.add_argument("--handle", default="current", choices=["current", "proposed"])
+    p.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
+    add_common_args(p, "memory")
+    args = p.parse_args(argv)
+    if args.child:
+        kind, *rest = args.child
+        if kind == "per-series":
+            out = child_per_series(int(rest[0]), args.handle)
+        else:
+            out = child_cap(int(rest[0]), int(rest[1]), args.handle, args.samples)
+        print(json.dumps(out))
+        return out
+
+    result: dict = {"benchmark": "memory", "config": vars(args) | {"out": str(args.out)}}
+    per = [run_child("per-series", str(n), "--handle", args.handle) for n in args.counts]
+    result["per_series"] = per
+    rows = []
+    for r in per:
+        w = r["window_bytes"]
+        rows.append({"series": r["series"], "bytes/series (fresh)": r["bytes_per_series_fresh"],
+                     "bytes/series (warm)": r["bytes_per_series_warm"], "window bytes": w,
+                     "beyond window (warm)": r["bytes_per_series_warm"] - w,
+                     "bank capacity": r["bank_capacity"]})  # fmt: skip
+    print_table(rows, list(rows[0]), title="resident bytes per tracked series (target: <= 2048 "
+                "beyond the window)")  # fmt: skip
+    if per:
+        print("per-series Python objects (sys.getsizeof):", per[-1]["breakdown"])
+    caps = [
+        run_child("cap", str(args.stream), str(cap), "--handle", args.handle,
+                  "--samples", str(args.samples))
+        for cap in args.caps
+    ]  # fmt: skip
+    result["caps"] = caps
+    for c in caps:
+        print_table(
+            [{"series seen": x["series_seen"], "tracked": x["tracked"],
+              "RSS MiB": x["rss"] / 2**20, "elapsed s": x["elapsed_s"]} for x in c["curve"]],
+            ["series seen", "tracked", "RSS MiB", "elapsed s"],
+            title=f"--max-series {c['cap']:,}: {c['series_streamed']:,} distinct series streamed "
+            f"(RSS growth after 2x cap: {c['rss_growth_after_2x_cap']})",
+        )  # fmt: skip
+    result["environment"] = environment()
+    write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Scoring: windows/s of the model alone at batch sizes 1..4096, and what the pipeline achieves
+with the same model, so the framework's overhead is measured against the model's own time.
+
+1. model: `detector.scorer.load_scorer(...).score(windows, n_new)` on realistic windows (seasonal
+   series with noise), per batch size; CPU with `torch.set_num_threads(--threads)`, or
+   `--device cuda` (the scorer runs the network under bf16 autocast there; `--compile` adds
+   `torch.compile`).
+2. pipeline (in-process, no Kafka): N pre-encoded messages through the real `MetricsHead`
+   (decode, windows, batching, scoring, calibration, episodes, events) as the pipeline drives it:
+   `handle` per poll-sized chunk, `drain` when due. Framework overhead = (pipeline time - model
+   time) / model time, model time = the tsguard_scoring_seconds histogram sum. By default the
+   proposed head (benchmarks/_batch_head.py: batch fast path, leaner scoring loop) runs next to
+   the current one.
+   The pipeline with Kafka in the loop is in ingest_bench.py.
+
+    python -m benchmarks.scoring_bench --points 200000 --series 200
+    python -m benchmarks.scoring_bench --device cuda --compile   # on a GPU machine
+
+Prints tables and writes JSON (--out). Not a test: nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections import namedtuple
+
+import numpy as np
+
+from benchmarks._common import (
+    add_common_args,
+    encoded_points,
+    environment,
+    print_table,
+    write_json,
+)
+
+Record = namedtuple("Record", "topic partition offset key value")
+POLL_RECORDS = 5000  # max_poll_records of tsguard's consumer
+
+
+def realistic_windows(b: int, length: int, dims: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)[None, :, None] + rng.integers(0, 1000, (b, 1, dims))
+    period = rng.uniform(20, 200, (b, 1, dims))
+    level = rng.uniform(-100, 100, (b, 1, dims))
+    amp = rng.uniform(0.1, 10, (b, 1, dims))
+    noise = rng.normal(0, 1, (b, length, dims)) * amp * 0.1
+    return (level + amp * np.sin(2 * np.pi * t / period) + noise).astype(np.float32)
+
+
+def model_sweep(scorer, args: argparse.Namespace) -> list[dict]:
+    import torch
+
+    rows = []
+    for b in args.batches:
+        windows = realistic_windows(b, scorer.window_length, args.dims)
+        for _ in range(2):  # warm-up (allocator, autotuning, compile)
+            scorer.score(windows, args.n_new)
+        if scorer.device == "cuda":
+            torch.cuda.synchronize()
+        calls, t = 0, time.perf_counter()
+        while True:
+            scorer.score(windows, args.n_new)  # returns numpy: the device work is finished
+            calls += 1
+            elapsed = time.perf_counter() - t
+            if elapsed >= args.seconds and calls >= 3:
+                break
+        rows.append({
+            "batch": b,
+            "calls": calls,
+            "ms_per_batch": 1000 * elapsed / calls,
+            "windows_per_s": b * calls / elapsed,
+            "points_per_s": b * calls * args.n_new / elapsed,
+        })  # fmt: skip
+    return rows
+
+
+def pipeline_run(scorer, handle: str, args: argparse.Namespace) -> dict:
+    """The real MetricsHead over pre-encoded messages, driven as Pipeline.step drives it."""
+    from benchmarks._batch_head import BatchMetricsHead
+    from stream.heads import MetricsHead
+    from stream.metrics import Metrics
+    from stream.settings import Settings
+
+    settings = Settings(stride=args.n_new, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    metrics = Metrics()
+    cls = BatchMetricsHead if handle == "proposed" else MetricsHead
+    head = cls(settings, scorer, metrics)
+    msgs = encoded_points(args.points, args.series)
+    parts = 4
+    records = [
+        Record(settings.topics.metrics, hash(key) % parts, i, key, value)
+        for i, (key, value) in enumerate(msgs)
+    ]
+    del msgs
+    handle_s = drain_s = 0.0
+    outputs = 0
+    t = time.perf_counter()
+    for lo in range(0, len(records), POLL_RECORDS):
+        a = time.perf_counter()
+        outputs += len(head.handle(records[lo : lo + POLL_RECORDS], time.monotonic()))
+        b = time.perf_counter()
+        now = time.monotonic()
+        if head.due(now):
+            outputs += len(head.drain(now))
+        handle_s += b - a
+        drain_s += time.perf_counter() - b
+    a = time.perf_counter()
+    outputs += len(head.drain(time.monotonic()))
+    drain_s += time.perf_counter() - a
+    total = time.perf_counter() - t
+    sample = metrics.registry.get_sample_value
+    model_s = sample("tsguard_scoring_seconds_sum") or 0.0
+    batches = sample("tsguard_scoring_seconds_count") or 0.0
+    windows = sample("tsguard_windows_scored_total") or 0.0
+    return {
+        "handle": handle,
+        "points": args.points,
+        "seconds": total,
+        "points_per_s": args.points / total,
+        "windows": windows,
+        "windows_per_s": windows / total,
+        "mean_batch": windows / batches if batches else 0.0,
+        "model_s": model_s,
+        "model_windows_per_s": windows / model_s if model_s else math.nan,
+        "decode_and_window_s": handle_s,
+        "after_model_s": drain_s - model_s,  # calibration, episodes, events, metrics
+        "outputs": outputs,
+        "framework_overhead": (total - model_s) / model_s if model_s else math.nan,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    p.add_argument(
+        "--batches",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[2**k for k in range(13)],
+        help="comma list of batch sizes (default 1,2,4,...,4096)",
+    )
+    p.add_argument("--dims", type=int, default=1, help="dimensions per window")
+    p.add_argument("--n-new", type=int, default=1, help="new points scored per window (= stride)")
+    p.add_argument("--seconds", type=float, default=1.0, help="time per batch size")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--points", type=int, default=100_000, help="pipeline run: messages")
+    p.add_argument("--series", type=int, default=200, help="pipeline run: distinct series")
+    p.add_argument("--max-batch", type=int, default=1024)
+    p.add_argument("--max-wait-ms", type=float, default=50.0)
+    p.add_argument(
+        "--handle",
+        default="both",
+        choices=["current", "proposed", "both", "none"],
+        help="pipeline run with the current MetricsHead, the proposed one "
+        "(benchmarks/_batch_head.py), or both",
+    )
+    add_common_args(p, "scoring")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from detector.scorer import load_scorer
+
+    torch.set_num_threads(args.threads)
+    scorer = load_scorer(args.model, args.device)
+    if args.compile:
+        scorer.model = torch.compile(scorer.model, dynamic=True)
+    result: dict = {
+        "benchmark": "scoring",
+        "config": vars(args) | {"out": str(args.out)},
+        "model": {"version": scorer.version, "device": scorer.device,
+                  "window": scorer.window_length,
+                  "parameters": sum(p.numel() for p in scorer.model.parameters())},
+    }  # fmt: skip
+    if scorer.device == "cuda":
+        result["model"]["gpu"] = torch.cuda.get_device_name()
+        result["model"]["precision"] = "bf16 autocast (network), fp32 normalisation"
+    sweep = model_sweep(scorer, args)
+    result["model_alone"] = sweep
+    best = max(sweep, key=lambda r: r["windows_per_s"])
+    result["model_best_windows_per_s"] = best["windows_per_s"]
+    print_table(
+        sweep,
+        ["batch", "ms_per_batch", "windows_per_s", "points_per_s"],
+        title=f"model alone: {scorer.version} on {scorer.device}, D={args.dims}, "
+        f"n_new={args.n_new}, {args.threads} threads",
+    )
+    handles = {"both": ["current", "proposed"], "none": []}.get(args.handle, [args.handle])
+    runs = [pipeline_run(scorer, h, args) for h in handles]
+    result["pipeline"] = runs
+    result["environment"] = environment()
+    if runs:
+        print_table(
+            runs,
+            ["handle", "points_per_s", "windows_per_s", "mean_batch", "seconds", "model_s",
+             "decode_and_window_s", "after_model_s", "framework_overhead"],
+            title=f"pipeline in-process (no Kafka): {args.points:,} points, {args.series} series, "
+            f"stride {args.n_new} (load avg {result['environment']['loadavg']['1m']:.2f})",
+        )  # fmt: skip
+    write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
