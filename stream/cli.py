@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.log_level != "DEBUG":  # kafka-python narrates every connection at INFO
         logging.getLogger("kafka").setLevel(logging.WARNING)
+        # Its IO thread warns whenever our scoring holds the GIL for >100 ms; not actionable.
+        logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:

@@ -182,21 +182,27 @@ def _msg(series: str, base_ts: float, i: int, value: float) -> dict:
 
 
 def _print_events(consumer, settings, injections, caught, say, stop, t_start) -> None:
+    import orjson
     from kafka import TopicPartition
 
-    topic = settings.topics.anomalies
-    parts = None
-    while parts is None and not stop.is_set():
-        parts = consumer.partitions_for_topic(topic)
-        if parts is None:
-            time.sleep(0.2)
-    consumer.assign([TopicPartition(topic, p) for p in sorted(parts or [])])
-    import orjson
+    topics = [settings.topics.anomalies, settings.topics.log_summaries]
+    assignment = []
+    for topic in topics:
+        parts = None
+        while parts is None and not stop.is_set():
+            parts = consumer.partitions_for_topic(topic)
+            if parts is None:
+                time.sleep(0.2)
+        assignment += [TopicPartition(topic, p) for p in sorted(parts or [])]
+    consumer.assign(assignment)
 
     while not stop.is_set():
-        for records in consumer.poll(timeout_ms=200).values():
+        for tp, records in consumer.poll(timeout_ms=200).items():
             for r in records:
                 ev = orjson.loads(r.value)
+                if tp.topic == settings.topics.log_summaries:
+                    say(f"  log summary   {ev['summary']}")
+                    continue
                 when = datetime.fromtimestamp(ev["ts"], UTC).strftime("%H:%M")
                 if ev["kind"] != "start":
                     say(f"  anomaly END   {ev['series']:<24} (series time {when})")

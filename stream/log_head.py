@@ -13,6 +13,9 @@ from stream.heads import Output, dead_letter
 from stream.metrics import Metrics
 from stream.settings import Settings
 
+ADVANCE_EVERY_S = 1.0
+LATE_GRACE_S = 5.0  # lines may arrive this late and still join their window
+
 
 class LogsHead:
     def __init__(self, settings: Settings, metrics: Metrics):
@@ -23,6 +26,9 @@ class LogsHead:
         self.metrics = metrics
         self.head = LogHead(LogHeadConfig(window_s=settings.log_window_s))
         self._parse = parse_log_value
+        # Load the embedding model now, not inside the first poll (it takes seconds).
+        self.head.encoder.encode(["tsguard log head warm-up"])
+        self._last_advance = time.monotonic()
 
     def handle(self, records: list, now: float) -> list[Output]:
         out: list[Output] = []
@@ -42,10 +48,11 @@ class LogsHead:
         if not parsed:
             return out
         topics = self.settings.topics
-        for record, key, result in zip(parsed, keys, self.head.classify(parsed), strict=True):
+        classes, summaries = self.head.process(parsed)
+        for record, key, result in zip(parsed, keys, classes, strict=True):
             self.metrics.log_lines.labels(result["label"]).inc()
             out.append(Output(topics.log_classes, key or record.source.encode(), dumps(result)))
-        out.extend(self._summaries(self.head.observe(parsed)))
+        out.extend(self._summaries(summaries))
         return out
 
     def _summaries(self, summaries: list[dict]) -> list[Output]:
@@ -59,10 +66,12 @@ class LogsHead:
         return False
 
     def due(self, now: float) -> bool:
-        return False
+        return now - self._last_advance >= ADVANCE_EVERY_S
 
     def drain(self, now: float) -> list[Output]:
-        return []
+        """Close windows of sources that went quiet (by wall clock, after a grace period)."""
+        self._last_advance = now
+        return self._summaries(self.head.advance(time.time() - LATE_GRACE_S))
 
     def finish(self) -> list[Output]:
         """Shutdown: close every open window so its summary is published."""
