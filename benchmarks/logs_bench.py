@@ -159,9 +159,22 @@ def quality(encoder, systems: list[str], **head_kw) -> tuple[list[dict], dict]:
         "zeroshot_f1": float(np.mean([r["zeroshot_f1"] for r in rows])),
     }
     mean["delta_pts"] = 100 * (mean["zeroshot_f1"] - mean["keyword_f1"])
+    conf_a = np.asarray(conf)
+    correct_a = np.asarray(correct, dtype=np.float64)
+    coverage = [
+        {
+            "unknown_below": th,
+            "coverage": float((conf_a >= th).mean()),
+            "accuracy_covered": float(correct_a[conf_a >= th].mean())
+            if (conf_a >= th).any()
+            else float("nan"),
+        }
+        for th in (0.4, 0.5, 0.6, 0.7, 0.8)
+    ]
     calib = {
+        "coverage": coverage,
         "temperature": temperature,
-        "ece": ece(np.asarray(conf), np.asarray(correct, dtype=np.float64)),
+        "ece": ece(conf_a, correct_a),
         "mean_confidence": float(np.mean(conf)),
         "accuracy": float(np.mean(correct)),
     }
@@ -332,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"calibration: T={calib['temperature']:.4f} ece={calib['ece']:.3f} "
         f"mean confidence={calib['mean_confidence']:.3f} accuracy={calib['accuracy']:.3f}"
+    )
+    print_table(
+        calib["coverage"],
+        ["unknown_below", "coverage", "accuracy_covered"],
+        "Threshold for 'unknown': share of lines labelled, accuracy on them (all systems)",
     )
     result = {
         "env": environment(),
