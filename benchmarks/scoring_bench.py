@@ -12,6 +12,7 @@ with the same model, so the framework's overhead is measured against the model's
    proposed head (benchmarks/_batch_head.py: batch fast path, leaner scoring loop) runs next to
    the current one.
    The pipeline with Kafka in the loop is in ingest_bench.py.
+3. decode + windows alone: the per-point path against the batch fast path.
 
     python -m benchmarks.scoring_bench --points 200000 --series 200
     python -m benchmarks.scoring_bench --device cuda --compile   # on a GPU machine
@@ -74,6 +75,39 @@ def model_sweep(scorer, args: argparse.Namespace) -> list[dict]:
             "windows_per_s": b * calls / elapsed,
             "points_per_s": b * calls * args.n_new / elapsed,
         })  # fmt: skip
+    return rows
+
+
+def hot_loop(length: int, args: argparse.Namespace) -> list[dict]:
+    """Decode + windows alone (no model): the per-point path (decode_points + WindowStore.add on
+    each point, what MetricsHead.handle does today) vs the batch path (decode_batch +
+    WindowStore.add_batch), poll-sized chunks, best of 3."""
+    from stream.codec import decode_batch, decode_points
+    from stream.windows import WindowStore
+
+    values = [v for _, v in encoded_points(args.points, args.series)]
+
+    def per_point(store: WindowStore, chunk: list[bytes]) -> None:
+        for raw in chunk:
+            for p in decode_points(raw):
+                store.add(p, 0.0)
+
+    def batch(store: WindowStore, chunk: list[bytes]) -> None:
+        store.add_batch(decode_batch(chunk), 0.0)
+
+    rows = []
+    for name, step in (("per-point", per_point), ("batch", batch)):
+        best = math.inf
+        for _ in range(3):
+            store = WindowStore(length, args.n_new, args.max_batch)
+            t = time.perf_counter()
+            for lo in range(0, len(values), POLL_RECORDS):
+                step(store, values[lo : lo + POLL_RECORDS])
+                for dims, _ in store.pending_batches():
+                    store.clear_pending(dims)
+            best = min(best, time.perf_counter() - t)
+        rows.append({"path": name, "points_per_s": len(values) / best,
+                     "us_per_point": 1e6 * best / len(values)})  # fmt: skip
     return rows
 
 
@@ -188,6 +222,10 @@ def main(argv: list[str] | None = None) -> dict:
         title=f"model alone: {scorer.version} on {scorer.device}, D={args.dims}, "
         f"n_new={args.n_new}, {args.threads} threads",
     )
+    hot = hot_loop(scorer.window_length, args)
+    result["decode_and_window"] = hot
+    print_table(hot, ["path", "points_per_s", "us_per_point"],
+                title=f"decode + windows only (no model), stride {args.n_new}")  # fmt: skip
     handles = {"both": ["current", "proposed"], "none": []}.get(args.handle, [args.handle])
     runs = [pipeline_run(scorer, h, args) for h in handles]
     result["pipeline"] = runs

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from stream.codec import UNIVARIATE, Point, PointColumns
 
@@ -281,16 +282,24 @@ class WindowStore:
         snap = np.flatnonzero((since >= 0) & (since % stride == 0))
         if len(snap):
             snap = snap[np.argsort(order[snap], kind="stable")]  # pending keeps arrival order
-            g = gid[snap]
-            # Window of the point at rank r: the ring as it was (oldest first) followed by the
-            # run's points, read at virtual positions r+1 .. r+L.
-            v = rank[snap][:, None] + 1 + np.arange(length)[None, :]
-            from_ring = v < length
-            ring_idx = (pos0[g][:, None] + v) % length
-            run_idx = np.where(from_ring, 0, starts[g][:, None] + v - length)
-            rows = gslot[g][:, None]
-            windows = np.where(from_ring, bank.values[rows, ring_idx, 0], v_sorted[run_idx])
-            wts = np.where(from_ring, bank.ts[rows, ring_idx], t_sorted[run_idx])
+            # Per series, lay out its ring (oldest first) followed by the run's points, all
+            # series end to end; the window of the point at rank r of a series is then the L
+            # values after position r of its segment: one row of a sliding view, no per-window
+            # index arithmetic.
+            seg = starts + np.arange(len(starts)) * length  # segment starts: rings + points
+            total = n + len(starts) * length
+            ring_at = (seg[:, None] + np.arange(length)).ravel()
+            ring_idx = (pos0[:, None] + np.arange(length)) % length
+            flat_v = np.empty(total, dtype=np.float32)
+            flat_t = np.empty(total, dtype=np.float64)
+            flat_v[ring_at] = bank.values[gslot[:, None], ring_idx, 0].ravel()
+            flat_t[ring_at] = bank.ts[gslot[:, None], ring_idx].ravel()
+            new_at = seg[gid] + length + rank
+            flat_v[new_at] = v_sorted
+            flat_t[new_at] = t_sorted
+            win_at = seg[gid[snap]] + rank[snap] + 1
+            windows = sliding_window_view(flat_v, length)[win_at]
+            wts = sliding_window_view(flat_t, length)[win_at]
             self._append_pending(bank, windows[:, :, None], wts, names, order[snap], now)
         # Write the newest L points of each series into its ring.
         keep = rank >= (counts - length)[gid]

@@ -28,6 +28,7 @@ def test_scoring_bench_smoke(tmp_path):
     for run in data["pipeline"]:
         assert run["windows"] > 0 and run["model_s"] > 0
         assert {"points_per_s", "windows_per_s", "framework_overhead"} <= set(run)
+    assert [r["path"] for r in data["decode_and_window"]] == ["per-point", "batch"]
     assert {"loadavg", "uptime", "torch"} <= set(data["environment"])
 
 
@@ -51,7 +52,7 @@ def test_ingest_bench_smoke(tmp_path):
     from benchmarks import ingest_bench
 
     out = tmp_path / "ingest.json"
-    ingest_bench.main(["--points", "600", "--series", "2", "--repeats", "1", "--stride", "4",
+    ingest_bench.main(["--points", "600", "--series", "2", "--repeats", "1", "--strides", "4",
                        "--variants", "proposed", "--threads", "1", "--out", str(out)])  # fmt: skip
     data = orjson.loads(out.read_bytes())
     assert data["limit_runs"][0]["messages"] == 600 and data["limit_points_per_s"] > 0
