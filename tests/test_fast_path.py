@@ -158,3 +158,43 @@ def test_decode_batch_columns():
     assert cols.multi[1].dims == ("x", "y") and math.isnan(cols.multi[1].values[0])
     assert [(i, e.reason) for i, e in cols.errors] == [(2, "empty")]
     assert cols.point(3) == decode_points(raws[3])[1]
+
+
+def _same_as_per_message(raws: list[bytes | None]) -> None:
+    cols = decode_batch(raws)
+    points, errors = [], []
+    for i, raw in enumerate(raws):
+        try:
+            points += [(i, p) for p in decode_points(raw)]
+        except InvalidMessage as exc:
+            errors.append((i, exc.reason))
+    assert [(i, e.reason) for i, e in cols.errors] == errors
+    assert len(cols) == len(points)
+    for r, (i, p) in enumerate(points):
+        q = cols.point(r)
+        assert int(cols.message[r]) == i
+        assert (q.series, q.ts, q.dims) == (p.series, p.ts, p.dims)
+        assert np.array_equal(q.values, p.values, equal_nan=True)
+
+
+def test_decode_batch_uniform_batches_and_their_exceptions():
+    ok = [b'{"series": "a", "ts": 1700000000, "value": 2}',
+          b'{"series": "b", "ts": 1.5, "value": null, "unit": "ms"}',
+          b'{"series": "c", "ts": 2.5, "value": 3.25}']  # fmt: skip
+    _same_as_per_message(ok)
+    odd = [
+        b'{"series": "a", "ts": 1, "value": true}',
+        b'{"series": "a", "ts": 1, "value": 1' + b"0" * 400 + b"}",
+        b'{"series": "a", "ts": 1' + b"0" * 400 + b', "value": 1}',
+        b'{"series": "a", "ts": 1, "value": 1, "values": {"x": 2}}',
+        b'{"series": "", "ts": 1, "value": 1}',
+        b'{"series": "' + b"x" * 257 + b'", "ts": 1, "value": 1}',
+        b'{"series": "a", "ts": 1, "value": 1e39}',
+        b'{"series": "a", "ts": -1, "value": 1}',
+        b'{"series": "a", "ts": 1}',
+        b'{"series": "a", "ts": 1, "value": NaN}',
+        b'[{"series": "a", "ts": 1, "value": 1}]',
+        None,
+    ]
+    for bad in odd:  # one odd message among good ones: same result as one by one
+        _same_as_per_message([*ok, bad, *ok])
