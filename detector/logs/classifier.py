@@ -275,6 +275,10 @@ class ZeroShotClassifier:
 
     # Preparation (phrase and cue embeddings, temperature) happens on first use, so building a
     # classifier is free and the model loads only when there is something to classify.
+    def prepare(self) -> None:
+        """Embed the label phrases and fit the temperature (also done lazily on first use)."""
+        self._prepare()
+
     def _prepare(self) -> None:
         if self._prepared:
             return

@@ -298,6 +298,11 @@ class LogHead:
 
     # -- public API --
 
+    def prepare(self) -> None:
+        """Load the embedding model and embed the label phrases now (startup work that the
+        first classify would otherwise do)."""
+        self.classifier.prepare()
+
     def classify(self, records: list[LogRecord]) -> list[dict]:
         """One tsguard.log-classes value per record (embeddings batched, cached per template)."""
         if not records:
