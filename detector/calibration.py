@@ -1,32 +1,39 @@
 """Online calibration of raw anomaly errors into scores in 0..1, one `Calibrator` per series.
 
-Implements the anomaly likelihood of Ahmad, Lavin, Purdy and Agha, "Unsupervised real-time anomaly
-detection for streaming data", Neurocomputing 262 (2017), section 4.3 (the Numenta HTM detector of
-the NAB benchmark), with small changes so the per-series state is a few hundred bytes:
+Implements streaming peaks-over-threshold (SPOT) from Siffer, Fouque, Termier and Largouet,
+"Anomaly Detection in Streams with Extreme Value Theory", KDD 2017: above a high quantile u of
+the errors, the excesses y = x - u follow a generalised Pareto distribution (GPD), so the tail
+probability of an error x is
 
-1. Each raw error e (forecast error in units of the window's robust scale, >= 0) is compressed to
-   x = log(1 + e): forecast errors are heavy-tailed and the Gaussian tail below fits them better
-   after the log.
-2. The short-term mean m of the last `short_window` x values is compared with the long-term
-   distribution of such short-term means, N(mu, sigma^2). The paper keeps a long window of
-   history; we keep mu and sigma^2 as running moments that are cumulative for the first
-   `long_window` points and then exponential with alpha = 1 / long_window (so old behaviour fades
-   and the state stays O(1)).
-3. The likelihood that m is anomalous is 1 - Q((m - mu) / sigma), Q the Gaussian tail. The
-   10-point mean reacts slowly to a single spike, so the same test is also run on the point
-   itself, x against running moments of single x values, and the larger tail wins: spikes score
-   at once, small sustained shifts score through the mean. Like the
-   paper's `computeLogLikelihood`, the score is that tail on a log scale,
-   score = clip(-log10(Q) / tail_decades, 0, 1), so score 0.5 with the default tail_decades=10
-   means "a tail probability of 1e-5", and score 1 means 1e-10 or rarer.
-4. Warm-up: the first `warmup` observed errors only feed the statistics and score 0.
+    P(X > x) = (1 - q) * (1 + gamma * y / sigma) ** (-1 / gamma)
 
-Scores are causal: `update` scores each error against statistics built from earlier errors only,
-then folds it in. A NaN error (the point was missing) scores 0 and leaves the state untouched.
+Changes from the paper, so that per-series state is a handful of floats (about 200 bytes):
+
+- u is a running q-quantile (stochastic approximation, step proportional to the running mean
+  error) instead of a quantile of a stored calibration batch;
+- the GPD is fitted by the method of moments on running means/variances of the excesses
+  (gamma = (1 - m^2/v) / 2, sigma = m (1 + m^2/v) / 2) instead of Grimshaw's maximum likelihood
+  on all stored peaks. Means are cumulative for the first `long_window` points, then exponential,
+  so the model follows slow changes of the series (the paper's DSPOT idea);
+- x is the mean of the last `short_window` errors, which damps single-point noise;
+- the score is the tail probability on a log scale, score = clip(-log10 P / tail_decades, 0, 1)
+  (as Numenta's log-likelihood does), so the threshold reads as a probability: score 0.3 with
+  tail_decades=10 is P = 1e-3;
+- repeated alerts are suppressed: within `suppress` points after a score, a new score that does
+  not exceed it is multiplied by `suppress_factor`. One anomaly then opens one alert, not one per
+  point (what NAB and on-call people reward).
+
+Raw errors must be >= 0 and in a unit that is stable for the series (tsguard's scorer reports
+|observed - forecast| in the series' own units). The calibrator is scale-free: multiplying every
+error of a series by c leaves the scores unchanged.
+
+Scores are causal: `update` scores each error against state built from earlier errors only, then
+folds it in. A NaN (or inf) error, i.e. a missing point, scores 0 and leaves the state untouched.
+The first `warmup` observed errors only build state and score 0.
 
 >>> import numpy as np
 >>> cal = Calibrator(CalibrationConfig(warmup=50))
->>> calm = cal.update(np.abs(np.random.default_rng(0).normal(0, 1, 300)))
+>>> calm = cal.update(np.abs(np.random.default_rng(0).normal(0, 1, 500)))
 >>> cal.warmed_up, float(calm[:50].max())
 (True, 0.0)
 >>> bool(cal.update(np.array([40.0]))[0] > 0.9)
@@ -41,25 +48,39 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 _LN10 = math.log(10.0)
-_SQRT2 = math.sqrt(2.0)
+# Relative floors: keep the GPD defined on series whose errors are (nearly) all equal, without
+# breaking scale invariance.
+_REL_EPS = 1e-9
 
 
 @dataclass(frozen=True)
 class CalibrationConfig:
     """Settings of `Calibrator`; stored under "calibration" in a model's config.json."""
 
-    short_window: int = 10  # points averaged into the short-term mean (paper: W' = 10)
-    long_window: int = 2000  # horizon of the long-term running moments
-    warmup: int = 150  # observed errors before scores leave 0
-    min_std: float = 0.02  # floor on sigma (log1p units): a flat series must not divide by ~0
+    q: float = 0.99  # quantile above which errors are peaks (paper: 0.98 .. 0.995)
+    short_window: int = 3  # errors averaged before scoring
+    long_window: int = 500  # horizon (points) of the running statistics
+    warmup: int = 100  # observed errors before scores leave 0
     tail_decades: float = 10.0  # -log10(tail probability) that maps to score 1
-    threshold: float = 0.5  # score >= threshold opens an anomaly episode
+    quantile_rate: float = 0.2  # step of the running quantile, in running mean errors
+    max_shape: float = 0.5  # clamp of the GPD shape gamma (heavier tails are not trusted)
+    suppress: int = 100  # points after a score during which lower scores are damped
+    suppress_factor: float = 0.5
+    threshold: float = 0.3  # score >= threshold opens an anomaly episode (P <= 1e-3)
 
     def validate(self) -> None:
-        if self.short_window < 1 or self.long_window < 2 or self.warmup < 0:
-            raise ValueError("calibration: need short_window >= 1, long_window >= 2, warmup >= 0")
-        if not (self.min_std > 0 and self.tail_decades > 0 and 0.0 < self.threshold <= 1.0):
-            raise ValueError("calibration: need min_std > 0, tail_decades > 0, 0 < threshold <= 1")
+        if not 0.5 <= self.q < 1.0:
+            raise ValueError("calibration: q must be in [0.5, 1)")
+        if self.short_window < 1 or self.long_window < 2 or self.warmup < 0 or self.suppress < 0:
+            raise ValueError(
+                "calibration: need short_window >= 1, long_window >= 2, warmup >= 0, suppress >= 0"
+            )
+        if not (self.tail_decades > 0 and 0.0 <= self.suppress_factor <= 1.0):
+            raise ValueError("calibration: need tail_decades > 0 and 0 <= suppress_factor <= 1")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError("calibration: threshold must be in (0, 1]")
+        if not -0.5 <= self.max_shape <= 1.0:
+            raise ValueError("calibration: max_shape must be in [-0.5, 1]")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,35 +96,51 @@ class CalibrationConfig:
         return cfg
 
 
-def tail_score(z: float, tail_decades: float) -> float:
-    """clip(-log10(Q(z)) / tail_decades, 0, 1), Q the standard normal upper tail."""
-    if z <= 0.0:
-        q = 0.5 * math.erfc(z / _SQRT2)  # >= 0.5, never underflows
-        return min(1.0, max(0.0, -math.log10(q) / tail_decades))
-    q = 0.5 * math.erfc(z / _SQRT2)
-    if q > 0.0:
-        return min(1.0, -math.log10(q) / tail_decades)
-    # erfc underflowed (z > ~38): use the asymptotic log tail, ln Q ~ -z^2/2 - ln(z sqrt(2 pi)).
-    log_q = -0.5 * z * z - math.log(z * math.sqrt(2.0 * math.pi))
-    return min(1.0, -log_q / _LN10 / tail_decades)
+def gpd_log10_tail(y: float, mean: float, var: float, max_shape: float) -> float:
+    """log10 P(Y > y) for a GPD with the given mean/variance of excesses (method of moments)."""
+    mean = max(mean, _REL_EPS * max(y, 1e-300))
+    ratio = mean * mean / max(var, _REL_EPS * mean * mean)
+    shape = min(max(0.5 * (1.0 - ratio), -0.5), max_shape)
+    scale = 0.5 * mean * (1.0 + ratio)
+    if abs(shape) < 1e-6:
+        return -y / scale / _LN10
+    t = 1.0 + shape * y / scale
+    if t <= 0.0:  # beyond the end point of a bounded (shape < 0) tail: impossible under the fit
+        return -math.inf
+    return -math.log(t) / shape / _LN10
 
 
 class Calibrator:
-    """Per-series online anomaly likelihood (see the module docstring). State: a few hundred bytes."""
+    """Per-series streaming peaks-over-threshold scores (see the module docstring)."""
 
-    __slots__ = ("cfg", "n", "mu", "var", "mu1", "var1", "_buf", "_pos", "_filled")
+    __slots__ = (
+        "cfg",
+        "n",
+        "u",
+        "mean_err",
+        "n_peaks",
+        "peak_mean",
+        "peak_var",
+        "_buf",
+        "_pos",
+        "_filled",
+        "_alert",
+        "_since",
+    )
 
     def __init__(self, cfg: CalibrationConfig | None = None) -> None:
         self.cfg = cfg or CalibrationConfig()
-        self.n = 0  # observed errors seen so far
-        self.mu = 0.0  # long-term mean of short-term means
-        self.var = 0.0  # long-term variance of short-term means
-        self.mu1 = 0.0  # long-term mean of single compressed errors
-        self.var1 = 0.0  # long-term variance of single compressed errors
-        # Ring buffer of the last short_window compressed errors.
+        self.n = 0  # observed errors so far
+        self.u = 0.0  # running q-quantile of the (short-window mean) errors
+        self.mean_err = 0.0  # running mean of |x - u|: the step size of the quantile tracker
+        self.n_peaks = 0
+        self.peak_mean = 0.0  # running mean of excesses over u
+        self.peak_var = 0.0  # running variance of excesses over u
         self._buf = [0.0] * self.cfg.short_window
         self._pos = 0
         self._filled = 0
+        self._alert = 0.0  # the score that suppression compares against
+        self._since = 0  # points since that score
 
     @property
     def warmed_up(self) -> bool:
@@ -119,32 +156,57 @@ class Calibrator:
 
     def _update_one(self, e: float) -> float:
         if not math.isfinite(e):
-            # Missing point: nothing to learn and nothing to flag. Inf is treated like NaN too, as
-            # it can only come from a broken input, never from a real observation.
+            # A missing point: nothing to learn and nothing to flag. Inf is treated the same, as
+            # it can only come from broken input.
             return 0.0
         cfg = self.cfg
-        x = math.log1p(max(e, 0.0))
         buf = self._buf
-        buf[self._pos] = x
+        buf[self._pos] = max(e, 0.0)
         self._pos = (self._pos + 1) % cfg.short_window
         self._filled = min(self._filled + 1, cfg.short_window)
-        m = sum(buf) / self._filled  # unfilled slots are still 0.0
+        x = sum(buf) / self._filled  # unfilled slots are still 0.0
 
-        score = 0.0
-        if self.n >= cfg.warmup and self.n >= 2:
-            sigma = max(math.sqrt(self.var), cfg.min_std)
-            sigma1 = max(math.sqrt(self.var1), cfg.min_std)
-            z = max((m - self.mu) / sigma, (x - self.mu1) / sigma1)
-            score = tail_score(z, cfg.tail_decades)
+        raw = self._tail_score(x) if self.n >= max(cfg.warmup, 2) else 0.0
+        score = self._suppress(raw)
+        self._learn(x)
+        return score
 
-        # Fold m into the long-term moments only after scoring it (no lookahead): cumulative
-        # average while n < long_window, exponential afterwards.
+    def _tail_score(self, x: float) -> float:
+        cfg = self.cfg
+        if x <= self.u or self.n_peaks == 0:
+            return 0.0
+        log10_p = math.log10(1.0 - cfg.q) + gpd_log10_tail(
+            x - self.u, self.peak_mean, self.peak_var, cfg.max_shape
+        )
+        return min(1.0, max(0.0, -log10_p / cfg.tail_decades))
+
+    def _suppress(self, raw: float) -> float:
+        """Keep a score that beats the last kept one (or comes `suppress` points later); damp others."""
+        cfg = self.cfg
+        if raw > self._alert or self._since >= cfg.suppress:
+            self._alert, self._since = raw, 0
+            return raw
+        self._since += 1
+        return raw * cfg.suppress_factor
+
+    def _learn(self, x: float) -> None:
+        """Fold x into the quantile and tail statistics (after it was scored: no lookahead)."""
+        cfg = self.cfg
         self.n += 1
         alpha = 1.0 / min(self.n, cfg.long_window)
-        d = m - self.mu
-        self.mu += alpha * d
-        self.var = (1.0 - alpha) * (self.var + alpha * d * d)
-        d1 = x - self.mu1
-        self.mu1 += alpha * d1
-        self.var1 = (1.0 - alpha) * (self.var1 + alpha * d1 * d1)
-        return score
+        if self.n == 1:
+            self.u = x
+        self.mean_err += alpha * (abs(x - self.u) - self.mean_err)
+        # Robbins-Monro quantile step: up by (1-q)-weighted steps when x exceeds u, down
+        # otherwise, so u settles where P(x > u) = 1 - q. The step follows the error scale, so
+        # this works for errors of any unit.
+        step = cfg.quantile_rate * self.mean_err * alpha / (1.0 - cfg.q)
+        self.u += step * ((1.0 if x > self.u else 0.0) - (1.0 - cfg.q))
+        self.u = max(self.u, 0.0)
+        if x > self.u:
+            self.n_peaks += 1
+            # Memory of the tail: about long_window * (1 - q) peaks, and at least 5.
+            a = 1.0 / min(self.n_peaks, max(5.0, cfg.long_window * (1.0 - cfg.q) + 1.0))
+            d = (x - self.u) - self.peak_mean
+            self.peak_mean += a * d
+            self.peak_var = (1.0 - a) * (self.peak_var + a * d * d)

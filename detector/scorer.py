@@ -60,10 +60,18 @@ def resolve_device(device: str) -> str:
 class Scorer:
     """Scores [B, L, D] windows on their newest `n_new` points (1 <= n_new <= max_new).
 
-    The newest n_new points are forecast from the `context` points just before them; a point's
-    error per dimension is |observed - forecast| in units of the context's robust scale, and the
-    point's error is the root mean square over its observed dimensions. Contributions are each
-    dimension's share of the squared error.
+    One forward pass per window and dimension: the first `context` points of the window forecast
+    its last `horizon` points, and the newest n_new of those are compared with what arrived. So at
+    stride 1 every point is judged against a forecast made `horizon` steps before it, from data
+    the anomaly has not touched yet, which keeps level shifts visible for `horizon` points.
+
+    Errors are in the series' own units, |observed - forecast|: a per-series `Calibrator` then
+    learns what is normal for that series. (Dividing by each window's own scale instead makes the
+    same deviation look huge in a calm window and small in a busy one, and the calibrated scores
+    are clearly worse on NAB.) With several dimensions, each dimension's error is first divided by
+    its window scale, the point's error is the root mean square over observed dimensions times
+    the geometric mean of their scales (for D = 1 exactly |observed - forecast|), and the
+    contributions are the dimensions' shares of the squared normalised error.
     """
 
     def __init__(
@@ -97,21 +105,24 @@ class Scorer:
         # Channel independence: [B, L, D] -> [B*D, L] rows, scored with shared weights.
         rows = np.ascontiguousarray(w.transpose(0, 2, 1).reshape(b * d, length))
         err = np.empty((b * d, n_new), np.float32)
+        scale = np.empty((b * d, 1), np.float32)
         for start in range(0, rows.shape[0], MAX_ROWS_PER_PASS):
             chunk = rows[start : start + MAX_ROWS_PER_PASS]
-            err[start : start + len(chunk)] = self._row_errors(chunk, n_new)
+            stop = start + len(chunk)
+            err[start:stop], scale[start:stop] = self._row_errors(chunk, n_new)
         err = err.reshape(b, d, n_new).transpose(0, 2, 1)  # [B, n_new, D], NaN where missing
-        return _combine(err)
+        scale = scale.reshape(b, 1, d)
+        return _combine(err, scale)
 
     @torch.inference_mode()
-    def _row_errors(self, rows: np.ndarray, n_new: int) -> np.ndarray:
+    def _row_errors(self, rows: np.ndarray, n_new: int) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised absolute errors [N, n_new] of the newest points and window scales [N, 1]."""
         t = torch.from_numpy(rows)
         if self.device == "cuda":
             t = t.pin_memory().to("cuda", non_blocking=True)
         c = self.cfg.context
-        length = self.window_length
-        context = t[:, length - n_new - c : length - n_new]
-        target = t[:, length - n_new :]
+        context = t[:, :c]
+        target = t[:, self.window_length - n_new :]
         # Normalisation stays in float32 (quantiles, division); only the network runs in bf16.
         values, mask, loc, scale = prepare(context)
         if self.device == "cuda":
@@ -120,19 +131,24 @@ class Scorer:
             forecast = forecast.float()
         else:
             forecast = self.model(values, mask)
-        err = ((target - loc) / scale - forecast[:, :n_new]).abs()
-        return err.cpu().numpy()
+        err = ((target - loc) / scale - forecast[:, self.cfg.horizon - n_new :]).abs()
+        return err.cpu().numpy(), scale.cpu().numpy()
 
 
-def _combine(err: np.ndarray) -> WindowScores:
-    """Per-dimension errors [B, n, D] (NaN = missing) -> WindowScores (RMS error, shares)."""
+def _combine(err: np.ndarray, scale: np.ndarray) -> WindowScores:
+    """Normalised per-dimension errors [B, n, D] (NaN = missing) and window scales [B, 1, D] ->
+    WindowScores: errors in series units (RMS over dimensions), contributions as shares."""
     sq = np.square(err, dtype=np.float64)
     observed = ~np.isnan(sq)
     n_obs = observed.sum(axis=2)
     sq0 = np.where(observed, sq, 0.0)
     total = sq0.sum(axis=2)
+    # Geometric mean of the observed dimensions' scales: for one dimension, the errors come out
+    # in the series' units again.
+    log_scale = np.where(observed, np.log(scale.astype(np.float64)), 0.0)
+    unit = np.exp(log_scale.sum(axis=2) / np.maximum(n_obs, 1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        errors = np.where(n_obs > 0, np.sqrt(total / np.maximum(n_obs, 1)), np.nan)
+        errors = np.where(n_obs > 0, np.sqrt(total / np.maximum(n_obs, 1)) * unit, np.nan)
         shares = sq0 / total[..., None]
     # No error at all (perfect forecast) or every dimension missing: equal shares among the
     # observed dimensions (all of them if none is), so each row still sums to 1.
@@ -240,8 +256,9 @@ def save_model_dir(
             "mode": "channel-independent",
             "dimensions": "any",
             "max_new": cfg.horizon,
-            "scoring": "forecast the newest n_new points from the context before them; "
-            "error = |observed - forecast| / robust scale; RMS over dimensions",
+            "scoring": "the first `context` points forecast the last `horizon`; the newest n_new "
+            "are scored: error = |observed - forecast| in series units (several dimensions: RMS "
+            "of scale-normalised errors times the geometric mean scale)",
         },
         "normalisation": {
             "method": "per-window robust: (x - median) / (IQR/1.349, or 1.2533*mean|x - median| when IQR is 0) of the context",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from detector.api import WindowScores
-from detector.calibration import CalibrationConfig
+from detector.calibration import CalibrationConfig, Calibrator
 from detector.errors import ModelLoadError
 from detector.model import ModelConfig, PatchForecaster, impute, normalise
 from detector.scorer import DEFAULT_MODEL_DIR, Scorer, load_scorer, save_model_dir
@@ -96,18 +96,35 @@ def test_bad_n_new_and_window_shape(scorer: Scorer) -> None:
         scorer.score(w[:, 1:], n_new=1)
 
 
-@pytest.mark.parametrize("a,b", [(1000.0, 0.0), (1e-3, 5.0), (-3.0, 1e6)])
-def test_scaling_and_shifting_leave_errors_unchanged(scorer: Scorer, a: float, b: float) -> None:
+@pytest.mark.parametrize("a,b", [(1000.0, 0.0), (1e-3, 0.01), (7.0, -1e4)])
+def test_scaling_and_shifting_leave_calibrated_scores_unchanged(
+    scorer: Scorer, a: float, b: float
+) -> None:
+    """Errors are in series units: a shift leaves them alone, a scale multiplies them, and the
+    calibrator is scale-free, so the scores of a scaled/shifted series are the same."""
     w = _windows(6, scorer.window_length, 2, seed=1)
     base = scorer.score(w, n_new=4)
     moved = scorer.score(a * w.astype(np.float64) + b, n_new=4)
-    if a > 0:
-        np.testing.assert_allclose(moved.errors, base.errors, rtol=2e-3, atol=2e-3)
-        np.testing.assert_allclose(moved.contributions, base.contributions, atol=2e-3)
-    else:
-        # A negative scale mirrors the series; the (non-symmetric) forecaster may differ, but
-        # the result is still finite and well formed.
-        assert np.isfinite(moved.errors).all()
+    # Windows are float32: a shift by b rounds the values by ~eps * |b|, which is ~eps * |b| / a
+    # in units of the original series.
+    tol = max(2e-3, 20 * float(np.finfo(np.float32).eps) * abs(b) / a)
+    np.testing.assert_allclose(moved.errors / a, base.errors, rtol=tol, atol=tol)
+    np.testing.assert_allclose(moved.contributions, base.contributions, atol=tol)
+
+    series = _windows(1, 600, 1, seed=7)[0, :, 0]
+    series[450] += 8.0
+    cal_scores = []
+    for x in (series, a * series.astype(np.float64) + b):
+        view = np.lib.stride_tricks.sliding_window_view(x, scorer.window_length)
+        errs = scorer.score(view[:, :, None].astype(np.float32), 1).errors[:, 0]
+        cal_scores.append(Calibrator(CalibrationConfig(warmup=50)).update(errs))
+    np.testing.assert_allclose(cal_scores[1], cal_scores[0], atol=0.02)
+
+
+def test_a_negative_scale_gives_well_formed_scores(scorer: Scorer) -> None:
+    # Mirroring the series may change the (non-symmetric) forecasts, never the output contract.
+    out = scorer.score(-3.0 * _windows(4, scorer.window_length, 2, seed=1), n_new=2)
+    assert np.isfinite(out.errors).all() and (out.errors >= 0).all()
 
 
 def test_errors_depend_on_the_new_points(scorer: Scorer) -> None:

@@ -97,10 +97,57 @@ def load_series(paths: list[str], min_length: int) -> list[Series]:
     return series
 
 
-def synthetic_series(count: int, length: int, seed: int) -> list[Series]:
+# Shapes real metrics have and pure sinusoids lack. Each synthetic series gets a random subset of
+# these (applied to training/synthetic.py's output), so the forecaster also learns plateaus,
+# steps, counts, random walks and routine spikes: what normal looks like on real dashboards.
+AUGMENTATIONS = ("square", "random_walk", "spikes", "quantize", "counts", "floor")
+
+
+def augment(
+    values: np.ndarray, unit: float, rng: np.random.Generator
+) -> tuple[np.ndarray, list[str]]:
+    """Randomly reshape a normal synthetic series; `unit` is its noise scale. Returns (values, names)."""
+    v = values.astype(np.float64).copy()
+    n = len(v)
+    applied: list[str] = []
+    if rng.random() < 0.2:
+        # Square wave: the seasonal shape becomes two levels (batch jobs, on/off load).
+        level = np.median(v)
+        hi, lo = v.max() - level, level - v.min()
+        v = np.where(v > level, level + 0.6 * hi, level - 0.6 * lo) + rng.normal(0, 0.3 * unit, n)
+        applied.append("square")
+    if rng.random() < 0.3:
+        # Random walk: levels that wander (temperatures, queue lengths).
+        v += np.cumsum(rng.normal(0, unit * rng.uniform(0.05, 0.5), n))
+        applied.append("random_walk")
+    if rng.random() < 0.3:
+        # Routine spikes: frequent short bursts that are part of normal behaviour.
+        hits = rng.random(n) < rng.uniform(0.002, 0.03)
+        v += hits * rng.exponential(unit * rng.uniform(3, 15), n)
+        applied.append("spikes")
+    if rng.random() < 0.2:
+        # Quantised readings (integer gauges, two-decimal CPU percentages).
+        q = unit * rng.uniform(0.5, 4.0)
+        v = np.round(v / q) * q
+        applied.append("quantize")
+    if rng.random() < 0.15:
+        # Counts: Poisson noise around a positive rate (requests, tweets), low to high rates.
+        rate = v - v.min()
+        rate = rate / max(rate.mean(), 1e-9) * rng.uniform(0.5, 50.0)
+        v = rng.poisson(rate).astype(np.float64)
+        applied.append("counts")
+    if rng.random() < 0.1:
+        # A floor: utilisation that sits at its minimum part of the time.
+        v = np.maximum(v, np.quantile(v, rng.uniform(0.1, 0.5)))
+        applied.append("floor")
+    return v, applied
+
+
+def synthetic_series(count: int, length: int, seed: int, augmented: bool = True) -> list[Series]:
     """`count` normal series from training/synthetic.py (SeriesSpec.random), no injected anomalies.
 
     The detector learns what normal looks like; anomalies only ever appear at evaluation time.
+    With `augmented`, each series also gets a random subset of AUGMENTATIONS.
     """
     from training.synthetic import SeriesSpec, generate
 
@@ -111,7 +158,11 @@ def synthetic_series(count: int, length: int, seed: int) -> list[Series]:
         # A random start point: series do not all begin at the same phase of their cycles.
         start = int(rng.integers(0, 10 * spec.period))
         values, _ = generate(spec, length, anomalies=None, start=start)
-        out.append(Series(f"synthetic-{i}", values.astype(np.float32)))
+        name = f"synthetic-{i}"
+        if augmented:
+            values, applied = augment(values, spec.noise + 0.1 * spec.daily_amplitude, rng)
+            name += "".join("+" + a for a in applied)
+        out.append(Series(name, values.astype(np.float32)))
     return out
 
 
