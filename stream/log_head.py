@@ -26,8 +26,8 @@ class LogsHead:
         self.metrics = metrics
         self.head = LogHead(LogHeadConfig(window_s=settings.log_window_s))
         self._parse = parse_log_value
-        # Load the embedding model now, not inside the first poll (it takes seconds).
-        self.head.encoder.encode(["tsguard log head warm-up"])
+        # Load the embedding model and embed the labels now, not inside the first poll.
+        self.head.prepare()
         self._last_advance = time.monotonic()
 
     def handle(self, records: list, now: float) -> list[Output]:
