@@ -67,11 +67,14 @@ def records(lo: int, hi: int, topic: str) -> list[Record]:
     return out
 
 
+WARM_ERRORS = 20  # errors fed to each calibrator for its steady-state size
+
+
 def warm_state(head, rng: np.random.Generator) -> None:
-    """Give every calibrator a full short window of errors (its steady-state Python objects)."""
+    """Feed every calibrator a few errors, so it holds the Python objects it holds in steady state
+    (floats instead of the shared 0.0 it starts with)."""
     for st in head.state.values():
-        n = st.calibrator.cfg.short_window
-        st.calibrator.update(rng.gamma(2.0, 0.5, n))
+        st.calibrator.update(rng.gamma(2.0, 0.5, WARM_ERRORS))
 
 
 def child_per_series(n: int, handle: str) -> dict:
@@ -110,8 +113,6 @@ def breakdown(head) -> dict[str, int]:
     st = state[name]
     cal = st.calibrator
     sizeof = sys.getsizeof
-    floats = sum(sizeof(x) for x in cal._buf if type(x) is float and x != 0.0)
-    floats += sum(sizeof(getattr(cal, a)) for a in ("n", "mu", "var", "mu1", "var1"))
     n = len(state)
     bank = store._banks[1]
     return {
@@ -120,13 +121,42 @@ def breakdown(head) -> dict[str, int]:
         "store_series_record": sizeof(store._series[name]) + sizeof(store._series[name].slot),
         "state_dict_share": sizeof(state) // n,
         "series_state": sizeof(st) + sizeof(st.episode_id),
-        "calibrator": sizeof(cal) + sizeof(cal._buf),
-        "calibrator_floats_and_ints": floats,
+        "calibrator": _deep_size(cal, skip=(cal.cfg,) if hasattr(cal, "cfg") else ()),
         "episode_tracker": sizeof(st.episode),
         "bank_bookkeeping_arrays": bank.pos.itemsize * 3 + bank.last_ts.itemsize,
         "window_values_float32": store.length * 4,
         "window_ts_float64": store.length * 8,
     }
+
+
+def _deep_size(obj, skip: tuple = ()) -> int:
+    """Bytes of an object with __slots__/__dict__ and the containers, numbers and arrays it owns
+    (not shared config objects in `skip`, not small ints and other interned singletons)."""
+    seen = {id(x) for x in skip}
+    total = 0
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if id(x) in seen or x is None or isinstance(x, bool):
+            continue
+        seen.add(id(x))
+        if isinstance(x, int) and -5 <= x <= 256:
+            continue  # cached small ints are shared
+        if isinstance(x, float) and x == 0.0:
+            continue  # the shared 0.0 of a fresh buffer
+        total += sys.getsizeof(x)
+        if isinstance(x, np.ndarray):
+            continue  # getsizeof includes an owned array's data
+        if isinstance(x, list | tuple):
+            stack.extend(x)
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        for name in getattr(type(x), "__slots__", ()):
+            if hasattr(x, name):
+                stack.append(getattr(x, name))
+        if hasattr(x, "__dict__") and not isinstance(x, type):
+            stack.extend(vars(x).values())
+    return total
 
 
 def child_cap(total: int, cap: int, handle: str, samples: int) -> dict:
