@@ -7,8 +7,10 @@ probability of an error x is P(X > x) = (1 - q) * P(Y > x - u).
 
 Changes from the paper, so that per-series state is a handful of floats (about 200 bytes):
 
-- u is a running q-quantile (stochastic approximation, step proportional to the running mean
-  error) instead of a quantile of a stored calibration batch;
+- the paper's initial batch is the warm-up: its errors (at most `warmup` floats, freed after)
+  give the first u and tail scale, fitted by the same exponential tail through the 80%
+  quantile (more stable than the 99% quantile of a hundred points). After that, u is a running
+  q-quantile (stochastic approximation, step proportional to the running mean error);
 - the GPD shape is fixed at 0, the exponential tail the paper lists as the light-tail case, so
   P(Y > y) = exp(-y / m) with m the running mean excess (no stored peaks, no Grimshaw fit). A
   method-of-moments shape estimate from the few peaks a short memory sees was tried: it is
@@ -42,12 +44,14 @@ True
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 _LN10 = math.log(10.0)
 _REL_EPS = 1e-9
+_INIT_QUANTILE = 0.8
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class Calibrator:
         "_filled",
         "_alert",
         "_since",
+        "_init",
     )
 
     def __init__(self, cfg: CalibrationConfig | None = None) -> None:
@@ -121,6 +126,7 @@ class Calibrator:
         self._filled = 0
         self._alert = 0.0  # the score that suppression compares against
         self._since = 0  # points since that score
+        self._init: array | None = array("d")  # warm-up errors, dropped once the tail is fitted
 
     @property
     def warmed_up(self) -> bool:
@@ -162,6 +168,26 @@ class Calibrator:
         log10_p = math.log10(1.0 - cfg.q) - (x - self.u) / m / _LN10
         return min(1.0, max(0.0, -log10_p / cfg.tail_decades))
 
+    def _fit_initial_tail(self) -> None:
+        """Initial u and tail scale from the warm-up errors (the paper's calibration batch).
+
+        With a hundred points the 99% quantile is little more than the maximum, so fit the
+        exponential tail above the 80% quantile u0 (mean excess m) and extrapolate:
+        P(X > u0 + y) = 0.2 exp(-y / m) equals 1 - q at y = m ln(0.2 / (1 - q)).
+        """
+        cfg = self.cfg
+        a = np.frombuffer(self._init, dtype=np.float64)
+        self._init = None
+        u0 = float(np.quantile(a, _INIT_QUANTILE))
+        excess = a[a > u0] - u0
+        m = float(excess.mean()) if excess.size else 0.0
+        self.u = u0 + m * math.log((1.0 - _INIT_QUANTILE) / (1.0 - cfg.q))
+        self.peak_mean = m
+        # A flat warm-up (no excess at all) keeps one pseudo-peak of size 0: any later error
+        # above u then scores 1, which is right for a series that never moved.
+        self.n_peaks = max(1, int(excess.size))
+        self.mean_err = float(np.mean(np.abs(a - self.u)))
+
     def _suppress(self, raw: float) -> float:
         """Keep a score that beats the last kept one (or comes `suppress` points later); damp others."""
         cfg = self.cfg
@@ -174,6 +200,13 @@ class Calibrator:
     def _learn(self, x: float) -> None:
         """Fold x into the quantile and tail statistics (after it was scored: no lookahead)."""
         cfg = self.cfg
+        if self._init is not None and self.n < cfg.warmup:
+            self._init.append(x)
+            self.n += 1
+            if self.n == cfg.warmup:
+                self._fit_initial_tail()
+            return
+        self._init = None
         self.n += 1
         alpha = 1.0 / min(self.n, cfg.long_window)
         if self.n == 1:

@@ -13,7 +13,7 @@ import torch
 from detector.api import WindowScores
 from detector.calibration import CalibrationConfig, Calibrator
 from detector.errors import ModelLoadError
-from detector.model import ModelConfig, PatchForecaster, impute, normalise
+from detector.model import ModelConfig, PatchForecaster, impute, laplace_nll, normalise, prepare
 from detector.scorer import DEFAULT_MODEL_DIR, Scorer, load_scorer, save_model_dir
 
 # A tiny architecture keeps these tests fast; the default model is checked separately.
@@ -100,15 +100,16 @@ def test_bad_n_new_and_window_shape(scorer: Scorer) -> None:
 def test_scaling_and_shifting_leave_calibrated_scores_unchanged(
     scorer: Scorer, a: float, b: float
 ) -> None:
-    """Errors are in series units: a shift leaves them alone, a scale multiplies them, and the
-    calibrator is scale-free, so the scores of a scaled/shifted series are the same."""
+    """Errors are in series units (to the power 1 - error_power): a shift leaves them alone, a
+    scale multiplies them, and the calibrator is scale-free, so the scores are the same."""
     w = _windows(6, scorer.window_length, 2, seed=1)
     base = scorer.score(w, n_new=4)
     moved = scorer.score(a * w.astype(np.float64) + b, n_new=4)
     # Windows are float32: a shift by b rounds the values by ~eps * |b|, which is ~eps * |b| / a
     # in units of the original series.
     tol = max(2e-3, 20 * float(np.finfo(np.float32).eps) * abs(b) / a)
-    np.testing.assert_allclose(moved.errors / a, base.errors, rtol=tol, atol=tol)
+    unit = a ** (1.0 - scorer.cfg.error_power)
+    np.testing.assert_allclose(moved.errors / unit, base.errors, rtol=tol, atol=tol)
     np.testing.assert_allclose(moved.contributions, base.contributions, atol=tol)
 
     series = _windows(1, 600, 1, seed=7)[0, :, 0]
@@ -178,6 +179,34 @@ def test_impute_forward_fills_and_masks() -> None:
     assert mask.tolist() == [[0.0, 1.0, 0.0, 0.0, 1.0]]
 
 
+def test_laplace_nll_is_smallest_at_the_true_location_and_scale() -> None:
+    target = (
+        torch.distributions.Laplace(2.0, 0.5)
+        .sample(
+            (20000,),
+        )
+        .reshape(-1)
+    )
+
+    def nll(loc: float, scale: float) -> float:
+        n = len(target)
+        return float(
+            laplace_nll(torch.full((n,), loc), torch.full((n,), float(np.log(scale))), target)
+        )
+
+    best = nll(2.0, 0.5)
+    assert best < nll(2.5, 0.5) and best < nll(1.5, 0.5)
+    assert best < nll(2.0, 1.0) and best < nll(2.0, 0.25)
+
+
+def test_forward_returns_location_and_clamped_log_scale() -> None:
+    model = _random_model()
+    values, mask, _, _ = prepare(torch.randn(3, TINY.context))
+    loc, log_b = model(values, mask)
+    assert loc.shape == log_b.shape == (3, TINY.horizon)
+    assert float(log_b.min()) >= -7.0 and float(log_b.max()) <= 5.0
+
+
 def test_save_load_round_trip_scores_equal(model_dir: Path, tmp_path: Path) -> None:
     model = _random_model()
     direct = Scorer(model, json.loads((model_dir / "config.json").read_text()), "cpu")
@@ -210,6 +239,15 @@ def test_default_model_loads_and_scores() -> None:
     spike[0, -1, 0] += 80
     assert scorer.score(spike, 1).errors[0, 0] > 5 * scorer.score(calm, 1).errors[0, 0]
     assert scorer.max_new >= 8
+    # The trained scale head knows a clean cycle is easier to forecast than white noise.
+    rng = np.random.default_rng(0)
+    c = scorer.cfg.context
+    clean = torch.tensor(np.sin(2 * np.pi * np.arange(c) / 24)[None, :], dtype=torch.float32)
+    noise = torch.tensor(rng.normal(size=(1, c)), dtype=torch.float32)
+    with torch.inference_mode():
+        b_clean = scorer.model(*prepare(clean)[:2])[1].exp().mean()
+        b_noise = scorer.model(*prepare(noise)[:2])[1].exp().mean()
+    assert b_clean < 0.5 * b_noise
 
 
 # ----------------------------------------------------------------------------- ModelLoadError cases

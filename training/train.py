@@ -4,8 +4,8 @@
     tsguard train --synthetic 200 --out detector/default_model --seed 7
 
 The objective is self-supervised next-steps forecasting: from the context of each window, predict
-its last `horizon` points in units of the context's robust scale (exactly the preprocessing the
-scorer uses). AdamW, linear warm-up then cosine decay, early stopping on a validation split taken
+the location and Laplace scale of each of its last `horizon` points in units of the context's
+robust scale (exactly the preprocessing the scorer uses), by the Laplace negative log-likelihood. AdamW, linear warm-up then cosine decay, early stopping on a validation split taken
 from the tail of every series, seeded and reproducible on a given machine.
 
 Outputs in --out: config.json + model.safetensors (the model directory), report.json (settings,
@@ -47,6 +47,7 @@ class TrainConfig:
     n_layers: int = 3
     d_ff: int = 128
     dropout: float = 0.1
+    error_power: float = 0.0  # how the scorer uses the predicted scale (see ModelConfig)
     stride: int = 4  # step between training windows of one series
     missing_prob: float = 0.2  # share of training windows that get random missing points
     val_fraction: float = 0.1
@@ -94,6 +95,12 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--patch", type=int, default=d.patch)
     p.add_argument("--d-model", type=int, default=d.d_model)
     p.add_argument("--layers", type=int, default=d.n_layers)
+    p.add_argument(
+        "--error-power",
+        type=float,
+        default=d.error_power,
+        help="scorer error = |x - forecast| / predicted_scale^P (0 = series units, 1 = z-score)",
+    )
     p.add_argument("--stride", type=int, default=d.stride, help="step between training windows")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
@@ -128,6 +135,7 @@ def _handle(args: argparse.Namespace) -> int:
         d_model=args.d_model,
         n_layers=args.layers,
         stride=args.stride,
+        error_power=args.error_power,
         seed=args.seed,
         device=args.device,
         val_fraction=args.val_fraction,
@@ -186,7 +194,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     import torch
 
     from detector.calibration import CalibrationConfig
-    from detector.model import INPUT_CLIP, ModelConfig, PatchForecaster, prepare
+    from detector.model import INPUT_CLIP, ModelConfig, PatchForecaster, laplace_nll, prepare
     from detector.scorer import resolve_device, save_model_dir
     from training.datasets import cut_windows, load_series, synthetic_series
 
@@ -200,6 +208,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             n_layers=cfg.n_layers,
             d_ff=cfg.d_ff,
             dropout=cfg.dropout,
+            error_power=cfg.error_power,
         )
         arch.validate()
     except ValueError as exc:
@@ -258,14 +267,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             drop = pick & (torch.rand(context.shape, device=device) < rate)
             context = torch.where(drop, torch.full_like(context, float("nan")), context)
         values, mask, loc, scale = prepare(context)
-        forecast = model(values, mask)
+        forecast, log_b = model(values, mask)
         goal = ((target - loc) / scale).clamp(-INPUT_CLIP, INPUT_CLIP)
         observed = torch.isfinite(goal)
-        # Huber: the noise of real metrics has heavy tails; one wild point should not dominate.
-        loss = torch.nn.functional.huber_loss(
-            forecast[observed], goal[observed], delta=1.0, reduction="mean"
-        )
-        return loss
+        return laplace_nll(forecast[observed], log_b[observed], goal[observed])
 
     def evaluate() -> float:
         if len(val_w) == 0:
@@ -355,7 +360,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "train_windows": len(train_w),
             "val_windows": len(val_w),
         },
-        "objective": f"forecast the last {arch.horizon} points from {arch.context} (Huber, robust-normalised)",
+        "objective": f"forecast the last {arch.horizon} points from {arch.context}: "
+        "Laplace negative log-likelihood of location and scale, robust-normalised",
         "seed": cfg.seed,
         "device": device,
         "epochs_run": len(history),
@@ -400,7 +406,7 @@ def _plot(history: list[dict[str, float]], path: Path) -> None:
     ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
     ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("Huber loss (robust-normalised)")
+    ax.set_ylabel("Laplace NLL (robust-normalised)")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
