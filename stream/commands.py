@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -83,6 +84,18 @@ def _service_options(p: argparse.ArgumentParser) -> None:  # fmt: skip
         "--device", default=env_default("device", "auto"), choices=["auto", "cpu", "cuda"]
     )
     p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=int(env_default("torch-threads", "0")),
+        help="CPU threads for the model (0: half the cores, at most 4)",
+    )
+    p.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=10,
+        help="longest the broker may hold an empty fetch (latency vs. idle requests)",
+    )
+    p.add_argument(
         "--stride",
         type=int,
         default=int(env_default("stride", "1")),
@@ -137,6 +150,7 @@ def _settings(args: argparse.Namespace, bootstrap: str):
         rebuild_messages=args.rebuild_messages,
         partitions=args.partitions, session_timeout_ms=args.session_timeout_ms,
         model_dir=args.model, device=args.device, heads=heads, stride=args.stride,
+        torch_threads=args.torch_threads, fetch_max_wait_ms=args.fetch_max_wait_ms,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_series=args.max_series,
         max_message_bytes=args.max_message_bytes, max_series_gauges=args.max_series_gauges,
         metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
@@ -181,7 +195,13 @@ def build_service(settings):
     metrics = Metrics(max_series_gauges=settings.max_series_gauges)
     heads = []
     if "metrics" in settings.heads:
+        import torch
+
         from detector.scorer import load_scorer
+
+        # Kafka's client thread needs a core too: torch taking every core makes small batches
+        # many times slower on a busy machine (benchmarks/README.md).
+        torch.set_num_threads(settings.torch_threads or max(1, min(4, (os.cpu_count() or 2) // 2)))
 
         scorer = load_scorer(settings.model_dir, settings.device)
         log.info("model %s on %s (window %d)", scorer.version, scorer.device, scorer.window_length)

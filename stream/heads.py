@@ -16,10 +16,10 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from detector.episodes import EpisodeConfig, EpisodeTracker
-from stream.codec import InvalidMessage, dead_letter_record, decode_points, dumps
+from stream.codec import InvalidMessage, dead_letter_record, decode_batch, dumps
 from stream.metrics import Metrics
 from stream.settings import Settings
-from stream.windows import ACCEPTED, DIMENSION_MISMATCH, WindowStore
+from stream.windows import WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -137,45 +137,51 @@ class MetricsHead:
     # -- consuming ---------------------------------------------------------------------------
     def handle(self, records: list, now: float) -> list[Output]:
         out: list[Output] = []
-        s, m, store = self.settings, self.metrics, self.store
-        points_ok = replayed = 0
-        for rec in records:
-            replay = rec.offset < self.replay_until.get(rec.partition, -1)
-            try:
-                points = decode_points(
-                    rec.value, s.max_message_bytes, s.max_points_per_message, s.max_dimensions
-                )
-            except InvalidMessage as exc:
-                if not replay:
-                    out.append(dead_letter(s, m, rec, exc))
-                continue
-            mismatched = 0
-            for p in points:
-                status = store.add(p, now)
-                if status is ACCEPTED:
-                    st = self.state.get(p.series)
-                    if st is None:
-                        st = self._track(p.series, rec.partition)
-                    if replay:
-                        st.mute_until = p.ts
-                        replayed += 1
-                    else:
-                        points_ok += 1
-                elif status is DIMENSION_MISMATCH:
-                    mismatched += 1
-                elif not replay:
-                    m.points_skipped.labels(status).inc()
-            if mismatched and not replay:
-                err = InvalidMessage(
-                    "dimension_mismatch",
-                    f"{mismatched} point(s) bring dimensions the series does not have "
-                    f"(series dimensions are fixed by their first point)",
-                )
-                out.append(dead_letter(s, m, rec, err))
-        m.points.inc(points_ok)
-        m.points_replayed.inc(replayed)
-        m.series_tracked.set(len(store))
+        if not records:
+            return out
+        # Records re-read to rebuild state (offset below the committed one) form a prefix of each
+        # partition's records; decode the batch in runs where that flag does not change.
+        flags = [r.offset < self.replay_until.get(r.partition, -1) for r in records]
+        lo = 0
+        for hi in range(1, len(records) + 1):
+            if hi == len(records) or flags[hi] != flags[lo]:
+                out.extend(self._handle_run(records[lo:hi], flags[lo], now))
+                lo = hi
+        self.metrics.series_tracked.set(len(self.store))
         return out
+
+    def _handle_run(self, records: list, replay: bool, now: float) -> list[Output]:
+        """Decode a run of records column-wise and append them to the windows; no Python object
+        per point on the common path (see codec.decode_batch and WindowStore.add_batch)."""
+        s, m, store = self.settings, self.metrics, self.store
+        cols = decode_batch(
+            [r.value for r in records],
+            s.max_message_bytes,
+            s.max_points_per_message,
+            s.max_dimensions,
+        )
+        res = store.add_batch(cols, now)
+        for name, i in res.first_accepted.items():
+            st = self.state.get(name)
+            if st is None:
+                st = self._track(name, records[i].partition)
+            if replay and name in store:  # (a series may be evicted again within the batch)
+                st.mute_until = store.last_ts(name)
+        if replay:  # their dead letters and counts were published the first time
+            m.points_replayed.inc(res.accepted)
+            return []
+        m.points.inc(res.accepted)
+        for status, k in res.skipped.items():
+            m.points_skipped.labels(status).inc(k)
+        bad = list(cols.errors)
+        for i, k in res.mismatched.items():
+            bad.append((i, InvalidMessage(
+                "dimension_mismatch",
+                f"{k} point(s) bring dimensions the series does not have "
+                "(series dimensions are fixed by their first point)",
+            )))  # fmt: skip
+        bad.sort(key=lambda item: item[0])  # dead letters in message order
+        return [dead_letter(s, m, records[i], exc) for i, exc in bad]
 
     def _track(self, series: str, partition: int) -> _SeriesState:
         if len(self.state) >= self.settings.max_series:
@@ -228,31 +234,32 @@ class MetricsHead:
         self.metrics.batch_size.observe(len(series))
         self.metrics.windows_scored.inc(len(series))
         out: list[Output] = []
-        length = windows.shape[1]
+        base = windows.shape[1] - stride
+        state, version = self.state, self.scorer.version
+        point_ts = ts[:, base:].tolist()
+        latest: dict[str, float] = {}
         for i, name in enumerate(series):
-            st = self.state.get(name)
+            st = state.get(name)
             if st is None:  # evicted or revoked while its window waited
                 continue
-            scores = st.calibrator.update(result.errors[i])
-            for j in range(stride):
-                score = float(scores[j])
-                point_ts = float(ts[i, length - stride + j])
-                kind = st.episode.update(score, point_ts)
+            scores = st.calibrator.update(result.errors[i]).tolist()
+            for j, score in enumerate(scores):
+                t = point_ts[i][j]
+                kind = st.episode.update(score, t)
+                if kind is None:
+                    continue
                 if kind == "start":
-                    st.episode_id = _digest(name, point_ts, self.scorer.version)
-                if kind is not None and point_ts > st.mute_until:
+                    st.episode_id = _digest(name, t, version)
+                if t > st.mute_until:
                     out.append(
                         self._event(
-                            kind,
-                            name,
-                            st,
-                            ts[i],
-                            length - stride + j,
-                            score,
-                            result.contributions[i, j],
+                            kind, name, st, ts[i], base + j, score, result.contributions[i, j]
                         )
                     )
-            self.metrics.set_score(name, float(np.nan_to_num(scores[-1])))
+            latest.pop(name, None)  # keep the order of last updates (the gauge cap is an LRU)
+            latest[name] = scores[-1]
+        for name, score in latest.items():  # one gauge update per series and batch
+            self.metrics.set_score(name, score if score == score else 0.0)  # NaN -> 0
         return out
 
     def _event(self, kind: str, series: str, st: _SeriesState, ts_row: np.ndarray, j: int,

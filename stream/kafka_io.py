@@ -43,6 +43,9 @@ def make_consumer(settings: Settings, group: bool = True, **overrides) -> KafkaC
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(500, settings.session_timeout_ms // 5),
         max_poll_records=5000,
+        # How long the broker may hold an empty fetch: kafka-python's 500 ms default is most of
+        # the end-to-end latency at low rates.
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes * 2),
         **_common(settings),
@@ -86,38 +89,36 @@ def end_offsets(
 ) -> dict[TopicPartition, int]:
     """One past the last record present now, per partition.
 
-    The broker's reported end offset is trusted only as a hint: we read the record just before it
-    and take the last offset of what comes back, which is exact on any Kafka-protocol broker (some
-    report the base offset of the last record batch rather than its end)."""
-    reported = consumer.end_offsets(partitions)
+    The broker's reported end offset is trusted only as a lower bound: we read from the record
+    just before it and take the last offset of what comes back, which is exact on any
+    Kafka-protocol broker (some report the base offset of the last record batch instead)."""
+    result = dict(consumer.end_offsets(partitions))
+    probe_from = {tp: end - 1 for tp, end in result.items() if end > 0}
+    if not probe_from:
+        return result
+    cfg = consumer.config
     probe = KafkaConsumer(
-        bootstrap_servers=consumer.config["bootstrap_servers"],
+        bootstrap_servers=cfg["bootstrap_servers"],
         enable_auto_commit=False,
         group_id=None,
-        security_protocol=consumer.config["security_protocol"],
-        sasl_mechanism=consumer.config["sasl_mechanism"],
-        sasl_plain_username=consumer.config["sasl_plain_username"],
-        sasl_plain_password=consumer.config["sasl_plain_password"],
-        ssl_cafile=consumer.config["ssl_cafile"],
+        fetch_max_wait_ms=50,
+        max_poll_records=1_000_000,  # the whole fetched batch at once
+        security_protocol=cfg["security_protocol"],
+        sasl_mechanism=cfg["sasl_mechanism"],
+        sasl_plain_username=cfg["sasl_plain_username"],
+        sasl_plain_password=cfg["sasl_plain_password"],
+        ssl_cafile=cfg["ssl_cafile"],
     )
     try:
-        result = {}
-        for tp, end in reported.items():
-            result[tp] = end
-            if end <= 0:
-                continue
-            probe.assign([tp])
-            probe.seek(tp, end - 1)
-            deadline = time.monotonic() + 5.0
-            seen_any = False
-            while time.monotonic() < deadline:
-                records = probe.poll(timeout_ms=300).get(tp, [])
-                if not records:
-                    if seen_any:
-                        break
-                    continue
-                seen_any = True
+        probe.assign(list(probe_from))
+        for tp, offset in probe_from.items():
+            probe.seek(tp, offset)
+        waiting = set(probe_from)  # partitions whose probe fetch has not answered yet
+        deadline = time.monotonic() + 10.0
+        while waiting and time.monotonic() < deadline:
+            for tp, records in probe.poll(timeout_ms=100).items():
                 result[tp] = max(result[tp], records[-1].offset + 1)
+                waiting.discard(tp)
         return result
     finally:
         probe.close()

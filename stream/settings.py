@@ -54,9 +54,11 @@ class Settings:
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     partitions: int = 4  # used only when tsguard creates a missing topic
     session_timeout_ms: int = 10000
+    fetch_max_wait_ms: int = 10
 
     model_dir: str | None = None  # None: the model shipped in the package
     device: str = "auto"
+    torch_threads: int = 0  # 0: half the cores, at most 4 (see commands.torch_threads)
     heads: tuple[str, ...] = ("metrics",)
 
     stride: int = 1  # score every `stride` new points of a series
