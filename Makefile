@@ -22,3 +22,9 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(VENV)/bin/python -m benchmarks.run_all
+
+default-model: setup
+	PYTHON=$(VENV)/bin/python bash scripts/train_default_model.sh
