@@ -14,7 +14,7 @@ Changes from the paper, so that per-series state is a handful of floats (about 2
 - the GPD shape is fixed at 0, the exponential tail the paper lists as the light-tail case, so
   P(Y > y) = exp(-y / m) with m the running mean excess (no stored peaks, no Grimshaw fit). A
   method-of-moments shape estimate from the few peaks a short memory sees was tried: it is
-  noisy, and NAB standard dropped from 54.2 to 51.0 with it. Means are cumulative for the first
+  noisy, and NAB standard dropped from 54.2 to 51.0 with it in our runs. Means are cumulative for the first
   `long_window` points, then exponential, so the model follows slow changes (the paper's DSPOT);
 - x is the mean of the last `short_window` errors, which damps single-point noise;
 - the score is the tail probability on a log scale, score = clip(-log10 P / tail_decades, 0, 1)

@@ -3,7 +3,7 @@
 Idea (PatchTST, Nie et al., ICLR 2023, "A Time Series is Worth 64 Words"): cut the context of a
 univariate series into patches, embed each patch as one token, run a Transformer encoder over the
 tokens and forecast the next `horizon` points from all tokens at once. The anomaly error of a new
-point is how far it lies from that forecast, in units of the context's robust scale.
+point is how far it lies from that forecast (detector/scorer.py).
 
 Everything a reader needs is in this file:
 
@@ -13,7 +13,7 @@ Everything a reader needs is in this file:
 - `PatchForecaster`: patch embedding -> pre-norm Transformer blocks -> flatten head that
   predicts, for every future step, a location (the forecast) and a Laplace scale (how sure the
   model is). Trained by the Laplace negative log-likelihood, the scale is large where the series
-  is hard to predict (after a burst, at the edge of a square wave) and small where it is not.
+  is hard to predict (white noise) and small where it is not (a clean cycle).
 
 Channel independence: a [B, L, D] window is scored as B*D univariate series with shared weights,
 so one model handles any number of dimensions; per-dimension errors give the contributions.

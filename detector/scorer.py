@@ -67,11 +67,12 @@ class Scorer:
     `horizon` steps ahead, was tried: NAB standard 53.7 against 58.1, and fewer synthetic
     anomalies caught at the same false-alarm rate.)
 
-    The error of a point is |observed - forecast| / b^p in the series' own units (p = the
-    model's `error_power`): a per-series `Calibrator` then learns what is normal for that series.
-    Dividing fully by a window-local scale (p = 1, or the context's IQR) makes the same deviation
-    look huge in a calm window and small in a busy one, and the calibrated scores are clearly
-    worse on NAB; p = 0 ignores what the model knows about its own uncertainty.
+    The error of a point is |observed - forecast| / b^p (p = the model's `error_power`, 0 in the
+    default model), so with p = 0 it is in the series' own units and the per-series
+    `Calibrator` learns what is normal for that series. Dividing by a window-local scale (the
+    predicted b with p = 1, or the context's IQR) makes the same deviation look huge in a calm
+    window and small in a busy one: NAB standard fell from 58 to 38 (p = 1) and from 54 to 39
+    (IQR) in our runs.
 
     With several dimensions, each dimension's error is computed in units of its own window
     scale, the point's error is the root mean square over observed dimensions, converted back by

@@ -65,6 +65,23 @@ def test_big_error_after_calm_scores_near_one() -> None:
     assert spike > 0.95
 
 
+def test_few_false_alarms_right_after_warm_up() -> None:
+    # The tail fitted on the warm-up errors must not be too tight: the live demo starts scoring
+    # right after it. Series (of 400 calm points after warm-up) with any alarm: well under 5%.
+    cfg = CalibrationConfig()
+    alarms = [
+        (Calibrator(cfg).update(_calm(cfg.warmup + 400, seed=100 + i)) >= cfg.threshold).any()
+        for i in range(200)
+    ]
+    assert np.mean(alarms) < 0.05
+
+
+def test_a_flat_series_that_moves_scores_one() -> None:
+    cal = Calibrator()
+    scores = cal.update(np.r_[np.zeros(300), 1e-3])
+    assert (scores[:300] == 0).all() and scores[300] == 1.0
+
+
 def test_calm_false_alarm_rate_is_low() -> None:
     cfg = CalibrationConfig()
     cal = Calibrator(cfg)
