@@ -11,6 +11,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from stream.broker import free_port
 from tests.conftest import point, produce, read_topic, tsguard
@@ -120,6 +121,17 @@ def test_metrics_endpoint_and_graceful_sigterm(broker):
         assert "tsguard_anomalies_total" in samples
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+        # SIGTERM committed everything it consumed: the group's offsets reach the end.
+        consumer = KafkaConsumer(
+            bootstrap_servers=broker.bootstrap, group_id="it-metrics", enable_auto_commit=False
+        )
+        parts = [
+            TopicPartition("tsguard.metrics", p)
+            for p in consumer.partitions_for_topic("tsguard.metrics")
+        ]
+        committed = sum(consumer.committed(tp) or 0 for tp in parts)
+        consumer.close()
+        assert committed == n + 2
     finally:
         if proc.poll() is None:
             proc.kill()
