@@ -110,7 +110,8 @@ def register_cli(subparsers: Any) -> None:
         "--max-minutes",
         type=float,
         default=d.max_minutes,
-        help="stop after M minutes (0 = no limit)",
+        help="safety cap: stop after M minutes (0 = no limit); a capped run depends on the "
+        "machine's speed, so it is not reproducible",
     )
     p.add_argument(
         "--version", default="", help="model version string (default tsguard-custom-<date>)"
