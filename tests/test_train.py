@@ -84,6 +84,21 @@ def test_reads_csv_files_folders_and_multivariate(tmp_path: Path) -> None:
     assert report["data"]["file_series"] == 3
 
 
+def test_reads_parquet(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow", reason="reading Parquet needs pyarrow")
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2024-01-01", periods=200, freq="1min"),
+            "v": rng.normal(size=200),
+        }
+    )
+    frame.to_parquet(tmp_path / "a.parquet")
+    (series,) = load_series([str(tmp_path)], min_length=100)
+    assert series.name == "a.parquet:v"
+    np.testing.assert_allclose(series.values, frame["v"].to_numpy(), rtol=1e-6)
+
+
 def test_cut_windows_splits_in_time() -> None:
     s = synthetic_series(2, 500, seed=0)
     tr, va = cut_windows(s, window=40, stride=1, val_fraction=0.2)
