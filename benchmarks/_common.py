@@ -30,14 +30,44 @@ STEP_S = 60.0  # seconds between points of one generated series
 # ----------------------------------------------------------------------------- reporting
 
 
-def add_common_args(p: argparse.ArgumentParser, name: str) -> None:
+def default_torch_threads() -> int:
+    """`tsguard serve`'s default for --torch-threads 0: half the cores, at most 4."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def add_common_args(
+    p: argparse.ArgumentParser, name: str, threads: int | None = 2, sweep: bool = False
+) -> None:
+    """--out, and --threads (alias --torch-threads): torch CPU threads, default `threads`
+    (None: serve's default, half the cores, at most 4); with `sweep` a comma list."""
     p.add_argument(
         "--out",
         type=Path,
         default=RESULTS / f"{name}.json",
         help=f"JSON result file (default benchmarks/results/{name}.json)",
     )
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    default = default_torch_threads() if threads is None else threads
+    what = "serve's default: half the cores, at most 4" if threads is None else "fixed"
+    if sweep:
+        p.add_argument(
+            "--threads",
+            "--torch-threads",
+            dest="threads",
+            type=lambda s: list(
+                dict.fromkeys(int(x) or default_torch_threads() for x in s.split(",") if x)
+            ),  # fmt: skip
+            default=[default],
+            help=f"torch CPU threads, comma list, 0 = serve's default (default {default}: {what})",
+        )
+    else:
+        p.add_argument(
+            "--threads",
+            "--torch-threads",
+            dest="threads",
+            type=lambda s: int(s) or default_torch_threads(),
+            default=default,
+            help=f"torch CPU threads, 0 = serve's default (default {default}: {what})",
+        )
 
 
 def environment() -> dict:
@@ -185,26 +215,29 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> 
         producer.close()
 
 
-VARIANTS = {
-    # name -> environment for benchmarks._serve_variant (see there); "current" is plain tsguard
-    "current": {},
-    "proposed": {"TSGUARD_BENCH_HEAD": "proposed", "TSGUARD_BENCH_FETCH_MAX_WAIT_MS": "10"},
-    "proposed-head": {"TSGUARD_BENCH_HEAD": "proposed"},
-    "proposed-fetch": {"TSGUARD_BENCH_FETCH_MAX_WAIT_MS": "10"},
-}
+SESSION_TIMEOUT_MS = 6000  # the embedded broker lets a new group join after about half of it
+
+
+def add_session_timeout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=SESSION_TIMEOUT_MS,
+        help=f"consumer session timeout (default {SESSION_TIMEOUT_MS}); the embedded broker's "
+        "group join takes about half of it (smoke tests use less)",
+    )
 
 
 def serve_command(
-    bootstrap: str, metrics_port: int, *extra: str, variant: str = "current"
-) -> tuple[list[str], dict[str, str]]:
-    """The command line (and extra environment) of `tsguard serve` as the benchmarks run it."""
-    module = "stream.cli" if variant == "current" else "benchmarks._serve_variant"
-    cmd = [
-        sys.executable, "-m", module, "serve", "--bootstrap", bootstrap,
+    bootstrap: str, metrics_port: int, *extra: str, session_timeout_ms: int = SESSION_TIMEOUT_MS
+) -> list[str]:
+    """The command line of `tsguard serve` as the benchmarks run it (fresh consumer group)."""
+    return [
+        sys.executable, "-m", "stream.cli", "serve", "--bootstrap", bootstrap,
         "--metrics-port", str(metrics_port), "--metrics-addr", "127.0.0.1",
-        "--group-id", f"bench-{uuid.uuid4().hex[:8]}", "--session-timeout-ms", "6000", *extra,
+        "--group-id", f"bench-{uuid.uuid4().hex[:8]}",
+        "--session-timeout-ms", str(session_timeout_ms), *extra,
     ]  # fmt: skip
-    return cmd, dict(VARIANTS[variant])
 
 
 class ServeProcess:

@@ -11,7 +11,11 @@ series). Then, on the same data:
    model time (tsguard_scoring_seconds sum) is exact: framework overhead = (pipeline time - model
    time) / model time. `--profile` adds a cProfile of this run.
 
+Each of 2 and 3 runs once per `--strides` value and per `--torch-threads` value (serve's own
+`--torch-threads`; default: serve's default, half the cores, at most 4).
+
     python -m benchmarks.ingest_bench --points 200000 --series 200 --strides 1,16
+    python -m benchmarks.ingest_bench --torch-threads 1,2   # the model/Kafka-client trade-off
 
 Prints a table and writes JSON (--out). Not a test: nothing here asserts on time.
 """
@@ -30,10 +34,10 @@ import uuid
 import orjson
 
 from benchmarks._common import (
-    VARIANTS,
     Scraper,
     ServeProcess,
     add_common_args,
+    add_session_timeout_arg,
     embedded_broker,
     encoded_points,
     environment,
@@ -42,7 +46,6 @@ from benchmarks._common import (
     serve_command,
     write_json,
 )
-from benchmarks._serve_variant import install
 
 TOPIC = "tsguard.metrics"
 
@@ -51,12 +54,15 @@ def bare_consume(bootstrap: str, n: int, timeout_s: float = 600.0) -> dict:
     """The limit for this client: read and JSON-decode n messages, nothing else."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from stream.settings import Settings
+
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=5000,  # the same fetch settings as stream.kafka_io.make_consumer
+        fetch_max_wait_ms=Settings().fetch_max_wait_ms,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=2_000_000,
     )
@@ -86,16 +92,15 @@ def bare_consume(bootstrap: str, n: int, timeout_s: float = 600.0) -> dict:
     }
 
 
-def serve_run(bootstrap: str, n: int, variant: str, stride: int, args: argparse.Namespace) -> dict:
+def serve_run(bootstrap: str, n: int, stride: int, threads: int, args: argparse.Namespace) -> dict:
     """`tsguard serve --stop-at-end` as a user runs it; phases from its log lines."""
     from stream.broker import free_port
 
     port = free_port()
     extra = ["--stop-at-end", "--stride", str(stride), "--max-batch", str(args.max_batch)]
-    extra += ["--device", args.device]
-    cmd, env = serve_command(bootstrap, port, *extra, variant=variant)
-    env["OMP_NUM_THREADS"] = str(args.threads)
-    with ServeProcess(cmd, echo=args.verbose, env=env) as proc, Scraper(port) as scraper:
+    extra += ["--device", args.device, "--torch-threads", str(threads)]
+    cmd = serve_command(bootstrap, port, *extra, session_timeout_ms=args.session_timeout_ms)
+    with ServeProcess(cmd, echo=args.verbose) as proc, Scraper(port) as scraper:
         rc = proc.wait(timeout_s=args.timeout)
         final = scraper.latest
     if rc != 0:
@@ -108,8 +113,8 @@ def serve_run(bootstrap: str, n: int, variant: str, stride: int, args: argparse.
     reached = proc.first(r"reached the end")
     processing = end - (assigned or start)
     out = {
-        "variant": variant,
         "stride": stride,
+        "torch_threads": threads,
         "exit_code": rc,
         "wall_s": end - start,
         "startup_s": (assigned or start) - start,
@@ -130,31 +135,17 @@ def serve_run(bootstrap: str, n: int, variant: str, stride: int, args: argparse.
     return out
 
 
-def inprocess_run(
-    bootstrap: str, n: int, variant: str, stride: int, args: argparse.Namespace
-) -> dict:
+def inprocess_run(bootstrap: str, stride: int, threads: int, args: argparse.Namespace) -> dict:
     """The same pipeline in this process: exact model time from the metrics registry."""
-    restore = install(VARIANTS[variant])
-    try:
-        return _inprocess_run(bootstrap, n, variant, stride, args)
-    finally:
-        restore()
-
-
-def _inprocess_run(
-    bootstrap: str, n: int, variant: str, stride: int, args: argparse.Namespace
-) -> dict:
-    import torch
-
     from stream.commands import build_service
     from stream.settings import Settings
 
-    torch.set_num_threads(args.threads)
     settings = Settings(
         bootstrap=bootstrap,
         group_id=f"bench-inproc-{uuid.uuid4().hex[:8]}",
-        session_timeout_ms=6000,
+        session_timeout_ms=args.session_timeout_ms,
         device=args.device,
+        torch_threads=threads,  # build_service sets torch's threads from this
         stride=stride,
         max_batch=args.max_batch,
         stop_at_end=True,
@@ -195,8 +186,8 @@ def _inprocess_run(
     targets = probe_log.first("stop-at-end targets")
     probe_s = (targets - start) if targets else 0.0
     out = {
-        "variant": variant,
         "stride": stride,
+        "torch_threads": threads,
         "build_s": build_s,
         "group_join_s": start - t,
         "pipeline_s": pipeline_s,
@@ -219,7 +210,7 @@ def _inprocess_run(
         buf = io.StringIO()
         stats = pstats.Stats(profiler, stream=buf).sort_stats("tottime")
         stats.print_stats(25)
-        prof_path = args.out.with_suffix(f".{variant}.stride{stride}.prof")
+        prof_path = args.out.with_suffix(f".stride{stride}.threads{threads}.prof")
         prof_path.parent.mkdir(parents=True, exist_ok=True)
         stats.dump_stats(prof_path)
         out["profile_top_tottime"] = buf.getvalue()
@@ -265,18 +256,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--repeats", type=int, default=2, help="bare-consumer repeats (best = limit)")
-    p.add_argument(
-        "--variants",
-        type=lambda s: s.split(","),
-        default=["current", "proposed"],
-        help="serve variants (benchmarks/_common.py VARIANTS), each run on the same data",
-    )
     p.add_argument("--no-serve", action="store_true", help="skip the serve subprocess runs")
     p.add_argument("--no-inprocess", action="store_true", help="skip the in-process runs")
     p.add_argument("--profile", action="store_true", help="cProfile the in-process runs")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per run")
     p.add_argument("--verbose", action="store_true", help="echo serve's log")
-    add_common_args(p, "ingest")
+    add_session_timeout_arg(p)
+    add_common_args(p, "ingest", threads=None, sweep=True)
     args = p.parse_args(argv)
 
     n = args.points
@@ -289,14 +275,11 @@ def main(argv: list[str] | None = None) -> dict:
         result["limit_runs"] = [bare_consume(bootstrap, n) for _ in range(args.repeats)]
         limit = max(r["points_per_s"] for r in result["limit_runs"])
         result["limit_points_per_s"] = limit
+        runs = [(k, t) for k in args.strides for t in args.threads]
         if not args.no_serve:
-            result["serve"] = [
-                serve_run(bootstrap, n, v, k, args) for k in args.strides for v in args.variants
-            ]
+            result["serve"] = [serve_run(bootstrap, n, k, t, args) for k, t in runs]
         if not args.no_inprocess:
-            result["inprocess"] = [
-                inprocess_run(bootstrap, n, v, k, args) for k in args.strides for v in args.variants
-            ]
+            result["inprocess"] = [inprocess_run(bootstrap, k, t, args) for k, t in runs]
     result["environment"] = environment()
 
     rows = [{"run": "limit: kafka-python read + orjson.loads", "points/s": limit, "ratio": 1.0}]
@@ -305,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         s["ratio_to_limit_wall"] = s["points_per_s_wall"] / limit
         excl = s["points_per_s_excl_probe"]
         s["ratio_to_limit_excl_probe"] = excl / limit if excl else None
-        rows.append({"run": f"serve [{s['variant']}]", "stride": s["stride"],
+        rows.append({"run": "serve", "stride": s["stride"], "threads": s["torch_threads"],
                      "points/s": s["points_per_s"], "ratio": s["ratio_to_limit"],
                      "excl probe": excl, "ratio excl": s["ratio_to_limit_excl_probe"],
                      "start-exit": s["points_per_s_wall"],
@@ -314,7 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
     for ip in result.get("inprocess", []):
         ip["ratio_to_limit"] = ip["points_per_s"] / limit
         ip["ratio_to_limit_excl_probe"] = ip["points_per_s_excl_probe"] / limit
-        rows.append({"run": f"in-process [{ip['variant']}]", "stride": ip["stride"],
+        rows.append({"run": "in-process", "stride": ip["stride"],
+                     "threads": ip["torch_threads"],
                      "points/s": ip["points_per_s"], "ratio": ip["ratio_to_limit"],
                      "excl probe": ip["points_per_s_excl_probe"],
                      "ratio excl": ip["ratio_to_limit_excl_probe"],
@@ -323,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "overhead excl": ip["framework_overhead_excl_probe"]})  # fmt: skip
     print_table(
         rows,
-        ["run", "stride", "points/s", "ratio", "excl probe", "ratio excl", "start-exit",
+        ["run", "stride", "threads", "points/s", "ratio", "excl probe", "ratio excl", "start-exit",
          "windows/s", "model s", "overhead", "overhead excl"],
         title=f"ingest: {n:,} points, {args.series} series; points/s after the group join, "
         f"also without the stop-at-end offset probe (load avg "
@@ -331,13 +315,15 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     for s in result.get("serve", []):
         print(
-            f"serve [{s['variant']}, stride {s['stride']}] phases (s): model load {_f(s['model_loaded_s'])}, group join "
+            f"serve [stride {s['stride']}, {s['torch_threads']} threads] phases (s): model load "
+            f"{_f(s['model_loaded_s'])}, group join "
             f"{_f(s['group_join_s'])}, end-offset probe {_f(s['end_offset_probe_s'])}, "
             f"drain+close {_f(s['drain_and_close_s'])}"
         )
     if args.profile:
         for ip in result.get("inprocess", []):
-            print(f"[{ip['variant']}, stride {ip['stride']}]", ip["profile_top_tottime"])
+            print(f"[stride {ip['stride']}, {ip['torch_threads']} threads]",
+                  ip["profile_top_tottime"])  # fmt: skip
     write_json(args.out, result)
     return result
 

@@ -1,17 +1,22 @@
 """Latency: end-to-end p50/p99 from producing a point to its anomaly event being published, at
-fixed produce rates, for each `--max-wait-ms` of `tsguard serve` (the batching trade-off).
+fixed produce rates, for each `--max-wait-ms` (the batching trade-off) and `--fetch-max-wait-ms`
+(how long the broker may hold an empty fetch) of `tsguard serve`.
 
-Per max-wait setting: a fresh embedded broker and `tsguard serve` (subprocess). Every series is
-first given a history (window + calibration warm-up) and serve is waited for until it has read
-it. Then, per rate, a producer sends points round-robin over the series at that fixed rate for
---duration seconds, with a spike injected into one series every --anomaly-every seconds. A point's
-`ts` is the wall-clock time it was sent, and an anomaly event carries the `ts` of the point that
-triggered it, so each event maps back to its send time:
+Per setting (each max-wait with each fetch-wait): a fresh embedded broker and `tsguard serve`
+(subprocess). Every series is first given a history (window + calibration warm-up) and serve is
+waited for until it has read it. Then, per rate, a producer sends points round-robin over the
+series at that fixed rate for --duration seconds, with a spike injected into one series every
+--anomaly-every seconds. A point's `ts` is the wall-clock time it was sent, and an anomaly event
+carries the `ts` of the point that triggered it, so each event maps back to its send time:
 
 - end-to-end = time this benchmark consumed the event - send time of the triggering point;
 - publish    = the event's Kafka timestamp (set by serve's producer) - send time.
 
-    python -m benchmarks.latency_bench --rates 1000,5000 --max-wait-ms 5,50 --duration 30
+The floor: a bare consumer (no group, no tsguard) reading the same kind of stream, at
+kafka-python's default fetch.max.wait.ms (500) and at 10 ms (serve's default).
+
+    python -m benchmarks.latency_bench --rates 1000,5000 --max-wait-ms 5,50 --duration 20
+    python -m benchmarks.latency_bench --max-wait-ms 5,50 --fetch-max-wait-ms 10,500
 
 Prints a table and writes JSON (--out). Not a test: nothing here asserts on time.
 """
@@ -30,6 +35,7 @@ import orjson
 from benchmarks._common import (
     ServeProcess,
     add_common_args,
+    add_session_timeout_arg,
     embedded_broker,
     environment,
     percentiles,
@@ -97,6 +103,12 @@ class Feed:
         self.step = [0] * n_series
         self.rng = np.random.default_rng(seed)
         self.next = 0
+        # Spikes go to series 0, 7, 14, ... (mod n, so every series once before any twice), and
+        # the cycle carries on across runs: after a spike a series' calibrator holds it in its
+        # tail for on the order of a thousand points, so a second spike soon after may not
+        # open an episode (spikes found would then measure the calibrator, not latency).
+        self.spike_series = 0
+        self.spiked = 0
 
     def send(self, s: int, ts: float, spike: bool = False) -> None:
         value = point_value(s, self.step[s], self.rng) + (SPIKE if spike else 0.0)
@@ -124,7 +136,6 @@ class Feed:
         wall0 = time.time() - start
         count = 0
         next_spike = anomaly_every
-        spike_series = 0
         while True:
             elapsed = time.perf_counter() - start
             if elapsed >= duration:
@@ -134,9 +145,10 @@ class Feed:
                 s = self.next
                 self.next = (self.next + 1) % n
                 spike = False
-                if elapsed >= next_spike and s == spike_series:
+                if elapsed >= next_spike and s == self.spike_series:
                     spike, next_spike = True, next_spike + anomaly_every
-                    spike_series = (spike_series + 7) % n
+                    self.spike_series = (self.spike_series + 7) % n
+                    self.spiked += 1
                 ts = wall0 + time.perf_counter()
                 self.send(s, ts, spike)
                 sent[(self.names[s], ts)] = ts
@@ -154,8 +166,8 @@ class Feed:
 
 def consumer_floor(args: argparse.Namespace) -> list[dict]:
     """What the broker and client alone cost: a bare consumer (no group) reading points produced
-    at each rate, at kafka-python's default fetch.max.wait.ms (500, what tsguard uses today) and
-    at 10 ms."""
+    at each rate, at kafka-python's default fetch.max.wait.ms (500) and at 10 ms (serve's
+    default)."""
     from kafka import KafkaConsumer, TopicPartition
 
     rows = []
@@ -184,7 +196,7 @@ def consumer_floor(args: argparse.Namespace) -> list[dict]:
                     reader.start()
                     try:
                         feed.run(rate, min(args.duration, 10.0), anomaly_every=math.inf)
-                        time.sleep(1.0)
+                        time.sleep(min(1.0, args.settle))
                     finally:
                         stop.set()
                         reader.join(timeout=5)
@@ -230,16 +242,17 @@ def histogram_quantile(metrics: dict[str, float], name: str, q: float) -> float:
     return math.nan
 
 
-def one_setting(max_wait: float, variant: str, args: argparse.Namespace) -> list[dict]:
+def one_setting(max_wait: float, fetch_wait: int, args: argparse.Namespace) -> list[dict]:
     from stream.broker import free_port
 
     rows = []
     with embedded_broker(args.partitions) as bootstrap:
         port = free_port()
-        extra = ["--max-wait-ms", str(max_wait), "--stride", str(args.stride), "--device", "cpu"]
-        cmd, env = serve_command(bootstrap, port, *extra, variant=variant)
-        env["OMP_NUM_THREADS"] = str(args.threads)
-        with ServeProcess(cmd, echo=args.verbose, env=env) as proc:
+        extra = ["--max-wait-ms", str(max_wait), "--fetch-max-wait-ms", str(fetch_wait),
+                 "--stride", str(args.stride), "--device", "cpu",
+                 "--torch-threads", str(args.threads)]  # fmt: skip
+        cmd = serve_command(bootstrap, port, *extra, session_timeout_ms=args.session_timeout_ms)
+        with ServeProcess(cmd, echo=args.verbose) as proc:
             proc.wait_for(r"assigned \[", timeout_s=120)
             feed = Feed(bootstrap, args.series)
             try:
@@ -249,24 +262,33 @@ def one_setting(max_wait: float, variant: str, args: argparse.Namespace) -> list
                     raise RuntimeError(f"serve read {got} of {history} history points in time")
                 for rate in args.rates:
                     before = scrape(port)
+                    spiked_before = feed.spiked
                     with AnomalyListener(bootstrap) as listener:
                         run = feed.run(rate, args.duration, args.anomaly_every)
                         target = before.get("tsguard_points_total", 0.0) + run["count"]
                         caught_up = wait_points(port, target, timeout_s=args.drain)
-                        time.sleep(min(2.0, args.drain))  # last events in flight
+                        time.sleep(args.settle)  # last events in flight
                     after = scrape(port)
                     row = summarise(max_wait, rate, run, listener.events, before, after,
                                     caught_up >= target)  # fmt: skip
-                    rows.append({"variant": variant, **row})
+                    # spikes on a series that had one earlier in this setting (see Feed)
+                    row["spikes_repeated"] = max(0, feed.spiked - args.series) - max(
+                        0, spiked_before - args.series
+                    )
+                    if row["spikes_repeated"]:
+                        print(f"note: {row['spikes_repeated']} spikes hit a series spiked before "
+                              "(more spikes than --series): some may not be found")  # fmt: skip
+                    rows.append({"fetch_max_wait_ms": fetch_wait,
+                                 "torch_threads": args.threads, **row})  # fmt: skip
                     print_table(rows[-1:], COLUMNS)
             finally:
                 feed.close()
     return rows
 
 
-COLUMNS = ["variant", "max_wait_ms", "rate", "achieved", "events", "spikes_found", "e2e_p50_ms",
-           "e2e_p99_ms", "e2e_max_ms", "publish_p50_ms", "publish_p99_ms", "serve_e2e_p99_ms",
-           "kept_up"]  # fmt: skip
+COLUMNS = ["max_wait_ms", "fetch_max_wait_ms", "rate", "achieved", "events", "spikes_found",
+           "e2e_p50_ms", "e2e_p99_ms", "e2e_max_ms", "publish_p50_ms", "publish_p99_ms",
+           "serve_e2e_p99_ms", "kept_up"]  # fmt: skip
 
 
 def summarise(max_wait, rate, run, events, before, after, kept_up) -> dict:
@@ -311,39 +333,50 @@ def main(argv: list[str] | None = None) -> dict:
     nums = lambda s: [float(x) for x in s.split(",") if x]  # noqa: E731
     p.add_argument("--rates", type=nums, default=[1000.0, 5000.0], help="points/s, comma list")
     p.add_argument("--max-wait-ms", type=nums, default=[5.0, 50.0], help="serve settings to try")
+    p.add_argument(
+        "--fetch-max-wait-ms",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=[10],
+        help="serve --fetch-max-wait-ms settings to try (default 10, serve's default)",
+    )
     p.add_argument("--series", type=int, default=100)
     p.add_argument("--duration", type=float, default=30.0, help="seconds per rate")
-    p.add_argument("--anomaly-every", type=float, default=0.25, help="seconds between spikes")
+    p.add_argument(
+        "--anomaly-every",
+        type=float,
+        default=0.5,
+        help="seconds between spikes (keep spikes per setting, all rates, <= --series)",
+    )
     p.add_argument("--history", type=int, default=300, help="warm-up points per series")
     p.add_argument("--stride", type=int, default=1)
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--warmup-timeout", type=float, default=600.0)
     p.add_argument("--drain", type=float, default=30.0, help="max seconds to catch up per rate")
     p.add_argument(
-        "--variants",
-        type=lambda s: s.split(","),
-        default=["current", "proposed"],
-        help="serve variants (benchmarks/_common.py VARIANTS): current, proposed, "
-        "proposed-head, proposed-fetch",
+        "--settle", type=float, default=2.0, help="seconds to wait for the last events in flight"
     )
+    p.add_argument("--no-floor", action="store_true", help="skip the bare-consumer floor")
     p.add_argument("--verbose", action="store_true", help="echo serve's log")
-    add_common_args(p, "latency")
+    add_session_timeout_arg(p)
+    add_common_args(p, "latency", threads=None)
     args = p.parse_args(argv)
 
     result: dict = {"benchmark": "latency", "config": vars(args) | {"out": str(args.out)}}
     rows = []
-    for variant in args.variants:
+    for fetch_wait in args.fetch_max_wait_ms:
         for w in args.max_wait_ms:
-            rows.extend(one_setting(w, variant, args))
+            rows.extend(one_setting(w, fetch_wait, args))
     result["runs"] = rows
-    result["floor"] = consumer_floor(args)
-    print_table(result["floor"], list(result["floor"][0]), title="broker + client floor: "
-                "a bare consumer's produce -> consume latency")  # fmt: skip
+    result["floor"] = [] if args.no_floor else consumer_floor(args)
+    if result["floor"]:
+        print_table(result["floor"], list(result["floor"][0]), title="broker + client floor: "
+                    "a bare consumer's produce -> consume latency")  # fmt: skip
     result["environment"] = environment()
     print_table(
         rows,
         COLUMNS,
-        title=f"end-to-end latency, {args.series} series, stride {args.stride} "
+        title=f"end-to-end latency, {args.series} series, stride {args.stride}, "
+        f"{args.threads} torch threads "
         f"(load avg {result['environment']['loadavg']['1m']:.2f})",
     )
     write_json(args.out, result)

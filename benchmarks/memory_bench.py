@@ -40,7 +40,7 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def build_head(max_series: int, handle: str):
+def build_head(max_series: int):
     import torch
 
     from detector.scorer import load_scorer
@@ -51,11 +51,7 @@ def build_head(max_series: int, handle: str):
     torch.set_num_threads(1)
     scorer = load_scorer(None, "cpu")
     settings = Settings(max_series=max_series)
-    if handle == "proposed":
-        from benchmarks._batch_head import BatchMetricsHead as cls
-    else:
-        cls = MetricsHead
-    return cls(settings, scorer, Metrics())
+    return MetricsHead(settings, scorer, Metrics())
 
 
 def records(lo: int, hi: int, topic: str) -> list[Record]:
@@ -77,8 +73,8 @@ def warm_state(head, rng: np.random.Generator) -> None:
         st.calibrator.update(rng.gamma(2.0, 0.5, WARM_ERRORS))
 
 
-def child_per_series(n: int, handle: str) -> dict:
-    head = build_head(max_series=n + 1, handle=handle)
+def child_per_series(n: int) -> dict:
+    head = build_head(max_series=n + 1)
     base = rss()
     t = time.perf_counter()
     for lo in range(0, n, CHUNK):
@@ -159,8 +155,8 @@ def _deep_size(obj, skip: tuple = ()) -> int:
     return total
 
 
-def child_cap(total: int, cap: int, handle: str, samples: int) -> dict:
-    head = build_head(max_series=cap, handle=handle)
+def child_cap(total: int, cap: int, samples: int) -> dict:
+    head = build_head(max_series=cap)
     base = rss()
     every = max(CHUNK, (total // samples) // CHUNK * CHUNK)
     curve = []
@@ -200,21 +196,29 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stream", type=int, default=1_000_000, help="series streamed for the caps")
     p.add_argument("--caps", type=ints, default=[10_000, 100_000])
     p.add_argument("--samples", type=int, default=20, help="RSS samples per cap run")
-    p.add_argument("--handle", default="current", choices=["current", "proposed"])
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure in this process, not one fresh process each (RSS then means little; for "
+        "smoke tests)",
+    )
     p.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
     add_common_args(p, "memory")
     args = p.parse_args(argv)
     if args.child:
         kind, *rest = args.child
         if kind == "per-series":
-            out = child_per_series(int(rest[0]), args.handle)
+            out = child_per_series(int(rest[0]))
         else:
-            out = child_cap(int(rest[0]), int(rest[1]), args.handle, args.samples)
+            out = child_cap(int(rest[0]), int(rest[1]), args.samples)
         print(json.dumps(out))
         return out
 
     result: dict = {"benchmark": "memory", "config": vars(args) | {"out": str(args.out)}}
-    per = [run_child("per-series", str(n), "--handle", args.handle) for n in args.counts]
+    if args.in_process:
+        per = [child_per_series(n) for n in args.counts]
+    else:
+        per = [run_child("per-series", str(n)) for n in args.counts]
     result["per_series"] = per
     rows = []
     for r in per:
@@ -223,15 +227,17 @@ def main(argv: list[str] | None = None) -> dict:
                      "bytes/series (warm)": r["bytes_per_series_warm"], "window bytes": w,
                      "beyond window (warm)": r["bytes_per_series_warm"] - w,
                      "bank capacity": r["bank_capacity"]})  # fmt: skip
-    print_table(rows, list(rows[0]), title="resident bytes per tracked series (target: <= 2048 "
-                "beyond the window)")  # fmt: skip
     if per:
+        print_table(rows, list(rows[0]), title="resident bytes per tracked series (target: "
+                    "<= 2048 beyond the window)")  # fmt: skip
         print("per-series Python objects (sys.getsizeof):", per[-1]["breakdown"])
-    caps = [
-        run_child("cap", str(args.stream), str(cap), "--handle", args.handle,
-                  "--samples", str(args.samples))
-        for cap in args.caps
-    ]  # fmt: skip
+    if args.in_process:
+        caps = [child_cap(args.stream, cap, args.samples) for cap in args.caps]
+    else:
+        caps = [
+            run_child("cap", str(args.stream), str(cap), "--samples", str(args.samples))
+            for cap in args.caps
+        ]
     result["caps"] = caps
     for c in caps:
         print_table(

@@ -8,11 +8,10 @@ with the same model, so the framework's overhead is measured against the model's
 2. pipeline (in-process, no Kafka): N pre-encoded messages through the real `MetricsHead`
    (decode, windows, batching, scoring, calibration, episodes, events) as the pipeline drives it:
    `handle` per poll-sized chunk, `drain` when due. Framework overhead = (pipeline time - model
-   time) / model time, model time = the tsguard_scoring_seconds histogram sum. By default the
-   proposed head (benchmarks/_batch_head.py: batch fast path, leaner scoring loop) runs next to
-   the current one.
+   time) / model time, model time = the tsguard_scoring_seconds histogram sum.
    The pipeline with Kafka in the loop is in ingest_bench.py.
-3. decode + windows alone: the per-point path against the batch fast path.
+3. decode + windows alone (no model): the per-point API (`decode_points` + `WindowStore.add`)
+   against the batch fast path `MetricsHead` uses (`decode_batch` + `WindowStore.add_batch`).
 
     python -m benchmarks.scoring_bench --points 200000 --series 200
     python -m benchmarks.scoring_bench --device cuda --compile   # on a GPU machine
@@ -79,9 +78,9 @@ def model_sweep(scorer, args: argparse.Namespace) -> list[dict]:
 
 
 def hot_loop(length: int, args: argparse.Namespace) -> list[dict]:
-    """Decode + windows alone (no model): the per-point path (decode_points + WindowStore.add on
-    each point, what MetricsHead.handle does today) vs the batch path (decode_batch +
-    WindowStore.add_batch), poll-sized chunks, best of 3."""
+    """Decode + windows alone (no model): the per-point API (decode_points + WindowStore.add on
+    each point) vs the batch path MetricsHead.handle takes (decode_batch + WindowStore.add_batch),
+    poll-sized chunks, best of 3."""
     from stream.codec import decode_batch, decode_points
     from stream.windows import WindowStore
 
@@ -96,7 +95,9 @@ def hot_loop(length: int, args: argparse.Namespace) -> list[dict]:
         store.add_batch(decode_batch(chunk), 0.0)
 
     rows = []
-    for name, step in (("per-point", per_point), ("batch", batch)):
+    paths = (("per-point (decode_points + add)", per_point),
+             ("batch (decode_batch + add_batch: MetricsHead)", batch))  # fmt: skip
+    for name, step in paths:
         best = math.inf
         for _ in range(3):
             store = WindowStore(length, args.n_new, args.max_batch)
@@ -111,17 +112,15 @@ def hot_loop(length: int, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def pipeline_run(scorer, handle: str, args: argparse.Namespace) -> dict:
+def pipeline_run(scorer, args: argparse.Namespace) -> dict:
     """The real MetricsHead over pre-encoded messages, driven as Pipeline.step drives it."""
-    from benchmarks._batch_head import BatchMetricsHead
     from stream.heads import MetricsHead
     from stream.metrics import Metrics
     from stream.settings import Settings
 
     settings = Settings(stride=args.n_new, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
     metrics = Metrics()
-    cls = BatchMetricsHead if handle == "proposed" else MetricsHead
-    head = cls(settings, scorer, metrics)
+    head = MetricsHead(settings, scorer, metrics)
     msgs = encoded_points(args.points, args.series)
     parts = 4
     records = [
@@ -150,7 +149,7 @@ def pipeline_run(scorer, handle: str, args: argparse.Namespace) -> dict:
     batches = sample("tsguard_scoring_seconds_count") or 0.0
     windows = sample("tsguard_windows_scored_total") or 0.0
     return {
-        "handle": handle,
+        "stride": args.n_new,
         "points": args.points,
         "seconds": total,
         "points_per_s": args.points / total,
@@ -184,14 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--series", type=int, default=200, help="pipeline run: distinct series")
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--max-wait-ms", type=float, default=50.0)
-    p.add_argument(
-        "--handle",
-        default="both",
-        choices=["current", "proposed", "both", "none"],
-        help="pipeline run with the current MetricsHead, the proposed one "
-        "(benchmarks/_batch_head.py), or both",
-    )
-    add_common_args(p, "scoring")
+    p.add_argument("--no-pipeline", action="store_true", help="skip the pipeline run")
+    add_common_args(p, "scoring", threads=None)
     args = p.parse_args(argv)
 
     import torch
@@ -226,14 +219,13 @@ def main(argv: list[str] | None = None) -> dict:
     result["decode_and_window"] = hot
     print_table(hot, ["path", "points_per_s", "us_per_point"],
                 title=f"decode + windows only (no model), stride {args.n_new}")  # fmt: skip
-    handles = {"both": ["current", "proposed"], "none": []}.get(args.handle, [args.handle])
-    runs = [pipeline_run(scorer, h, args) for h in handles]
+    runs = [] if args.no_pipeline else [pipeline_run(scorer, args)]
     result["pipeline"] = runs
     result["environment"] = environment()
     if runs:
         print_table(
             runs,
-            ["handle", "points_per_s", "windows_per_s", "mean_batch", "seconds", "model_s",
+            ["stride", "points_per_s", "windows_per_s", "mean_batch", "seconds", "model_s",
              "decode_and_window_s", "after_model_s", "framework_overhead"],
             title=f"pipeline in-process (no Kafka): {args.points:,} points, {args.series} series, "
             f"stride {args.n_new} (load avg {result['environment']['loadavg']['1m']:.2f})",

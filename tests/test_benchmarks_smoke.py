@@ -1,146 +1,130 @@
 """The benchmarks' code paths, run tiny: each writes its JSON with the fields the README's tables
-are built from. Nothing here looks at timings (benchmarks are never timed assertions).
-
-Also: the head the benchmarks propose for stream/heads.py (benchmarks/_batch_head.py) publishes
-exactly what the current head publishes."""
+and benchmarks.report are built from, with counts that add up. Nothing here looks at timings
+(benchmarks are never timed assertions). One broker-backed test covers ingest and latency."""
 
 from __future__ import annotations
 
-from collections import namedtuple
+import math
 
-import numpy as np
 import orjson
 import pytest
 
-Record = namedtuple("Record", "topic partition offset key value")
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The benchmarks set torch's thread count in-process; leave it as it was for other tests."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_scoring_bench_smoke(tmp_path):
-    from benchmarks import scoring_bench
+    from benchmarks import report, scoring_bench
 
     out = tmp_path / "scoring.json"
     scoring_bench.main(["--batches", "1,8", "--seconds", "0.01", "--points", "700",
                         "--series", "2", "--threads", "1", "--out", str(out)])  # fmt: skip
     data = orjson.loads(out.read_bytes())
     assert [r["batch"] for r in data["model_alone"]] == [1, 8]
-    assert all(r["windows_per_s"] > 0 for r in data["model_alone"])
-    assert [r["handle"] for r in data["pipeline"]] == ["current", "proposed"]
-    for run in data["pipeline"]:
-        assert run["windows"] > 0 and run["model_s"] > 0
-        assert {"points_per_s", "windows_per_s", "framework_overhead"} <= set(run)
-    assert [r["path"] for r in data["decode_and_window"]] == ["per-point", "batch"]
-    assert {"loadavg", "uptime", "torch"} <= set(data["environment"])
+    for r in data["model_alone"]:
+        assert r["calls"] >= 3 and r["windows_per_s"] > 0
+        assert r["points_per_s"] == pytest.approx(r["windows_per_s"])  # n_new 1
+    assert data["model_best_windows_per_s"] == max(r["windows_per_s"] for r in data["model_alone"])
+    (run,) = data["pipeline"]  # the service's MetricsHead, once
+    assert run["stride"] == 1 and run["points"] == 700
+    # 350 points per series, window 128, stride 1: one window per point from the 128th on
+    assert run["windows"] == 2 * (350 - 128 + 1)
+    assert 0 < run["mean_batch"] <= 1024 and run["model_s"] > 0
+    assert run["framework_overhead"] == pytest.approx((run["seconds"] - run["model_s"]) /
+                                                      run["model_s"])  # fmt: skip
+    assert len(data["decode_and_window"]) == 2
+    assert all(r["points_per_s"] > 0 for r in data["decode_and_window"])
+    assert data["config"]["threads"] == 1
+    assert {"loadavg", "uptime", "torch", "git_commit"} <= set(data["environment"])
+    text = report.main(["--results", str(tmp_path)])
+    assert "| 8 |" in text and "Pipeline in-process (no Kafka), 700 points" in text
 
 
 def test_memory_bench_smoke(tmp_path):
-    from benchmarks import memory_bench
+    from benchmarks import memory_bench, report
 
     out = tmp_path / "memory.json"
     memory_bench.main(["--counts", "300", "--stream", "1000", "--caps", "200",
-                       "--samples", "2", "--out", str(out)])  # fmt: skip
+                       "--samples", "2", "--in-process", "--out", str(out)])  # fmt: skip
     data = orjson.loads(out.read_bytes())
     (per,) = data["per_series"]
     assert per["series"] == 300 and per["window_bytes"] == 128 * 4 + 128 * 8
-    assert {"bytes_per_series_fresh", "bytes_per_series_warm", "breakdown"} <= set(per)
+    assert {"bytes_per_series_fresh", "bytes_per_series_warm", "rss_base"} <= set(per)
+    assert per["breakdown"]["window_values_float32"] == 128 * 4
     (cap,) = data["caps"]
-    assert cap["cap"] == 200 and cap["curve"][-1]["tracked"] <= 200
-    assert cap["evicted"] > 0
+    assert cap["cap"] == 200 and cap["series_streamed"] == 1000
+    assert cap["curve"][-1]["series_seen"] == 1000
+    assert all(c["tracked"] <= 200 for c in cap["curve"])
+    assert cap["evicted"] == 1000 - cap["curve"][-1]["tracked"]
+    assert "loadavg" in data["environment"]
+    text = report.main(["--results", str(tmp_path)])
+    assert "| 300 |" in text and "`--max-series 200`: 1,000 distinct series streamed" in text
+    assert "| <= 2 KiB per series beyond the window | " in text
 
 
 @pytest.mark.integration
-def test_ingest_bench_smoke(tmp_path):
-    from benchmarks import ingest_bench
+def test_ingest_and_latency_bench_smoke(tmp_path):
+    """Both broker-backed benchmarks, tiny, with a short session timeout (the embedded broker
+    lets a group join after about half of it)."""
+    from benchmarks import ingest_bench, latency_bench, report
 
+    n, series, stride = 600, 2, 4
     out = tmp_path / "ingest.json"
-    ingest_bench.main(["--points", "600", "--series", "2", "--repeats", "1", "--strides", "4",
-                       "--variants", "proposed", "--threads", "1", "--out", str(out)])  # fmt: skip
+    ingest_bench.main(["--points", str(n), "--series", str(series), "--repeats", "1",
+                       "--strides", str(stride), "--torch-threads", "1",
+                       "--session-timeout-ms", "2000", "--out", str(out)])  # fmt: skip
     data = orjson.loads(out.read_bytes())
-    assert data["limit_runs"][0]["messages"] == 600 and data["limit_points_per_s"] > 0
+    (limit,) = data["limit_runs"]
+    assert limit["messages"] == n and limit["points"] == n
+    assert data["limit_points_per_s"] == limit["points_per_s"]
     (serve,) = data["serve"]
-    assert serve["exit_code"] == 0 and serve["variant"] == "proposed"
-    assert {"points_per_s", "ratio_to_limit", "startup_s", "processing_s"} <= set(serve)
+    assert serve["exit_code"] == 0 and serve["stride"] == stride and serve["torch_threads"] == 1
+    assert serve["ratio_to_limit"] == pytest.approx(serve["points_per_s"] / limit["points_per_s"])
+    assert 0 < serve["startup_s"] < serve["wall_s"] and serve["model_loaded_s"] is not None
+    assert serve["end_offset_probe_s"] is not None  # its log line was seen
     (inproc,) = data["inprocess"]
-    assert inproc["points"] == 600 and inproc["windows_scored"] > 0
-    assert {"framework_overhead", "model_s", "windows_per_s"} <= set(inproc)
-
-
-@pytest.mark.integration
-def test_latency_bench_smoke(tmp_path):
-    from benchmarks import latency_bench
+    assert inproc["stride"] == stride and inproc["torch_threads"] == 1
+    # every point read; 300 per series, window 128, a window every 4 new points
+    assert inproc["points"] == n
+    assert inproc["windows_scored"] == series * ((n // series - 128) // stride + 1)
+    assert inproc["model_s"] > 0 and inproc["framework_overhead"] is not None
+    assert data["config"]["threads"] == [1]
 
     out = tmp_path / "latency.json"
-    latency_bench.main(["--rates", "100", "--max-wait-ms", "20", "--series", "2",
-                        "--duration", "3", "--anomaly-every", "0.5", "--history", "280",
-                        "--variants", "current", "--threads", "1", "--drain", "20",
+    latency_bench.main(["--rates", "100", "--max-wait-ms", "20", "--fetch-max-wait-ms", "10",
+                        "--series", "4", "--duration", "1.5", "--anomaly-every", "0.4",
+                        "--history", "280", "--torch-threads", "1", "--drain", "20",
+                        "--settle", "1", "--session-timeout-ms", "2000",
                         "--out", str(out)])  # fmt: skip
     data = orjson.loads(out.read_bytes())
     (run,) = data["runs"]
-    assert run["variant"] == "current" and run["rate"] == 100
-    assert {"e2e_p50_ms", "e2e_p99_ms", "publish_p99_ms", "kept_up", "events"} <= set(run)
-    assert run["spikes"] > 0
+    assert run["rate"] == 100 and run["max_wait_ms"] == 20 and run["fetch_max_wait_ms"] == 10
+    assert run["torch_threads"] == 1
+    assert run["achieved"] > 0 and 1 <= run["spikes"] <= 3 and run["spikes_repeated"] == 0
+    # events map back to the points that triggered them: every spike (each on its own series)
+    # opened an episode, and the event for it came back
+    assert run["spikes_found"] == run["spikes"] and run["events"] >= run["spikes_found"]
+    assert not math.isnan(run["e2e_p99_ms"]) and run["e2e_p99_ms"] >= run["e2e_p50_ms"]
+    assert {"publish_p50_ms", "publish_p99_ms", "serve_e2e_p99_ms", "kept_up"} <= set(run)
     assert {r["fetch_max_wait_ms"] for r in data["floor"]} == {500, 10}
+    assert all(r["points"] > 0 for r in data["floor"])
+    text = report.main(["--results", str(tmp_path)])  # both JSON files render
+    assert "| `tsguard serve --stop-at-end` | 4 | 1 |" in text
+    assert "| 20 | 10 | 100 |" in text and "Floor (bare consumer, no tsguard)" in text
 
 
-def _records(n_series: int, n: int) -> list[Record]:
-    rng = np.random.default_rng(3)
-    out = []
-    for k in range(n):
-        for s in range(n_series):
-            value = 10 * np.sin(k / 8 + s) + rng.normal(0, 0.3)
-            if k in (260, 330) and s == 1:
-                value += 50.0  # anomalies
-            body = {"series": f"s{s}", "ts": 1e9 + 60 * k, "value": float(value)}
-            out.append(Record("tsguard.metrics", s % 2, len(out), b"s", orjson.dumps(body)))
-    out.insert(100, Record("tsguard.metrics", 0, 10**6, b"bad", b'{"series": "x"}'))
-    return out
+def test_run_all_skips_logs_without_loghub(tmp_path, monkeypatch, capsys):
+    from benchmarks import logs_bench, run_all
 
-
-class _StubScorer:
-    """A tiny deterministic scorer (|point - the point before it|), so this test is about the
-    head, not about whichever model is the default today."""
-
-    window_length, version, device = 16, "stub-1", "cpu"
-
-    def __init__(self):
-        from detector.calibration import CalibrationConfig
-
-        self.calibration = CalibrationConfig()
-
-    def score(self, windows: np.ndarray, n_new: int):
-        from detector.api import WindowScores
-
-        err = np.abs(np.diff(windows, axis=1)[:, -n_new:, :])  # [B, n_new, D]
-        total = err.sum(axis=2)
-        shares = err / np.where(total > 0, total, 1.0)[..., None]
-        return WindowScores(total.astype(np.float32), shares.astype(np.float32))
-
-
-def test_proposed_head_publishes_what_the_current_head_publishes():
-    from benchmarks._batch_head import BatchMetricsHead
-    from stream.heads import MetricsHead
-    from stream.metrics import Metrics
-    from stream.settings import Settings
-
-    scorer = _StubScorer()
-    records = _records(n_series=3, n=400)
-    results = []
-    for cls in (MetricsHead, BatchMetricsHead):
-        metrics = Metrics()
-        head = cls(Settings(stride=2, max_batch=64), scorer, metrics)
-        outputs = []
-        for lo in range(0, len(records), 250):
-            outputs += head.handle(records[lo : lo + 250], 0.0)
-            outputs += head.drain(0.0)
-        values = []
-        for o in outputs:
-            v = orjson.loads(o.value)
-            v.pop("detected_at", None)
-            values.append((o.topic, o.key, v))
-        sample = metrics.registry.get_sample_value
-        counts = [sample(n) for n in ("tsguard_points_total", "tsguard_windows_scored_total",
-                                      "tsguard_anomalies_total")]  # fmt: skip
-        results.append((values, counts))
-    (cur, cur_counts), (new, new_counts) = results
-    assert any(topic == "tsguard.anomalies" for topic, _, _ in cur)
-    assert any(topic == "tsguard.dead-letter" for topic, _, _ in cur)
-    assert new == cur and new_counts == cur_counts
+    monkeypatch.setattr(logs_bench, "LOGHUB", tmp_path / "no-loghub")
+    part = run_all.run_part("logs", tmp_path, quick=True, timeout_s=5)
+    assert part["status"] == "skipped" and "no loghub data" in part["reason"]
+    assert "logs: skipped: no loghub data" in capsys.readouterr().out
+    assert not (tmp_path / "logs_bench.json").exists()
