@@ -32,6 +32,9 @@ class Output(NamedTuple):
 
 class Head(Protocol):
     topic: str
+    rebuilds_state: bool  # re-read records before the committed offset on assignment
+
+    def finish(self) -> list[Output]: ...  # shutdown: outputs of state still held
 
     def handle(self, records: list, now: float) -> list[Output]: ...
 
@@ -70,6 +73,8 @@ class _SeriesState:
 
 class MetricsHead:
     """tsguard.metrics -> windows -> Transformer scorer -> calibration -> episodes -> events."""
+
+    rebuilds_state = True
 
     def __init__(self, settings: Settings, scorer, metrics: Metrics):
         self.settings = settings
@@ -194,6 +199,9 @@ class MetricsHead:
             partition,
         )
         return st
+
+    def finish(self) -> list[Output]:
+        return []  # pending windows are drained by the final checkpoint
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """After a rebalance, series of partitions we no longer own are another process's."""

@@ -18,6 +18,10 @@ LATE_GRACE_S = 5.0  # lines may arrive this late and still join their window
 
 
 class LogsHead:
+    # Re-reading lines would publish their classifications again; summaries of windows open at
+    # a crash are lost instead (README: delivery).
+    rebuilds_state = False
+
     def __init__(self, settings: Settings, metrics: Metrics):
         from detector.logs.head import LogHead, LogHeadConfig, parse_log_value
 

@@ -94,7 +94,7 @@ class Pipeline:
         for tp in partitions:
             head = self.heads[tp.topic]
             committed = self.consumer.committed(tp)
-            if not committed or depth <= 0 or not hasattr(head, "replay_until"):
+            if not committed or depth <= 0 or not head.rebuilds_state:
                 continue
             begin = self.consumer.beginning_offsets([tp])[tp]
             start = max(begin, committed - depth)
@@ -134,10 +134,8 @@ class Pipeline:
                     log.info("reached the end of every assigned partition")
                     break
             for head in self.heads.values():
-                finish = getattr(head, "finish", None)
-                if finish is not None:
-                    self._send(finish())
-                    self._unflushed = True
+                self._send(head.finish())
+                self._unflushed = True
             self.checkpoint(force=True)
             return 0
         finally:

@@ -31,6 +31,17 @@ def tsguard(*args: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "stream.cli", *args], cwd=REPO, env=env, **popen)
 
 
+def stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within timeout_s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     for key, value in messages:

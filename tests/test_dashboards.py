@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from stream.broker import EmbeddedBroker, free_port
-from tests.conftest import point, produce, tsguard
+from tests.conftest import point, produce, stop, tsguard
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "dashboards" / "grafana"
@@ -386,12 +386,7 @@ def live_metrics(tmp_path_factory) -> str:
         assert text, f"no /metrics from tsguard serve:\n{log.read_text()[-3000:]}"
         yield text
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         broker.stop()
 
 

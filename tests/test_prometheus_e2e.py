@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from stream.broker import EmbeddedBroker, free_port
-from tests.conftest import point, produce, tsguard
+from tests.conftest import point, produce, stop, tsguard
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -68,16 +68,6 @@ def fast_rules(dest: Path) -> list[str]:
 def series_values(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return 50 + 10 * np.sin(2 * np.pi * np.arange(n) / 50) + rng.normal(0, 0.5, n)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def query(prom: str, promql: str) -> float | None:
