@@ -85,7 +85,7 @@ def ensure_topics(settings: Settings, topics: list[str], timeout_s: float = 20.0
 
 
 def end_offsets(
-    consumer: KafkaConsumer, partitions: list[TopicPartition]
+    consumer: KafkaConsumer, partitions: list[TopicPartition], settings: Settings
 ) -> dict[TopicPartition, int]:
     """One past the last record present now, per partition.
 
@@ -96,19 +96,8 @@ def end_offsets(
     probe_from = {tp: end - 1 for tp, end in result.items() if end > 0}
     if not probe_from:
         return result
-    cfg = consumer.config
-    probe = KafkaConsumer(
-        bootstrap_servers=cfg["bootstrap_servers"],
-        enable_auto_commit=False,
-        group_id=None,
-        fetch_max_wait_ms=50,
-        max_poll_records=1_000_000,  # the whole fetched batch at once
-        security_protocol=cfg["security_protocol"],
-        sasl_mechanism=cfg["sasl_mechanism"],
-        sasl_plain_username=cfg["sasl_plain_username"],
-        sasl_plain_password=cfg["sasl_plain_password"],
-        ssl_cafile=cfg["ssl_cafile"],
-    )
+    # The probe shares the service's connection and security settings; it joins no group.
+    probe = make_consumer(settings, group=False, fetch_max_wait_ms=50, max_poll_records=1_000_000)
     try:
         probe.assign(list(probe_from))
         for tp, offset in probe_from.items():

@@ -233,7 +233,7 @@ class Pipeline:
         if not self.assigned:
             return False
         if self.end_targets is None:
-            self.end_targets = end_offsets(self.consumer, sorted(self.assigned))
+            self.end_targets = end_offsets(self.consumer, sorted(self.assigned), self.settings)
             log.info(
                 "stop-at-end targets: %s",
                 {f"{t.topic}[{t.partition}]": o for t, o in self.end_targets.items()},
