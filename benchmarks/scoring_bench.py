@@ -172,13 +172,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--batches",
         type=lambda s: [int(x) for x in s.split(",")],
-        default=[2**k for k in range(13)],
-        help="comma list of batch sizes (default 1,2,4,...,4096)",
+        default=None,
+        help="comma list of batch sizes (default 1,2,4,...,4096 on CPU, up to 262144 on CUDA)",
     )
     p.add_argument("--dims", type=int, default=1, help="dimensions per window")
     p.add_argument("--n-new", type=int, default=1, help="new points scored per window (= stride)")
     p.add_argument("--seconds", type=float, default=1.0, help="time per batch size")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "max-autotune-no-cudagraphs", "reduce-overhead"],
+        help="torch.compile mode (reduce-overhead = CUDA graphs)",
+    )
     p.add_argument("--points", type=int, default=100_000, help="pipeline run: messages")
     p.add_argument("--series", type=int, default=200, help="pipeline run: distinct series")
     p.add_argument("--max-batch", type=int, default=1024)
@@ -193,8 +199,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     scorer = load_scorer(args.model, args.device)
+    if args.batches is None:
+        top = 18 if scorer.device == "cuda" else 12
+        args.batches = [2**k for k in range(top + 1)]
     if args.compile:
-        scorer.model = torch.compile(scorer.model, dynamic=True)
+        scorer.model = torch.compile(scorer.model, dynamic=True, mode=args.compile_mode)
     result: dict = {
         "benchmark": "scoring",
         "config": vars(args) | {"out": str(args.out)},

@@ -40,8 +40,9 @@ REQUIRED_KEYS = (
     "calibration",
     "training",
 )
-# Rows (window x dimension) per forward pass: bounds memory for huge batches.
-MAX_ROWS_PER_PASS = 16384
+# Rows (window x dimension) per forward pass: bounds memory for huge batches. A GPU needs far
+# larger passes than a CPU before launch overhead stops dominating.
+ROWS_PER_PASS = {"cpu": 16384, "cuda": 131072}
 
 
 def resolve_device(device: str) -> str:
@@ -94,6 +95,8 @@ class Scorer:
         self.max_new: int = self.cfg.horizon
         self.version: str = str(config["version"])
         self.calibration = CalibrationConfig.from_dict(config["calibration"])
+        self.rows_per_pass = ROWS_PER_PASS[device]
+        self._staging: torch.Tensor | None = None  # pinned host buffer, reused (CUDA only)
 
     def score(self, windows: np.ndarray, n_new: int) -> WindowScores:
         w = np.asarray(windows, dtype=np.float32)
@@ -112,8 +115,8 @@ class Scorer:
         rows = np.ascontiguousarray(w.transpose(0, 2, 1).reshape(b * d, length))
         err = np.empty((b * d, n_new), np.float32)
         scale = np.empty((b * d, 1), np.float32)
-        for start in range(0, rows.shape[0], MAX_ROWS_PER_PASS):
-            chunk = rows[start : start + MAX_ROWS_PER_PASS]
+        for start in range(0, rows.shape[0], self.rows_per_pass):
+            chunk = rows[start : start + self.rows_per_pass]
             stop = start + len(chunk)
             err[start:stop], scale[start:stop] = self._row_errors(chunk, n_new)
         err = err.reshape(b, d, n_new).transpose(0, 2, 1)  # [B, n_new, D], NaN where missing
@@ -129,7 +132,7 @@ class Scorer:
         """
         t = torch.from_numpy(rows)
         if self.device == "cuda":
-            t = t.pin_memory().to("cuda", non_blocking=True)
+            t = self._to_device(t)
         c, p, length = self.cfg.context, self.cfg.error_power, self.window_length
         context = t[:, length - n_new - c : length - n_new]
         target = t[:, length - n_new :]
@@ -144,6 +147,18 @@ class Scorer:
         forecast, log_b = forecast[:, :n_new], log_b[:, :n_new]
         err = ((target - loc) / scale - forecast).abs() * torch.exp(-p * log_b)
         return err.cpu().numpy(), (scale ** (1.0 - p)).cpu().numpy()
+
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Host rows -> GPU through one reused pinned buffer: pinning a fresh tensor per call
+        (cudaHostAlloc) costs more than the copy. Reuse is safe because every pass ends with a
+        synchronising copy back to the host before the buffer is written again."""
+        n, length = t.shape
+        if self._staging is None or self._staging.shape[0] < n:
+            self._staging = torch.empty((self.rows_per_pass, length), pin_memory=True)
+        staged = self._staging[:n]
+        staged.copy_(t)
+        return staged.to("cuda", non_blocking=True)
 
 
 def _combine(err: np.ndarray, scale: np.ndarray) -> WindowScores:

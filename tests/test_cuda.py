@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from detector.model import normalise
 from detector.scorer import load_scorer
 
 pytestmark = [
@@ -40,7 +41,21 @@ def test_cuda_scores_match_cpu_within_bf16_tolerance(n_new: int) -> None:
     w = _windows(512, cpu.window_length, 3)
     a, b = cpu.score(w, n_new), gpu.score(w, n_new)
     assert b.errors.shape == a.errors.shape and b.errors.dtype == np.float32
-    # bf16 keeps ~3 significant digits; the errors are O(1) normalised units.
-    np.testing.assert_allclose(b.errors, a.errors, rtol=0.05, atol=0.05)
-    np.testing.assert_allclose(b.contributions, a.contributions, atol=0.05)
+    # Errors are in series units: compare them in units of each window's robust scale (the
+    # geometric mean over dimensions, as the scorer combines them). bf16 keeps ~3 significant
+    # digits through the network, so a typical point's forecast moves by a few hundredths of
+    # that scale and a rare one by a few tenths (seen on an H100: 0.3% of points beyond 0.05,
+    # the largest 0.26).
+    end = cpu.window_length - n_new
+    context = torch.from_numpy(w[:, end - cpu.cfg.context : end].transpose(0, 2, 1).copy())
+    _, scale = normalise(context.reshape(-1, context.shape[2]))
+    unit = np.exp(np.log(scale.numpy().reshape(len(w), -1)).mean(axis=1))[:, None]
+    diff = np.abs(b.errors - a.errors) / unit
+    assert np.quantile(diff, 0.99) < 0.05 and diff.max() < 0.5, (
+        np.quantile(diff, 0.99),
+        diff.max(),
+    )
+    share_diff = np.abs(b.contributions - a.contributions)
+    assert np.quantile(share_diff, 0.99) < 0.05, np.quantile(share_diff, 0.99)
+    np.testing.assert_allclose(b.contributions.sum(axis=2), 1.0, atol=1e-3)
     assert b.errors[0, -1] > 10 * np.median(b.errors)
