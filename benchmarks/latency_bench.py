@@ -12,8 +12,9 @@ carries the `ts` of the point that triggered it, so each event maps back to its 
 - end-to-end = time this benchmark consumed the event - send time of the triggering point;
 - publish    = the event's Kafka timestamp (set by serve's producer) - send time.
 
-The floor: a bare consumer (no group, no tsguard) reading the same kind of stream, at
-kafka-python's default fetch.max.wait.ms (500) and at 10 ms (serve's default).
+The floor: a bare consumer (no group, no tsguard; in its own process, as serve is) reading the
+same kind of stream, at kafka-python's default fetch.max.wait.ms (500) and at 10 ms (serve's
+default).
 
     python -m benchmarks.latency_bench --rates 1000,5000 --max-wait-ms 5,50 --duration 20
     python -m benchmarks.latency_bench --max-wait-ms 5,50 --fetch-max-wait-ms 10,500
@@ -164,43 +165,59 @@ class Feed:
         self.producer.close()
 
 
-def consumer_floor(args: argparse.Namespace) -> list[dict]:
-    """What the broker and client alone cost: a bare consumer (no group) reading points produced
-    at each rate, at kafka-python's default fetch.max.wait.ms (500) and at 10 ms (serve's
-    default)."""
+def _floor_reader(bootstrap: str, partitions: int, fetch_wait: int, ready, stop, out) -> None:
+    """In its own process: a bare consumer from the end of the metrics topic; puts the
+    produce -> consume latency of every point it reads on `out` when `stop` is set."""
     from kafka import KafkaConsumer, TopicPartition
 
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             fetch_max_wait_ms=fetch_wait)  # fmt: skip
+    tps = [TopicPartition(METRICS, p) for p in range(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)
+    ready.set()
+    lat: list[float] = []
+    try:
+        while not stop.is_set():
+            for records in consumer.poll(timeout_ms=50).values():
+                now = time.time()
+                lat.extend(now - orjson.loads(r.value)["ts"] for r in records)
+    finally:
+        consumer.close()
+        out.put(lat)
+
+
+def consumer_floor(args: argparse.Namespace) -> list[dict]:
+    """What the broker and client alone cost: a bare consumer (no group), in a process of its own
+    as serve is, reading points produced at each rate, at kafka-python's default
+    fetch.max.wait.ms (500) and at 10 ms (serve's default)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with client threads
     rows = []
     with embedded_broker(args.partitions) as bootstrap:
         feed = Feed(bootstrap, args.series)
         try:
             for rate in args.rates:
                 for fetch_wait in (500, 10):
-                    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                             fetch_max_wait_ms=fetch_wait)  # fmt: skip
-                    tps = [TopicPartition(METRICS, p) for p in range(args.partitions)]
-                    consumer.assign(tps)
-                    consumer.seek_to_end(*tps)
-                    for tp in tps:
-                        consumer.position(tp)
-                    lat: list[float] = []
-                    stop = threading.Event()
-
-                    def read(c=consumer, out=lat, done=stop) -> None:
-                        while not done.is_set():
-                            for records in c.poll(timeout_ms=50).values():
-                                now = time.time()
-                                out.extend(now - orjson.loads(r.value)["ts"] for r in records)
-
-                    reader = threading.Thread(target=read, daemon=True)
+                    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+                    reader = ctx.Process(target=_floor_reader, args=(
+                        bootstrap, args.partitions, fetch_wait, ready, stop, out))  # fmt: skip
                     reader.start()
                     try:
+                        if not ready.wait(60):
+                            raise RuntimeError("the floor's consumer did not start")
                         feed.run(rate, min(args.duration, 10.0), anomaly_every=math.inf)
                         time.sleep(min(1.0, args.settle))
+                        stop.set()
+                        lat = out.get(timeout=60)
                     finally:
                         stop.set()
-                        reader.join(timeout=5)
-                        consumer.close()
+                        reader.join(timeout=10)
+                        if reader.is_alive():
+                            reader.kill()
                     q = percentiles(np.asarray(lat) * 1000)
                     rows.append({"rate": rate, "fetch_max_wait_ms": fetch_wait, "points": q["n"],
                                  "p50_ms": q["p50"], "p99_ms": q["p99"], "max_ms": q["max"]})  # fmt: skip

@@ -30,6 +30,16 @@ class Output(NamedTuple):
     value: bytes
 
 
+class Chunk(NamedTuple):
+    """Windows for one scoring call, handed from the consuming thread to the scoring one."""
+
+    windows: np.ndarray  # [n, L, D]
+    ts: np.ndarray  # [n, L]
+    series: list[str]
+    dims: dict[str, tuple[str, ...]]  # dimension names per series, as of the hand-over
+    first_at: float | None  # oldest snapshot of the batch, on its last chunk only
+
+
 class Head(Protocol):
     topic: str
     rebuilds_state: bool  # re-read records before the committed offset on assignment
@@ -224,17 +234,40 @@ class MetricsHead:
         )
 
     def drain(self, now: float) -> list[Output]:
-        out: list[Output] = []
-        for dims, pend in self.store.pending_batches():
+        """Score every pending window here and now (what `take` + `score_chunk` do apart)."""
+        return [out for chunk in self.take(now) for out in self.score_chunk(chunk)]
+
+    def take(self, now: float) -> list[Chunk]:
+        """Every pending window, in scoring calls of at most max_batch. The chunks own their
+        arrays and carry what scoring needs from the store (each series' dimension names), so
+        `score_chunk` can run in another thread while this one keeps windowing new points."""
+        chunks: list[Chunk] = []
+        step = self.settings.max_batch
+        for _dims, pend in self.store.take_pending():
             n = len(pend)
-            for lo in range(0, n, self.settings.max_batch):
-                hi = min(n, lo + self.settings.max_batch)
-                out.extend(self._score(pend.windows[lo:hi], pend.ts[lo:hi], pend.series[lo:hi]))
-            self.metrics.end_to_end.observe(time.monotonic() - pend.first_at)
-            self.store.clear_pending(dims)
+            store = self.store
+            names = {name: store.dims(name) for name in dict.fromkeys(pend.series) if name in store}
+            for lo in range(0, n, step):
+                hi = min(n, lo + step)
+                chunks.append(Chunk(pend.windows[lo:hi], pend.ts[lo:hi], pend.series[lo:hi],
+                                    names, pend.first_at if hi == n else None))  # fmt: skip
+        return chunks
+
+    def score_chunk(self, chunk: Chunk) -> list[Output]:
+        """Model, calibration, episodes and events for one chunk. Chunks must be scored in the
+        order `take` returned them: each series' calibrator and episode follow its points."""
+        out = self._score(chunk.windows, chunk.ts, chunk.series, chunk.dims)
+        if chunk.first_at is not None:  # the last chunk of a pending batch
+            self.metrics.end_to_end.observe(time.monotonic() - chunk.first_at)
         return out
 
-    def _score(self, windows: np.ndarray, ts: np.ndarray, series: list[str]) -> list[Output]:
+    def discard_pending(self) -> None:
+        """Pending windows belong to state that is about to be rebuilt: drop them unscored."""
+        self.store.discard_pending()
+
+    def _score(
+        self, windows: np.ndarray, ts: np.ndarray, series: list[str], dims: dict[str, tuple]
+    ) -> list[Output]:
         stride = self.settings.stride
         t0 = time.perf_counter()
         result = self.scorer.score(windows, stride)
@@ -260,24 +293,22 @@ class MetricsHead:
                     st.episode_id = _digest(name, t, version)
                 if t > st.mute_until:
                     out.append(
-                        self._event(
-                            kind, name, st, ts[i], base + j, score, result.contributions[i, j]
-                        )
-                    )
+                        self._event(kind, name, st, dims.get(name, ()), ts[i], base + j, score,
+                                    result.contributions[i, j])
+                    )  # fmt: skip
             latest.pop(name, None)  # keep the order of last updates (the gauge cap is an LRU)
             latest[name] = scores[-1]
         for name, score in latest.items():  # one gauge update per series and batch
             self.metrics.set_score(name, score if score == score else 0.0)  # NaN -> 0
         return out
 
-    def _event(self, kind: str, series: str, st: _SeriesState, ts_row: np.ndarray, j: int,
-               score: float, contributions: np.ndarray) -> Output:  # fmt: skip
+    def _event(self, kind: str, series: str, st: _SeriesState, dims: tuple, ts_row: np.ndarray,
+               j: int, score: float, contributions: np.ndarray) -> Output:  # fmt: skip
         version = self.scorer.version
         ts = float(ts_row[j])
         if kind == "start":
             self.metrics.anomalies.inc()
         self.metrics.anomaly_events.labels(kind).inc()
-        dims = self.store.dims(series) if series in self.store else ()
         shares = {
             d: round(float(c), 4) for d, c in zip(dims, np.nan_to_num(contributions), strict=False)
         }

@@ -3,6 +3,12 @@
 Delivery is at-least-once: offsets are committed only after every output produced from the
 records before them has been flushed to Kafka. A crash replays from the last commit; events
 carry deterministic ids, so consumers de-duplicate.
+
+Scoring stays on this thread. A scoring thread was measured (benchmarks/README.md): on a 2-core
+machine it made serve slower, not faster, because torch takes the GIL back between operators
+and waits behind the consuming thread's Python each time. Events are sent per scoring call of
+at most max_batch windows, as soon as it is scored, and the blocking flush + commit runs at
+most every COMMIT_EVERY_S rather than after every poll.
 """
 
 from __future__ import annotations
@@ -11,10 +17,10 @@ import logging
 import threading
 import time
 
-from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 
-from stream.heads import Head, Output
+from stream.heads import Head, MetricsHead, Output
 from stream.kafka_io import end_offsets, make_consumer, make_producer
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -24,6 +30,9 @@ log = logging.getLogger(__name__)
 LAG_EVERY_S = 5.0
 FLUSH_TIMEOUT_S = 30.0
 MODEL_CHECK_EVERY_S = 2.0
+# Flush + commit is a blocking round trip on this thread; events do not wait for it (the
+# producer sends them within its linger), only the committed offset does.
+COMMIT_EVERY_S = 0.2
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -50,7 +59,6 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.assigned: set[TopicPartition] = set()
         self.end_targets: dict[TopicPartition, int] | None = None
-        self._unflushed = False
         self._to_forget: set[TopicPartition] = set()
         self._to_rebuild: set[TopicPartition] = set()
         self._send_failed: Exception | None = None
@@ -58,6 +66,10 @@ class Pipeline:
         self.reload_requested = threading.Event()
         self._last_model_check = time.monotonic()
         self._model_stamp = self._model_head_stamp()
+        self._consumed: dict[TopicPartition, int] = {}  # next offset after the last handled
+        self._committed: dict[TopicPartition, int] = {}
+        self._floor: dict[TopicPartition, int] = {}  # committed offset a rebuild reads up to
+        self._last_commit = 0.0
         self.consumer = make_consumer(settings)
         self.producer = make_producer(settings)
         self.consumer.subscribe(list(self.heads), listener=_Rebalance(self))
@@ -84,6 +96,8 @@ class Pipeline:
         lost, self._to_forget = self._to_forget, set()
         for head in self.heads.values():
             head.forget_partitions({tp.partition for tp in lost if tp.topic == head.topic})
+        for tp in lost:
+            self._consumed.pop(tp, None)
         gained, self._to_rebuild = sorted(self._to_rebuild), set()
         self._rebuild(gained)
         if gained:
@@ -94,6 +108,8 @@ class Pipeline:
         for tp in partitions:
             head = self.heads[tp.topic]
             committed = self.consumer.committed(tp)
+            if committed:
+                self._floor[tp] = committed
             if not committed or depth <= 0 or not head.rebuilds_state:
                 continue
             begin = self.consumer.beginning_offsets([tp])[tp]
@@ -114,16 +130,17 @@ class Pipeline:
         it again, exactly as a restarted process would."""
         for head in self.heads.values():
             head.forget_partitions({tp.partition for tp in self.assigned if tp.topic == head.topic})
-            head.drain(time.monotonic())  # pending windows belong to the forgotten state
+            if isinstance(head, MetricsHead):
+                head.discard_pending()  # pending windows belong to the forgotten state
         for tp in self.assigned:
             committed = self.consumer.committed(tp)
             if committed is None:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
+        self._consumed.clear()
         self._rebuild(sorted(self.assigned))
         self._send_failed = None
-        self._unflushed = False
 
     def run(self) -> int:
         """Consume until stopped (or, with stop_at_end, until the end offsets seen at start)."""
@@ -135,7 +152,6 @@ class Pipeline:
                     break
             for head in self.heads.values():
                 self._send(head.finish())
-                self._unflushed = True
             self.checkpoint(force=True)
             return 0
         finally:
@@ -157,9 +173,8 @@ class Pipeline:
         for tp, records in polled.items():
             self.metrics.messages.labels(tp.topic).inc(len(records))
             outputs.extend(self.heads[tp.topic].handle(records, now))
+            self._consumed[tp] = records[-1].offset + 1
         self._send(outputs)
-        if polled:
-            self._unflushed = True
         self.checkpoint(force=False)
         if self.reload_requested.is_set() or now - self._last_model_check > MODEL_CHECK_EVERY_S:
             self._maybe_reload(now)
@@ -168,13 +183,25 @@ class Pipeline:
             self._last_lag = now
 
     def checkpoint(self, force: bool) -> None:
-        """Score what is due (all pending when forced), flush, then commit consumed offsets."""
+        """Score what is due (all pending when forced), flush, then commit the offsets whose
+        outputs are all sent."""
         now = time.monotonic()
         for head in self.heads.values():
-            if force or head.due(now):
+            if not (force or head.due(now)):
+                continue
+            if isinstance(head, MetricsHead):
+                # Sent one scoring call at a time: the first events do not wait for the rest.
+                for chunk in head.take(now):
+                    self._send(head.score_chunk(chunk))
+            else:
                 self._send(head.drain(now))
-        if self._any_pending() or not self._unflushed:
+        if self._any_pending():
+            return  # records behind pending windows are not done: commit nothing yet
+        done = dict(self._consumed)
+        advance = done != self._committed
+        if not force and (not advance or now - self._last_commit < COMMIT_EVERY_S):
             return
+        self._last_commit = now
         try:
             self.producer.flush(timeout=FLUSH_TIMEOUT_S)
         except KafkaError as exc:
@@ -189,9 +216,15 @@ class Pipeline:
             )
             self._rewind()
             return
+        if not advance:
+            return
+        # Never move a partition's commit back while its state is rebuilt from before it.
+        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in done.items()
+                   if tp in self.assigned and off >= self._floor.get(tp, 0)}  # fmt: skip
         try:
-            self.consumer.commit()
-            self._unflushed = False
+            if offsets:
+                self.consumer.commit(offsets)
+            self._committed = done
         except KafkaError as exc:
             # Not fatal: the records are re-delivered and their outputs de-duplicated downstream.
             self.metrics.kafka_errors.labels("commit").inc()
@@ -227,7 +260,7 @@ class Pipeline:
                 future.add_errback(self._on_send_error)
 
     def _on_send_error(self, exc: Exception) -> None:
-        self._send_failed = exc
+        self._send_failed = exc  # may run on the producer's IO thread
 
     def _reached_end(self) -> bool:
         if not self.assigned:
