@@ -39,6 +39,7 @@ class WindowScorer(Protocol):
     """
 
     window_length: int
+    min_points: int  # observed points before a series is scored (older slots NaN until full)
     version: str
     device: str
 

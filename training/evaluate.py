@@ -98,8 +98,9 @@ class TsguardDetector:
 
     Windows of the model's length slide over the series; each window scores its newest `stride`
     points, whose forecasts come from the context before them, so a point's error uses only the
-    past and the point itself. The errors go through a fresh `Calibrator` per series in time
-    order; its score in 0..1 is the anomaly score. Points before the first full window score 0.
+    past and the point itself. The errors, with the points' values and times (the seasonal
+    profile), go through a fresh `Calibrator` per series in time order; its score in 0..1 is the
+    anomaly score. Points before the scorer's `min_points` score 0, as in the stream.
     `scorer` is a detector.api.WindowScorer with a `calibration` (see `from_model`).
     """
 
@@ -121,11 +122,17 @@ class TsguardDetector:
         return cls(load_scorer(model_dir, device=device), stride=stride)
 
     def raw_errors(self, values: np.ndarray) -> tuple[int, np.ndarray]:
-        """(first scored index, errors of points first..n-1 in time order)."""
-        x = np.asarray(values, dtype=np.float32)
-        n, length, s = len(x), self.scorer.window_length, self.stride
+        """(first scored index, errors of points first..n-1 in time order).
+
+        As in the stream, a series is scored from its `min_points`-th point on: until the window
+        is full its older slots are missing (NaN), which the model handles like any gap.
+        """
+        length, s = self.scorer.window_length, self.stride
+        pad = length - min(max(self.scorer.min_points, s), length)
+        x = np.r_[np.full(pad, np.nan, np.float32), np.asarray(values, dtype=np.float32)]
+        n = len(x)
         if n < length:
-            return n, np.zeros(0, np.float32)
+            return len(values), np.zeros(0, np.float32)
         views = np.lib.stride_tricks.sliding_window_view(x, length)  # row r ends at r + L - 1
         ends = np.arange(length - 1, n, s)
         chunks = []
@@ -137,14 +144,25 @@ class TsguardDetector:
         if rest:
             last = np.ascontiguousarray(views[-1:])[:, :, None]
             chunks.append(self.scorer.score(last, n_new=rest).errors.reshape(-1))
-        return length - s, np.concatenate(chunks)
+        return length - s - pad, np.concatenate(chunks)
 
     def score_series(self, values: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         from detector.calibration import Calibrator
 
         first, errors = self.raw_errors(values)
         scores = np.zeros(len(values))
-        scores[first:] = Calibrator(self.scorer.calibration).update(errors)
+        # NAB's timestamps are naive local times; read as UTC they put each point in its own
+        # time-of-day bin of the seasonal profile, which is all the profile needs.
+        ts = np.asarray(timestamps)
+        if np.issubdtype(ts.dtype, np.datetime64):
+            seconds = ts.astype("datetime64[ns]").astype(np.int64) / 1e9
+        else:
+            seconds = ts.astype(np.float64)  # already epoch seconds
+        # The profile learns from every point, also those before the first full window.
+        cal = Calibrator(self.scorer.calibration)
+        warm = np.full(first, np.nan)
+        cal.update(warm, values[:first], seconds[:first])
+        scores[first:] = cal.update(errors, values[first:], seconds[first:])
         return scores
 
 
