@@ -32,9 +32,11 @@ signals do not page twice for one anomaly. On NAB (corpus-optimised threshold, s
 the forecast signal alone scores 58.2, the profile residual alone 58.6, the two together 64.8:
 they miss different anomalies (a daily jump that does not come looks normal to a forecaster that
 sees 9 hours at 5-minute steps; a spike inside the usual daily range looks normal to the
-profile). Timestamps are read as UTC seconds; a bin starts scoring after `seasonal_min_count`
-visits, so the profile is silent for the first days of a series (and after a restart, for as
-many days as the rebuild could not read back).
+profile). Timestamps are read as UTC seconds. The profile learns at most one point per
+`seasonal_learn_every_s` (5 minutes), so its memory is about 1/alpha learned points per bin
+(three days at 5-minute sampling) whatever the input rate, and a bin scores only after
+`seasonal_min_count` learned points: the profile is silent for a series' first day (and after
+a restart, until the rebuild has read back that much history).
 
 Raw errors must be >= 0 and in a unit that is stable for the series (tsguard's scorer reports
 |observed - forecast| in the series' own units). The calibrator is scale-free: multiplying every
@@ -88,6 +90,10 @@ class CalibrationConfig:
     seasonal_period_s: float = 86400.0
     seasonal_alpha: float = 0.05
     seasonal_min_count: int = 5
+    # The profile learns at most one point per this many seconds (the 5-minute sampling it was
+    # tuned on), so its memory is counted in days whatever the input rate: a 1-second metric
+    # does not turn it into a 20-second moving average.
+    seasonal_learn_every_s: float = 300.0
 
     def validate(self) -> None:
         if not 0.5 <= self.q < 1.0:
@@ -104,6 +110,8 @@ class CalibrationConfig:
             raise ValueError("calibration: quantile_rate must be in (0, 1]")
         if not (0 <= self.seasonal_bins <= 10_000 and self.seasonal_period_s > 0):
             raise ValueError("calibration: need 0 <= seasonal_bins <= 10000, seasonal_period_s > 0")
+        if not self.seasonal_learn_every_s >= 0:
+            raise ValueError("calibration: need seasonal_learn_every_s >= 0")
         if not (0.0 < self.seasonal_alpha <= 1.0 and self.seasonal_min_count >= 1):
             raise ValueError(
                 "calibration: need 0 < seasonal_alpha <= 1 and seasonal_min_count >= 1"
@@ -228,17 +236,18 @@ class SeasonalProfile:
     dimensions, each dimension's residual is divided by its own running mean residual and the
     root mean square of those is converted back by their geometric mean, so one dimension gives
     exactly |value - profile| and a dimension in large units does not drown the others. A bin
-    answers NaN (no opinion) until it has `seasonal_min_count` visits. Memory: 6 bytes per bin
-    and dimension (float32 mean, uint16 visits) plus one float per dimension.
+    answers NaN (no opinion) until it has learned `seasonal_min_count` points. Memory: 6 bytes
+    per bin and dimension (float32 mean, uint16 visits) plus one float per dimension.
     """
 
-    __slots__ = ("mean", "count", "scale", "n")
+    __slots__ = ("mean", "count", "scale", "n", "last_slot")
 
     def __init__(self, bins: int, dims: int) -> None:
         self.mean = array("f", bytes(4 * bins * dims))
         self.count = array("H", bytes(2 * bins * dims))
         self.scale = array("d", bytes(8 * dims)) if dims > 1 else None
         self.n = 0  # points that updated `scale`
+        self.last_slot = -math.inf  # the seasonal_learn_every_s slot of the last learned point
 
     def residual(self, values: Sequence[float], t: float, cfg: CalibrationConfig) -> float:
         """|values - profile| of one point at UTC time t (seconds), then learn the point."""
@@ -248,6 +257,10 @@ class SeasonalProfile:
         b = int((t % cfg.seasonal_period_s) * cfg.seasonal_bins // cfg.seasonal_period_s)
         b = min(b, cfg.seasonal_bins - 1) * dims
         mean, count = self.mean, self.count
+        slot = t // cfg.seasonal_learn_every_s if cfg.seasonal_learn_every_s > 0 else t
+        learn = slot > self.last_slot
+        if learn:
+            self.last_slot = slot
         answered: list[tuple[int, float]] = []  # (dimension, residual)
         for d, x in enumerate(values):
             if not math.isfinite(x):
@@ -255,6 +268,8 @@ class SeasonalProfile:
             k, c = b + d, count[b + d]
             if c >= cfg.seasonal_min_count:
                 answered.append((d, abs(x - mean[k])))
+            if not learn:
+                continue
             # The visits before a bin scores average plainly (it starts at the first days'
             # mean); later ones weigh alpha, so the profile follows slow change.
             weight = 1.0 / (c + 1) if c < cfg.seasonal_min_count else cfg.seasonal_alpha

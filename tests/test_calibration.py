@@ -156,7 +156,7 @@ def test_state_is_small() -> None:
     # that the service budgets beyond the window.
     day = _daily(3000)
     cal.update(_calm(3000), day, 300.0 * np.arange(3000))
-    assert _deep_size(cal.profile) < 600 and _deep_size(cal) < 1500
+    assert _deep_size(cal.profile) < 700 and _deep_size(cal) < 1500
 
 
 @pytest.mark.parametrize("c", [1e-6, 3.0, 1e9])
@@ -273,3 +273,16 @@ def test_seasonal_profile_can_be_switched_off() -> None:
     )
     with pytest.raises(ValueError):
         CalibrationConfig.from_dict({"seasonal_alpha": 0.0})
+
+
+def test_profile_memory_is_in_days_whatever_the_sampling_rate() -> None:
+    """A 1-second metric: the profile learns one point per 5 minutes, so a level that has held
+    for ten minutes is not yet 'what this series reads at this hour'."""
+    cal = Calibrator()
+    seconds = 1800.0 * 944_444 + np.arange(3600.0)  # an hour from a bin boundary
+    values = np.where(np.arange(3600) < 3000, 10.0, 50.0)
+    cal.update(_calm(3600), values, seconds)
+    assert sum(cal.profile.count) == 12  # one learned point per 300 s
+    # 600 points at 50 are 2 of the 6 learned points of their bin: learning every point
+    # (alpha 0.05 per point) would have moved that bin's mean to ~50.
+    assert max(cal.profile.mean) < 25.0
