@@ -91,7 +91,11 @@ class MetricsHead:
         self.topic = settings.topics.metrics
         self.metrics = metrics
         self.store = WindowStore(
-            scorer.window_length, settings.stride, settings.max_batch, settings.max_series
+            scorer.window_length,
+            settings.stride,
+            settings.max_batch,
+            settings.max_series,
+            min_points=scorer.min_points,
         )
         self.state: dict[str, _SeriesState] = {}
         self.replay_until: dict[int, int] = {}  # partition -> committed offset while rebuilding
@@ -283,7 +287,10 @@ class MetricsHead:
             st = state.get(name)
             if st is None:  # evicted or revoked while its window waited
                 continue
-            scores = st.calibrator.update(result.errors[i]).tolist()
+            # The points themselves feed the calibrator's seasonal profile.
+            scores = st.calibrator.update(
+                result.errors[i], windows[i, base:], ts[i, base:]
+            ).tolist()
             for j, score in enumerate(scores):
                 t = point_ts[i][j]
                 kind = st.episode.update(score, t)
@@ -306,6 +313,7 @@ class MetricsHead:
                j: int, score: float, contributions: np.ndarray) -> Output:  # fmt: skip
         version = self.scorer.version
         ts = float(ts_row[j])
+        observed = np.flatnonzero(np.isfinite(ts_row))
         if kind == "start":
             self.metrics.anomalies.inc()
         self.metrics.anomaly_events.labels(kind).inc()
@@ -321,10 +329,10 @@ class MetricsHead:
             "score": round(score, 6),
             "threshold": self.episode_config.threshold,
             "model_version": version,
-            "window": {
-                "start": float(ts_row[0]),
+            "window": {  # the points the window held: fewer than L while a series is young
+                "start": float(ts_row[observed[0]]),
                 "end": float(ts_row[-1]),
-                "length": int(len(ts_row)),
+                "length": int(len(ts_row) - observed[0]),
             },
             "contributions": shares,
             "detected_at": time.time(),

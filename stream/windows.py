@@ -93,6 +93,7 @@ class _Bank:
             slot = self.unused
             self.unused += 1
         self.values[slot] = np.nan
+        self.ts[slot] = np.nan  # slots not yet written are missing, in a partial window too
         self.pos[slot] = self.filled[slot] = self.new[slot] = 0
         self.last_ts[slot] = -np.inf
         return slot
@@ -127,12 +128,20 @@ class WindowStore:
     """
 
     def __init__(
-        self, length: int, stride: int = 1, max_batch: int = 1024, max_series: int = 100_000
+        self,
+        length: int,
+        stride: int = 1,
+        max_batch: int = 1024,
+        max_series: int = 100_000,
+        min_points: int | None = None,
     ):
         if length < 2 or stride < 1 or max_batch < 1:
             raise ValueError("need length >= 2, stride >= 1, max_batch >= 1")
         self.length = length
         self.stride = stride
+        # A series' first window is taken once it has min_points points (default: a full
+        # window); until the ring is full, its older slots are NaN values with NaN timestamps.
+        self.min_points = length if min_points is None else max(1, min(min_points, length))
         self.max_batch = max_batch
         self.max_series = max_series
         self._banks: dict[int, _Bank] = {}
@@ -182,7 +191,7 @@ class WindowStore:
         if bank.filled[slot] < self.length:
             bank.filled[slot] += 1
         bank.new[slot] += 1
-        if bank.filled[slot] == self.length and bank.new[slot] >= self.stride:
+        if bank.filled[slot] >= self.min_points and bank.new[slot] >= self.stride:
             self._snapshot(bank, slot, p.series, now)
         return ACCEPTED
 
@@ -275,9 +284,9 @@ class WindowStore:
         pos0 = bank.pos[gslot].astype(np.int64)
         filled0 = bank.filled[gslot].astype(np.int64)
         new0 = bank.new[gslot].astype(np.int64)
-        # A series snapshots at the first point where its window is full and `stride` points are
-        # new, then every `stride` points (see add()).
-        r1 = np.maximum(np.maximum(length - filled0 - 1, stride - new0 - 1), 0)
+        # A series snapshots at the first point where its window has min_points points and
+        # `stride` points are new, then every `stride` points (see add()).
+        r1 = np.maximum(np.maximum(self.min_points - filled0 - 1, stride - new0 - 1), 0)
         since = rank - r1[gid]
         snap = np.flatnonzero((since >= 0) & (since % stride == 0))
         if len(snap):

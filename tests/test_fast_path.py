@@ -105,11 +105,13 @@ def assert_same_pending(x: dict, y: dict) -> None:
     st.integers(2, 6),
     st.integers(1, 4),
     st.sampled_from([2, 3, 100]),
+    st.integers(1, 6),
 )
-def test_add_batch_equals_add_per_point(stream, length, stride, max_series):
+def test_add_batch_equals_add_per_point(stream, length, stride, max_series, min_points):
     raws, cuts = stream
-    slow = WindowStore(length=length, stride=stride, max_batch=4, max_series=max_series)
-    fast = WindowStore(length=length, stride=stride, max_batch=4, max_series=max_series)
+    kw = dict(length=length, stride=stride, max_batch=4, max_series=max_series)
+    slow = WindowStore(**kw, min_points=min_points)
+    fast = WindowStore(**kw, min_points=min_points)
     bounds = [0, *cuts, len(raws)]
     for lo, hi in zip(bounds, bounds[1:], strict=False):
         chunk = raws[lo:hi]
@@ -134,9 +136,9 @@ def test_long_run_many_series_matches_per_point():
         for s in rng.permutation(40):
             v = float(rng.normal())
             raws.append(json.dumps({"series": f"s{s}", "ts": 1e9 + k, "value": v}).encode())
-    for stride in (1, 7, 16):
-        slow = WindowStore(length=16, stride=stride, max_batch=64)
-        fast = WindowStore(length=16, stride=stride, max_batch=64)
+    for stride, min_points in ((1, None), (7, None), (16, None), (1, 5), (7, 3)):
+        slow = WindowStore(length=16, stride=stride, max_batch=64, min_points=min_points)
+        fast = WindowStore(length=16, stride=stride, max_batch=64, min_points=min_points)
         for lo in range(0, len(raws), 997):
             run_per_point(slow, raws[lo : lo + 997])
             fast.add_batch(decode_batch(raws[lo : lo + 997]), now=0.0)

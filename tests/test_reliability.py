@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 import pytest
 
+from detector.scorer import MIN_POINTS
 from stream.broker import EmbeddedBroker, free_port
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
@@ -208,7 +209,8 @@ def test_ten_thousand_malformed_messages_are_dead_lettered_and_valid_ones_scored
         proc = serve(broker, "flood", "--max-message-bytes", "500000", port=port)
         try:
             wait_metric(port, "tsguard_points_total", n_series * n_points, timeout_s=180)
-            windows = n_series * (n_points - 128 + 1)
+            # A series is scored from its MIN_POINTS-th point on (stride 1).
+            windows = n_series * (n_points - MIN_POINTS + 1)
             wait_metric(port, "tsguard_windows_scored_total", windows, timeout_s=60)
             assert metric(port, "tsguard_points_total") == n_series * n_points
             assert metric(port, "tsguard_windows_scored_total") == windows

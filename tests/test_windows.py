@@ -38,6 +38,33 @@ def test_first_window_when_full_then_every_stride():
     np.testing.assert_array_equal(w[:, :, 0], ts * 10)
 
 
+def test_partial_windows_from_min_points_with_missing_older_slots():
+    store = WindowStore(length=4, stride=1, max_batch=16, min_points=2)
+    for t in range(5):
+        store.add(pt("s", t, t * 10), now=0)
+    w, ts, series = drain(store)[1]
+    # First window at the 2nd point; until the ring is full its older slots are NaN (value and
+    # timestamp), oldest first, so the model sees them as a gap before the series began.
+    nan = np.nan
+    np.testing.assert_array_equal(
+        ts, [[nan, nan, 0, 1], [nan, 0, 1, 2], [0, 1, 2, 3], [1, 2, 3, 4]]
+    )
+    np.testing.assert_array_equal(w[:, :, 0], ts * 10)
+    assert series == ["s"] * 4
+
+
+def test_a_reused_slot_starts_empty_again():
+    store = WindowStore(length=3, stride=1, max_series=1, min_points=2)
+    for t in range(5):
+        store.add(pt("old", t, 1.0), now=0)
+    drain(store)
+    for t in range(2):
+        store.add(pt("new", 100 + t, 2.0), now=0)  # evicts "old", takes its slot
+    w, ts, _ = drain(store)[1]
+    np.testing.assert_array_equal(ts, [[np.nan, 100, 101]])
+    np.testing.assert_array_equal(w[:, :, 0], [[np.nan, 2.0, 2.0]])
+
+
 def test_many_series_interleaved_do_not_mix():
     store = WindowStore(length=3, stride=1, max_batch=4)
     for t in range(5):
