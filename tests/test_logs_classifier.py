@@ -116,6 +116,34 @@ def test_a_repeated_template_costs_no_new_embedding(encoder) -> None:
     assert uncached.texts > first
 
 
+def test_a_widened_template_keeps_its_label_without_a_new_embedding(encoder) -> None:
+    counting = CountingEncoder(encoder)
+    head = LogHead(LogHeadConfig(), encoder=counting)
+    first = head.classify(_records(["session opened for user alice by sshd"]))[0]
+    after_first = counting.texts
+    # Drain turns "alice" into <*>: the same template, widened.
+    second = head.classify(_records(["session opened for user bob by sshd"]))[0]
+    assert head.miner.template("app", 1) == "session opened for user <*> by sshd"
+    assert counting.texts == after_first
+    assert (second["label"], second["scores"]) == (first["label"], first["scores"])
+
+
+def test_a_template_id_reused_after_eviction_is_a_new_template(encoder) -> None:
+    lines = ["disk controller failure, data lost", "service started on port 8080"]
+    head = LogHead(LogHeadConfig(max_sources=1, unknown_below=0.0), encoder=encoder)
+    head.classify(_records(lines[:1], "a"))
+    head.classify(_records(lines[:1], "b"))  # evicts source a's miner: a's ids start over
+    again = head.classify(_records(lines[1:], "a"))[0]
+    fresh = LogHead(LogHeadConfig(unknown_below=0.0), encoder=encoder)
+    assert again["scores"] == fresh.classify(_records(lines[1:], "a"))[0]["scores"]
+
+
+def test_lines_of_one_template_get_their_own_scores_dict(encoder) -> None:
+    head = LogHead(LogHeadConfig(), encoder=encoder)
+    a, b = head.classify(_records(["job 1 started", "job 2 started"]))
+    assert a["scores"] == b["scores"] and a["scores"] is not b["scores"]
+
+
 def test_classify_and_observe_on_one_batch_mine_each_line_once(encoder) -> None:
     head = LogHead(LogHeadConfig(window_s=60), encoder=encoder)
     batch = _records(["job 1 started", "job 2 started"])

@@ -45,10 +45,38 @@ def _utc(*args: int) -> float:
         ("took 1,204 ms at 12.5%", "took <NUM> ms at <NUM>%"),
         ("blk_-6952295868487656571 deleted", "blk_<NUM> deleted"),
         ("on 2015-10-18", "on <NUM>-<NUM>-<NUM>"),
+        ("proxy.cse.cuhk.edu.hk:5070 open through proxy", "<HOST> open through proxy"),
+        ("connect to www.google.com:443 ok", "connect to <HOST> ok"),
+        ("rhost=220-135-151-1.hinet-ip.hinet.net user=root", "rhost=<HOST> user=root"),
+        ("from aml-sfh-3310b.adsl.wanadoo.nl.", "from <HOST>."),
+        ("get s.360.cn:80 close", "get <HOST> close"),
     ],
 )
 def test_mask_variables_masks_the_variable_parts(line: str, expected: str) -> None:
     assert mask_variables(line) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "java.net.ConnectException: Connection refused",
+        "org.apache.hadoop.mapreduce.v2.app.MRAppMaster: Created MRAppMaster",
+        "mapred.task.id is deprecated. Instead, use mapreduce.task.id",
+        "Start proc com.android.phone for service",
+        "Keystone.ticketstore.lock is busy",
+    ],
+)
+def test_code_names_are_not_hosts(line: str) -> None:
+    # Dotted class, package and property names name things; they are not variables.
+    assert "<HOST>" not in mask_variables(line)
+
+
+def test_hosts_do_not_split_an_event_into_templates() -> None:
+    # A host at the start of a line would otherwise be a Drain tree key: one template per host.
+    miner = TemplateMiner(TemplateConfig())
+    hosts = ["proxy.cse.cuhk.edu.hk:5070", "get.sogou.com:80", "api.github.com:443", "d.qq.com:80"]
+    mined = [miner.add("proxy", f"{h} close, 0 bytes sent, 0 bytes received") for h in hosts]
+    assert len({m.template_id for m in mined}) == 1
 
 
 def test_lines_differing_only_in_variables_mask_identically() -> None:

