@@ -12,14 +12,20 @@ Forced decisions (no "unknown") for the F1; the unknown rate at the default thre
 calibration of the confidence (expected calibration error, 10 bins) are reported beside it.
 
 Throughput. Lines per second through LogHead.classify (mask, Drain3, classify, output dicts) with
-the template cache on and off, the model loaded and warm beforehand:
+the template cache on and off, the model loaded and warm beforehand, `--chunk` lines per classify
+call (default 2000: `tsguard logs classify` reads its input 1 MiB at a time, thousands of loghub
+lines, and the Kafka head gets polls of up to 5000 records; the new templates of one call are
+embedded together, so small calls cost more per line, shown by the 500-line row):
   - cached, cold: one fresh head (as in a serving process) over each file once, file by file
     (every new template costs an embedding; per file and in total);
+  - cached, cold, 500-line chunks: the same with small calls (a trickle of small polls);
   - cached, warm: the same lines again (templates known: the steady state of a long stream);
   - raw+json: the raw `.log` lines end to end (parse_log_value, classify, orjson.dumps), cold;
   - no cache: every line embedded (on a prefix of each file, it is slow).
+Each row notes the 1-minute load average when it finished: the machine is shared, and on 2 cores
+one busy neighbour halves these figures.
 
-    python -m benchmarks.logs_bench [--threads 2] [--nocache-lines 300] [--sweep]
+    python -m benchmarks.logs_bench [--threads 2] [--chunk 2000] [--nocache-lines 300] [--sweep]
 
 Prints tables and writes JSON (--out). Not a test: nothing here asserts.
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import re
 import sys
 import time
@@ -97,7 +104,10 @@ def records(system: str, lines: list[str]):
     return [LogRecord(system, float(i), line) for i, line in enumerate(lines)]
 
 
-def classify_all(head, recs, batch: int = 512) -> list[dict]:
+CHUNK = 2000  # lines per classify call (see the module docstring)
+
+
+def classify_all(head, recs, batch: int = CHUNK) -> list[dict]:
     out: list[dict] = []
     for i in range(0, len(recs), batch):
         out.extend(head.classify(recs[i : i + batch]))
@@ -182,7 +192,7 @@ def quality(encoder, systems: list[str], **head_kw) -> tuple[list[dict], dict]:
     return [*rows, overall, mean], calib
 
 
-def throughput(encoder, systems: list[str], nocache_lines: int) -> list[dict]:
+def throughput(encoder, systems: list[str], nocache_lines: int, chunk: int) -> list[dict]:
     from detector.logs.head import parse_log_value
 
     rows = []
@@ -206,6 +216,7 @@ def throughput(encoder, systems: list[str], nocache_lines: int) -> list[dict]:
                 "seconds": dt,
                 "lines_per_s": n / dt,
                 "embedded": head.embedded_texts - before,
+                "load1": os.getloadavg()[0],
             }
         )
 
@@ -213,29 +224,35 @@ def throughput(encoder, systems: list[str], nocache_lines: int) -> list[dict]:
     # label phrases are embedded before timing: like the model load, a once-per-process cost.
     all_recs = {s: records(s, corpus[s]) for s in systems}
     n_all = sum(len(r) for r in all_recs.values())
-    head = make_head(encoder)
-    head.prepare()
-    for s in systems:  # cold, file by file: every new template costs an embedding
-        timed(
-            "cache on, cold", lambda s=s: classify_all(head, all_recs[s]), len(corpus[s]), head, s
+
+    def cold_pass(label: str, size: int):
+        head = make_head(encoder)
+        head.prepare()
+        for s in systems:  # cold, file by file: every new template costs an embedding
+            timed(label, lambda s=s: classify_all(head, all_recs[s], size), len(corpus[s]), head, s)
+        cold = rows[-len(systems) :]
+        rows.append(
+            {
+                "mode": label,
+                "system": "all",
+                "lines": n_all,
+                "seconds": sum(r["seconds"] for r in cold),
+                "lines_per_s": n_all / sum(r["seconds"] for r in cold),
+                "embedded": sum(r["embedded"] for r in cold),
+                "load1": os.getloadavg()[0],
+            }
         )
-    cold = rows[-len(systems) :]
-    rows.append(
-        {
-            "mode": "cache on, cold",
-            "system": "all",
-            "lines": n_all,
-            "seconds": sum(r["seconds"] for r in cold),
-            "lines_per_s": n_all / sum(r["seconds"] for r in cold),
-            "embedded": sum(r["embedded"] for r in cold),
-        }
-    )
+        return head
+
+    head = cold_pass("cache on, cold", chunk)
     timed(
         "cache on, warm (templates known)",
-        lambda: [classify_all(head, all_recs[s]) for s in systems],
+        lambda: [classify_all(head, all_recs[s], chunk) for s in systems],
         n_all,
         head,
     )
+    if chunk != 500:
+        cold_pass("cache on, cold, 500-line chunks", 500)
 
     # Raw .log lines end to end, cold: parse, classify, serialise.
     raw_head = make_head(encoder)
@@ -246,8 +263,8 @@ def throughput(encoder, systems: list[str], nocache_lines: int) -> list[dict]:
         now = time.time()
         for s, lines in raw.items():
             key = s.encode()
-            for i in range(0, len(lines), 512):
-                recs = [parse_log_value(v, key, now) for v in lines[i : i + 512] if v.strip()]
+            for i in range(0, len(lines), chunk):
+                recs = [parse_log_value(v, key, now) for v in lines[i : i + chunk] if v.strip()]
                 b"".join(orjson.dumps(o) + b"\n" for o in raw_head.classify(recs))
 
     timed("raw .log + parse + JSON out, cache on, cold", end_to_end, n_raw, raw_head)
@@ -302,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p, "logs_bench")
     p.add_argument("--nocache-lines", type=int, default=300, help="lines per file without cache")
+    p.add_argument(
+        "--chunk", type=int, default=CHUNK, help=f"lines per classify call (default {CHUNK})"
+    )
     p.add_argument("--sweep", action="store_true", help="also sweep prior and sentence weight")
     p.add_argument("--skip-throughput", action="store_true")
     args = p.parse_args(argv)
@@ -350,17 +370,23 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "env": environment(),
         "model_load_s": load_s,
+        "encoder": {
+            "max_tokens": encoder.max_tokens,
+            "batch_size": encoder.batch_size,
+            "workers": encoder.workers or args.threads,
+            "chunk_lines": args.chunk,
+        },
         "quality": q_rows,
         "calibration": calib,
     }
     if not args.skip_throughput:
         all_systems = sorted(d.name for d in LOGHUB.iterdir() if d.is_dir())
-        t_rows = throughput(encoder, all_systems, args.nocache_lines)
+        t_rows = throughput(encoder, all_systems, args.nocache_lines, args.chunk)
         print_table(
             t_rows,
-            ["mode", "system", "lines", "seconds", "lines_per_s", "embedded"],
+            ["mode", "system", "lines", "seconds", "lines_per_s", "embedded", "load1"],
             f"Throughput, LogHead.classify, {len(all_systems)} loghub files, "
-            f"{args.threads} torch thread(s)",
+            f"{args.threads} torch thread(s), {args.chunk}-line calls",
         )
         result["throughput"] = t_rows
     if args.sweep:
