@@ -3,8 +3,10 @@ staying flat past the `--max-series` cap. No broker: fake records go straight in
 `MetricsHead.handle` (windows + calibrator + episode tracker per series), as the pipeline calls it.
 
 1. per series: n distinct series (default 10k, 100k, 1M), each in a fresh process; RSS (psutil)
-   after the head is built vs after every series is tracked, divided by n. "warm" also gives each
-   series' calibrator a full short window of real errors (its steady-state size). The window's own
+   after the head is built vs after every series is tracked, divided by n. "warm" also feeds each
+   series' calibrator 20 points with values and times (its tail arrays and seasonal profile then
+   exist; its warm-up buffers still hold those 20 errors). The breakdown's
+   calibrator_after_warmup is one calibrator past its warm-up, for comparison. The window's own
    bytes are L*D*4 (float32 values) + L*8 (float64 timestamps).
 2. cap: 1M distinct series streamed through heads capped at --caps (default 10k, 100k); RSS
    sampled as they arrive, so the curve shows it flat once the cap is reached.
@@ -63,14 +65,17 @@ def records(lo: int, hi: int, topic: str) -> list[Record]:
     return out
 
 
-WARM_ERRORS = 20  # errors fed to each calibrator for its steady-state size
+WARM_ERRORS = 20  # points fed to each calibrator: its arrays and profile exist, as in steady state
 
 
 def warm_state(head, rng: np.random.Generator) -> None:
-    """Feed every calibrator a few errors, so it holds the Python objects it holds in steady state
-    (floats instead of the shared 0.0 it starts with)."""
+    """Feed every calibrator a few errors with their points' values and times, as the head does,
+    so it holds what it holds in steady state: its tails' arrays, its seasonal profile."""
+    seconds = 1_700_000_000.0 + 300.0 * np.arange(WARM_ERRORS)
     for st in head.state.values():
-        st.calibrator.update(rng.gamma(2.0, 0.5, WARM_ERRORS))
+        st.calibrator.update(
+            rng.gamma(2.0, 0.5, WARM_ERRORS), rng.normal(50.0, 5.0, WARM_ERRORS), seconds
+        )
 
 
 def child_per_series(n: int) -> dict:
@@ -118,11 +123,22 @@ def breakdown(head) -> dict[str, int]:
         "state_dict_share": sizeof(state) // n,
         "series_state": sizeof(st) + sizeof(st.episode_id),
         "calibrator": _deep_size(cal, skip=(cal.cfg,) if hasattr(cal, "cfg") else ()),
+        # One calibrator past its warm-up (its warm-up buffers freed), for comparison: the warm
+        # rows above still hold WARM_ERRORS warm-up errors per tail.
+        "calibrator_after_warmup": _steady_calibrator_size(cal),
         "episode_tracker": sizeof(st.episode),
         "bank_bookkeeping_arrays": bank.pos.itemsize * 3 + bank.last_ts.itemsize,
         "window_values_float32": store.length * 4,
         "window_ts_float64": store.length * 8,
     }
+
+
+def _steady_calibrator_size(like) -> int:
+    cal = type(like)(like.cfg)
+    n = 3 * like.cfg.warmup
+    rng = np.random.default_rng(1)
+    cal.update(rng.gamma(2.0, 0.5, n), rng.normal(50.0, 5.0, n), 300.0 * np.arange(n))
+    return _deep_size(cal, skip=(cal.cfg,))
 
 
 def _deep_size(obj, skip: tuple = ()) -> int:

@@ -62,6 +62,8 @@ import math
 from array import array
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -69,6 +71,15 @@ _LN10 = math.log(10.0)
 _REL_EPS = 1e-9
 _INIT_QUANTILE = 0.8
 _BUF = 7  # Tail.state: index of the short-window buffer, after the seven scalar fields
+
+
+class _Derived(NamedTuple):
+    ready: int
+    minus_log10_1mq: float
+    inv_decades: float
+    one_mq: float
+    step_scale: float
+    peak_memory: float
 
 
 @dataclass(frozen=True)
@@ -112,13 +123,27 @@ class CalibrationConfig:
             raise ValueError("calibration: need 0 <= seasonal_bins <= 10000, seasonal_period_s > 0")
         if not self.seasonal_learn_every_s >= 0:
             raise ValueError("calibration: need seasonal_learn_every_s >= 0")
-        if not (0.0 < self.seasonal_alpha <= 1.0 and self.seasonal_min_count >= 1):
+        if not (0.0 < self.seasonal_alpha <= 1.0 and 1 <= self.seasonal_min_count <= 255):
             raise ValueError(
-                "calibration: need 0 < seasonal_alpha <= 1 and seasonal_min_count >= 1"
+                "calibration: need 0 < seasonal_alpha <= 1 and 1 <= seasonal_min_count <= 255"
             )
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @cached_property
+    def derived(self) -> _Derived:
+        """Constants of the per-point arithmetic, computed once per config."""
+        one_mq = 1.0 - self.q
+        return _Derived(
+            ready=max(self.warmup, 2),
+            minus_log10_1mq=-math.log10(one_mq),
+            inv_decades=1.0 / self.tail_decades,
+            one_mq=one_mq,
+            step_scale=self.quantile_rate / one_mq,
+            # Memory of the tail: about long_window * (1 - q) peaks, and at least 5.
+            peak_memory=max(5.0, self.long_window * one_mq + 1.0),
+        )
 
     @staticmethod
     def from_dict(d: dict) -> CalibrationConfig:
@@ -147,14 +172,21 @@ class Tail:
         # running mean |x - u| (the quantile tracker's step size); peak_mean: running mean excess
         # over u (the exponential tail's scale).
         self.state = array("d", bytes(8 * (_BUF + short_window)))
-        self._init: array | None = array("d")  # warm-up errors, dropped once the tail is fitted
+        # Warm-up errors, dropped once the tail is fitted; float32 halves what a million young
+        # series hold while they warm up, and the fit needs no more precision.
+        self._init: array | None = array("f")
 
     n = property(lambda self: int(self.state[0]))
     u = property(lambda self: self.state[1])
     peak_mean = property(lambda self: self.state[4])
 
     def step(self, e: float, cfg: CalibrationConfig) -> float:
-        """Tail score of finite error e >= 0 in 0..1 (before suppression), then learn from it."""
+        """Tail score of finite error e >= 0 in 0..1 (before suppression), then learn from it.
+
+        The hot path of the service (once per point and signal): the steady-state scoring and
+        learning are written out here with the config's derived constants, not split into
+        calls (`score` and `_learn` are the readable versions; tests hold them equal).
+        """
         st, w = self.state, cfg.short_window
         pos = int(st[5])
         filled = st[6] = min(st[6] + 1.0, w)
@@ -164,8 +196,32 @@ class Tail:
         for i in range(_BUF, _BUF + w):  # unfilled slots are still 0.0
             total += st[i]
         x = total / filled
-        raw = self.score(x, cfg) if st[0] >= max(cfg.warmup, 2) else 0.0
-        self._learn(x, cfg)
+        n = st[0]
+        if self._init is not None:
+            raw = self.score(x, cfg) if n >= max(cfg.warmup, 2) else 0.0
+            self._learn(x, cfg)
+            return raw
+        k = cfg.derived
+        u, mean_err, n_peaks, peak_mean = st[1], st[2], st[3], st[4]
+        raw = 0.0
+        if n >= k.ready and x > u and n_peaks != 0:
+            m = peak_mean if peak_mean > _REL_EPS * x else _REL_EPS * x
+            raw = (k.minus_log10_1mq + (x - u) / m / _LN10) * k.inv_decades
+            raw = 1.0 if raw > 1.0 else (0.0 if raw < 0.0 else raw)
+        # Learn (as _learn's steady state).
+        n += 1
+        st[0] = n
+        alpha = 1.0 / (n if n < cfg.long_window else cfg.long_window)
+        mean_err += alpha * (abs(x - u) - mean_err)
+        u += k.step_scale * mean_err * alpha * ((1.0 if x > u else 0.0) - k.one_mq)
+        if u < 0.0:
+            u = 0.0
+        if x > u:
+            n_peaks += 1
+            peak_mean += ((x - u) - peak_mean) / (
+                n_peaks if n_peaks < k.peak_memory else k.peak_memory
+            )
+        st[1], st[2], st[3], st[4] = u, mean_err, n_peaks, peak_mean
         return raw
 
     def score(self, x: float, cfg: CalibrationConfig) -> float:
@@ -186,7 +242,7 @@ class Tail:
         exponential tail above the 80% quantile u0 (mean excess m) and extrapolate:
         P(X > u0 + y) = 0.2 exp(-y / m) equals 1 - q at y = m ln(0.2 / (1 - q)).
         """
-        a = np.frombuffer(self._init, dtype=np.float64)
+        a = np.frombuffer(self._init, dtype=np.float32).astype(np.float64)
         self._init = None
         u0 = float(np.quantile(a, _INIT_QUANTILE))
         excess = a[a > u0] - u0
@@ -236,18 +292,39 @@ class SeasonalProfile:
     dimensions, each dimension's residual is divided by its own running mean residual and the
     root mean square of those is converted back by their geometric mean, so one dimension gives
     exactly |value - profile| and a dimension in large units does not drown the others. A bin
-    answers NaN (no opinion) until it has learned `seasonal_min_count` points. Memory: 6 bytes
-    per bin and dimension (float32 mean, uint16 visits) plus one float per dimension.
+    answers NaN (no opinion) until it has learned `seasonal_min_count` points. Memory: 5 bytes
+    per bin and dimension (float32 mean, uint8 visits) plus one float per dimension.
     """
 
     __slots__ = ("mean", "count", "scale", "n", "last_slot")
 
     def __init__(self, bins: int, dims: int) -> None:
         self.mean = array("f", bytes(4 * bins * dims))
-        self.count = array("H", bytes(2 * bins * dims))
+        self.count = array("B", bytes(bins * dims))  # saturates at 255: only compared with min
         self.scale = array("d", bytes(8 * dims)) if dims > 1 else None
         self.n = 0  # points that updated `scale`
         self.last_slot = -math.inf  # the seasonal_learn_every_s slot of the last learned point
+
+    def residual1(self, x: float, t: float, cfg: CalibrationConfig) -> float:
+        """`residual` of a one-dimensional point, written out (the common case, once per point)."""
+        if not (math.isfinite(t) and math.isfinite(x)):
+            return math.nan
+        period, bins = cfg.seasonal_period_s, cfg.seasonal_bins
+        b = int((t % period) * bins // period)
+        if b >= bins:
+            b = bins - 1
+        mean, c = self.mean, self.count[b]
+        r = abs(x - mean[b]) if c >= cfg.seasonal_min_count else math.nan
+        every = cfg.seasonal_learn_every_s
+        slot = t // every if every > 0 else t
+        if slot > self.last_slot:
+            self.last_slot = slot
+            mean[b] += (x - mean[b]) * (
+                1.0 / (c + 1) if c < cfg.seasonal_min_count else cfg.seasonal_alpha
+            )
+            if c < 255:
+                self.count[b] = c + 1
+        return r
 
     def residual(self, values: Sequence[float], t: float, cfg: CalibrationConfig) -> float:
         """|values - profile| of one point at UTC time t (seconds), then learn the point."""
@@ -274,7 +351,7 @@ class SeasonalProfile:
             # mean); later ones weigh alpha, so the profile follows slow change.
             weight = 1.0 / (c + 1) if c < cfg.seasonal_min_count else cfg.seasonal_alpha
             mean[k] += (x - mean[k]) * weight
-            if c < 65535:
+            if c < 255:
                 count[k] = c + 1
         if not answered:
             return math.nan
@@ -331,25 +408,38 @@ class Calibrator:
         value scores 0 and changes nothing.
         """
         errs = np.asarray(errors, dtype=np.float64).reshape(-1)
-        out = np.zeros(errs.shape[0], dtype=np.float64)
-        if errs.shape[0] == 0:
-            return out
+        n = errs.shape[0]
+        if n == 0:
+            return np.zeros(0, dtype=np.float64)
+        one = self._update_one
         if values is None or timestamps is None or self.cfg.seasonal_bins == 0:
-            for i, e in enumerate(errs.tolist()):
-                out[i] = self._update_one(e, math.nan)
-            return out
-        vals = np.asarray(values, dtype=np.float64).reshape(errs.shape[0], -1).tolist()
+            return np.array([one(e, math.nan) for e in errs.tolist()], dtype=np.float64)
+        vals = np.asarray(values, dtype=np.float64).reshape(n, -1)
         times = np.asarray(timestamps, dtype=np.float64).reshape(-1).tolist()
-        if self.profile is None:
-            self.profile = SeasonalProfile(self.cfg.seasonal_bins, len(vals[0]) if vals else 1)
-            self.seasonal = Tail(self.cfg.short_window)
+        cfg, dims = self.cfg, vals.shape[1]
         profile = self.profile
-        for i, e in enumerate(errs.tolist()):
-            if len(vals[i]) * self.cfg.seasonal_bins != len(profile.mean):
-                # The series changed its number of dimensions: its profile starts over.
-                self.profile = profile = SeasonalProfile(self.cfg.seasonal_bins, len(vals[i]))
-            out[i] = self._update_one(e, profile.residual(vals[i], times[i], self.cfg))
-        return out
+        if profile is None or len(profile.mean) != dims * cfg.seasonal_bins:
+            # A new series, or one that changed its number of dimensions: a fresh profile.
+            self.profile = profile = SeasonalProfile(cfg.seasonal_bins, dims)
+            if self.seasonal is None:
+                self.seasonal = Tail(cfg.short_window)
+        if dims == 1:
+            residual1 = profile.residual1
+            return np.array(
+                [
+                    one(e, residual1(x, t, cfg))
+                    for e, x, t in zip(errs.tolist(), vals[:, 0].tolist(), times, strict=True)
+                ],
+                dtype=np.float64,
+            )
+        residual = profile.residual
+        return np.array(
+            [
+                one(e, residual(v, t, cfg))
+                for e, v, t in zip(errs.tolist(), vals.tolist(), times, strict=True)
+            ],
+            dtype=np.float64,
+        )
 
     def _update_one(self, e: float, r: float) -> float:
         cfg = self.cfg

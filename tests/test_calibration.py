@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.calibration import CalibrationConfig, Calibrator, Tail
+from detector.calibration import CalibrationConfig, Calibrator, SeasonalProfile, Tail
 
 
 def _calm(n: int, seed: int = 0) -> np.ndarray:
@@ -286,3 +286,34 @@ def test_profile_memory_is_in_days_whatever_the_sampling_rate() -> None:
     # 600 points at 50 are 2 of the 6 learned points of their bin: learning every point
     # (alpha 0.05 per point) would have moved that bin's mean to ~50.
     assert max(cal.profile.mean) < 25.0
+
+
+def test_tail_fast_path_equals_score_then_learn() -> None:
+    """Tail.step spells out score() and _learn() for speed; both must give the same numbers."""
+    cfg = CalibrationConfig(warmup=30)
+    fast, slow = Tail(cfg.short_window), Tail(cfg.short_window)
+    errs = _calm(2000, seed=12)
+    errs[[500, 1200, 1201]] = [15.0, 30.0, 8.0]
+    for e in errs.tolist():
+        got = fast.step(e, cfg)
+        # The readable path: short-window mean, score against past state, then learn.
+        st = slow.state
+        pos = int(st[5])
+        st[7 + pos] = e
+        st[5], st[6] = (pos + 1) % cfg.short_window, min(st[6] + 1, cfg.short_window)
+        x = sum(st[7:]) / st[6]
+        want = slow.score(x, cfg) if slow.n >= cfg.warmup else 0.0
+        slow._learn(x, cfg)
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert list(fast.state) == pytest.approx(list(slow.state), rel=1e-12)
+
+
+def test_one_dimension_fast_path_equals_the_general_residual() -> None:
+    cfg = CalibrationConfig()
+    fast, general = SeasonalProfile(cfg.seasonal_bins, 1), SeasonalProfile(cfg.seasonal_bins, 1)
+    values = _daily(6 * DAY, seed=13)
+    values[[100, 1500]] = np.nan
+    for x, t in zip(values.tolist(), (300.0 * np.arange(6 * DAY)).tolist(), strict=True):
+        a, b = fast.residual1(x, t, cfg), general.residual([x], t, cfg)
+        assert (a == b) or (np.isnan(a) and np.isnan(b))
+    assert list(fast.mean) == list(general.mean) and list(fast.count) == list(general.count)
