@@ -9,6 +9,8 @@ import math
 import orjson
 import pytest
 
+from detector.scorer import MIN_POINTS
+
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
@@ -35,7 +37,7 @@ def test_scoring_bench_smoke(tmp_path):
     (run,) = data["pipeline"]  # the service's MetricsHead, once
     assert run["stride"] == 1 and run["points"] == 700
     # 350 points per series, window 128, stride 1: one window per point from the 128th on
-    assert run["windows"] == 2 * (350 - 128 + 1)
+    assert run["windows"] == 2 * (350 - MIN_POINTS + 1)  # a series is scored from MIN_POINTS
     assert 0 < run["mean_batch"] <= 1024 and run["model_s"] > 0
     assert run["framework_overhead"] == pytest.approx((run["seconds"] - run["model_s"]) /
                                                       run["model_s"])  # fmt: skip
@@ -93,7 +95,7 @@ def test_ingest_and_latency_bench_smoke(tmp_path):
     assert inproc["stride"] == stride and inproc["torch_threads"] == 1
     # every point read; 300 per series, window 128, a window every 4 new points
     assert inproc["points"] == n
-    assert inproc["windows_scored"] == series * ((n // series - 128) // stride + 1)
+    assert inproc["windows_scored"] == series * ((n // series - MIN_POINTS) // stride + 1)
     assert inproc["model_s"] > 0 and inproc["framework_overhead"] is not None
     assert data["config"]["threads"] == [1]
 
