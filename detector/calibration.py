@@ -409,14 +409,25 @@ class Calibrator:
         """
         errs = np.asarray(errors, dtype=np.float64).reshape(-1)
         n = errs.shape[0]
-        if n == 0:
-            return np.zeros(0, dtype=np.float64)
-        one = self._update_one
-        if values is None or timestamps is None or self.cfg.seasonal_bins == 0:
-            return np.array([one(e, math.nan) for e in errs.tolist()], dtype=np.float64)
-        vals = np.asarray(values, dtype=np.float64).reshape(n, -1)
+        if values is None or timestamps is None:
+            return np.array(self.update_points(errs.tolist()), dtype=np.float64)
+        vals = np.asarray(values, dtype=np.float64).reshape(n, -1).tolist()
         times = np.asarray(timestamps, dtype=np.float64).reshape(-1).tolist()
-        cfg, dims = self.cfg, vals.shape[1]
+        return np.array(self.update_points(errs.tolist(), vals, times), dtype=np.float64)
+
+    def update_points(
+        self,
+        errors: list[float],
+        values: list[list[float]] | None = None,
+        times: list[float] | None = None,
+    ) -> list[float]:
+        """`update` on Python lists: errors [n], values [n][D], times [n]. The service converts a
+        whole scored batch to lists once and calls this per series, which keeps numpy's
+        per-call overhead (several microseconds) out of the per-point loop."""
+        one = self._update_one
+        if values is None or times is None or self.cfg.seasonal_bins == 0 or not errors:
+            return [one(e, math.nan) for e in errors]
+        cfg, dims = self.cfg, len(values[0])
         profile = self.profile
         if profile is None or len(profile.mean) != dims * cfg.seasonal_bins:
             # A new series, or one that changed its number of dimensions: a fresh profile.
@@ -425,21 +436,12 @@ class Calibrator:
                 self.seasonal = Tail(cfg.short_window)
         if dims == 1:
             residual1 = profile.residual1
-            return np.array(
-                [
-                    one(e, residual1(x, t, cfg))
-                    for e, x, t in zip(errs.tolist(), vals[:, 0].tolist(), times, strict=True)
-                ],
-                dtype=np.float64,
-            )
+            return [
+                one(e, residual1(v[0], t, cfg))
+                for e, v, t in zip(errors, values, times, strict=True)
+            ]
         residual = profile.residual
-        return np.array(
-            [
-                one(e, residual(v, t, cfg))
-                for e, v, t in zip(errs.tolist(), vals.tolist(), times, strict=True)
-            ],
-            dtype=np.float64,
-        )
+        return [one(e, residual(v, t, cfg)) for e, v, t in zip(errors, values, times, strict=True)]
 
     def _update_one(self, e: float, r: float) -> float:
         cfg = self.cfg

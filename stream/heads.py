@@ -281,16 +281,16 @@ class MetricsHead:
         out: list[Output] = []
         base = windows.shape[1] - stride
         state, version = self.state, self.scorer.version
+        # One conversion per batch: the calibrators work on Python floats, point by point.
         point_ts = ts[:, base:].tolist()
+        errors, values = result.errors.tolist(), windows[:, base:].tolist()
         latest: dict[str, float] = {}
         for i, name in enumerate(series):
             st = state.get(name)
             if st is None:  # evicted or revoked while its window waited
                 continue
             # The points themselves feed the calibrator's seasonal profile.
-            scores = st.calibrator.update(
-                result.errors[i], windows[i, base:], ts[i, base:]
-            ).tolist()
+            scores = st.calibrator.update_points(errors[i], values[i], point_ts[i])
             for j, score in enumerate(scores):
                 t = point_ts[i][j]
                 kind = st.episode.update(score, t)
