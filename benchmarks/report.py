@@ -17,6 +17,7 @@ import orjson
 from benchmarks._common import RESULTS
 
 GPU_TARGET = 1_000_000  # windows/s on an H100 (issue 7)
+GPU_RESULTS = "scoring_cuda_h100.json"
 
 
 def _f(x, digits: int = 0) -> str:
@@ -218,6 +219,9 @@ def targets(results: dict[str, dict | None]) -> str:
                      _status(beyond, 2048, higher=False)])  # fmt: skip
     else:
         rows.append(["<= 2 KiB per series beyond the window", "not run", "-"])
+    gpu = results.get("scoring_cuda")
+    if not (sc and sc["model"]["device"] == "cuda") and gpu:
+        sc = gpu  # measured on a lent GPU machine (scoring_bench --device cuda)
     if sc and sc["model"]["device"] == "cuda":
         best = sc["model_best_windows_per_s"]
         rows.append([">= 1,000,000 windows/s on an H100",
@@ -249,6 +253,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     loaded = {name: _load(args.results / file) for name, file, _ in SECTIONS}
+    # The GPU figure is taken where a GPU was lent; a CPU-only run keeps the last one.
+    loaded["scoring_cuda"] = _load(args.results / GPU_RESULTS)
     parts = [f"### Targets at a glance\n\n{targets(loaded)}\n"]
     for name, file, fn in SECTIONS:
         d = loaded[name]
