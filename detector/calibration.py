@@ -409,6 +409,8 @@ class Calibrator:
         """
         errs = np.asarray(errors, dtype=np.float64).reshape(-1)
         n = errs.shape[0]
+        if n == 0:
+            return np.zeros(0, dtype=np.float64)
         if values is None or timestamps is None:
             return np.array(self.update_points(errs.tolist()), dtype=np.float64)
         vals = np.asarray(values, dtype=np.float64).reshape(n, -1).tolist()

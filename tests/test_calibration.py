@@ -317,3 +317,12 @@ def test_one_dimension_fast_path_equals_the_general_residual() -> None:
         a, b = fast.residual1(x, t, cfg), general.residual([x], t, cfg)
         assert (a == b) or (np.isnan(a) and np.isnan(b))
     assert list(fast.mean) == list(general.mean) and list(fast.count) == list(general.count)
+
+
+def test_empty_updates_change_nothing() -> None:
+    cal = Calibrator()
+    empty = np.zeros(0)
+    assert cal.update(empty).shape == (0,)
+    assert cal.update(empty, np.zeros((0, 2)), empty).shape == (0,)
+    assert cal.update_points([], [], []) == []
+    assert cal.forecast.n == 0 and cal.profile is None
