@@ -445,6 +445,12 @@ class Calibrator:
         residual = profile.residual
         return [one(e, residual(v, t, cfg)) for e, v, t in zip(errors, values, times, strict=True)]
 
+    def adopt_seasonal(self, other: Calibrator) -> None:
+        """Take over another calibrator's seasonal profile and its tail (same config): after a
+        model reload the model's errors start over, but what the series reads at each time of
+        day is still known."""
+        self.profile, self.seasonal = other.profile, other.seasonal
+
     def _update_one(self, e: float, r: float) -> float:
         cfg = self.cfg
         # A missing point (NaN; inf can only come from broken input) teaches nothing and flags

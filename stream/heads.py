@@ -102,14 +102,24 @@ class MetricsHead:
         self.set_scorer(scorer)
 
     def set_scorer(self, scorer) -> None:
-        """Swap the model between batches (hot reload). Series keep their windows; calibration
-        restarts because the new model's errors live on another scale."""
+        """Swap the model between batches (hot reload). Series keep their windows; the model's
+        error calibration restarts because the new model's errors live on another scale, but the
+        seasonal profile (days of the series' own values) carries over when the calibration
+        settings are unchanged: it does not depend on the model."""
         from detector.calibration import Calibrator
 
         if scorer.window_length != self.store.length:
             raise ValueError(
                 f"new model window {scorer.window_length} != running window {self.store.length}"
             )
+        old = getattr(self, "scorer", None)
+        # Each is taken over when its series is next tracked; a series that never comes back
+        # leaves its entry until the next reload (bounded by --max-series).
+        self._carried: dict[str, tuple[int, Calibrator]] = (
+            {name: (st.partition, st.calibrator) for name, st in self.state.items()}
+            if old is not None and old.calibration == scorer.calibration
+            else {}
+        )
         self.scorer = scorer
         self._calibrator = Calibrator
         self.episode_config = EpisodeConfig(threshold=float(scorer.calibration.threshold))
@@ -207,10 +217,12 @@ class MetricsHead:
             # The window store evicts the idlest series; drop the state of those it forgot.
             for name in [n for n in self.state if n not in self.store]:
                 del self.state[name]
+        calibrator = self._calibrator(self.scorer.calibration)
+        previous = self._carried.pop(series, None)
+        if previous is not None:
+            calibrator.adopt_seasonal(previous[1])
         st = self.state[series] = _SeriesState(
-            self._calibrator(self.scorer.calibration),
-            EpisodeTracker(self.episode_config),
-            partition,
+            calibrator, EpisodeTracker(self.episode_config), partition
         )
         return st
 
@@ -222,6 +234,8 @@ class MetricsHead:
         for name in [n for n, st in self.state.items() if st.partition in partitions]:
             del self.state[name]
             self.store.drop(name)
+        for name in [n for n, (p, _) in self._carried.items() if p in partitions]:
+            del self._carried[name]
         self.metrics.series_tracked.set(len(self.store))
 
     # -- scoring -----------------------------------------------------------------------------

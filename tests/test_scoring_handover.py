@@ -96,3 +96,25 @@ def test_discard_pending_drops_windows_unscored(scorer):
     head.discard_pending()
     assert not head.has_pending() and head.take(0.0) == []
     assert (metrics.registry.get_sample_value("tsguard_windows_scored_total") or 0) == 0
+
+
+def test_a_model_reload_keeps_each_series_seasonal_profile(scorer):
+    """The model's error calibration restarts on reload; the time-of-day profile, which does not
+    depend on the model, carries over (same calibration settings)."""
+    head = MetricsHead(Settings(), scorer, Metrics())
+    head.handle(records(n_series=2, n_points=200), 0.0)
+    head.drain(0.0)
+    before = {name: st.calibrator for name, st in head.state.items()}
+    assert all(c.profile is not None and sum(c.profile.count) > 0 for c in before.values())
+    head.set_scorer(scorer)  # a reload of the same settings
+    assert head.state == {}
+    head.handle(records(n_series=2, n_points=201)[-2:], 0.0)  # one new point per series
+    head.drain(0.0)
+    for name, st in head.state.items():
+        assert st.calibrator is not before[name]
+        assert st.calibrator.forecast.n <= 1  # the error tail starts over
+        assert st.calibrator.profile is before[name].profile
+    # Series of a partition given away leave nothing behind.
+    head.set_scorer(scorer)
+    head.forget_partitions({0, 1})
+    assert head._carried == {}
