@@ -86,8 +86,11 @@ def run_demo(args: argparse.Namespace) -> int:
     heads = ("metrics",) if args.no_logs else ("metrics", "logs")
     t_start = time.monotonic()
 
+    said = threading.Lock()  # the event printer and this loop both talk: one line at a time
+
     def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t_start:5.1f}s] {msg}", flush=True)
+        with said:
+            print(f"[{time.monotonic() - t_start:5.1f}s] {msg}", flush=True)
 
     with EmbeddedBroker() as broker:
         say(f"embedded Kafka broker on {broker.bootstrap}")
