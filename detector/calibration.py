@@ -5,7 +5,7 @@ Implements streaming peaks-over-threshold (SPOT) from Siffer, Fouque, Termier an
 the errors, the excesses y = x - u follow a generalised Pareto distribution (GPD), so the tail
 probability of an error x is P(X > x) = (1 - q) * P(Y > x - u).
 
-Changes from the paper, so that per-series state is a handful of floats (about 200 bytes):
+Changes from the paper, so that a tail's state is one small float array (about 150 bytes):
 
 - the paper's initial batch is the warm-up: its errors (at most `warmup` floats, freed after)
   give the first u and tail scale, fitted by the same exponential tail through the 80%
@@ -29,14 +29,16 @@ of the series' own values (`SeasonalProfile`: per half-hour bin, a slow running 
 residual |value - profile| goes through its own tail (the same SPOT as above), and a point's raw
 score is the larger of the two tail scores; suppression then acts on that one stream, so the two
 signals do not page twice for one anomaly. On NAB (corpus-optimised threshold, standard profile)
-the forecast signal alone scores 58.2, the profile residual alone 58.6, the two together 64.8:
+the forecast signal alone scores 58.2, the profile residual alone 58.6, the two together 64.8
+(65.2 with series scored from their 32nd point, detector/scorer.py MIN_POINTS):
 they miss different anomalies (a daily jump that does not come looks normal to a forecaster that
 sees 9 hours at 5-minute steps; a spike inside the usual daily range looks normal to the
 profile). Timestamps are read as UTC seconds. The profile learns at most one point per
 `seasonal_learn_every_s` (5 minutes), so its memory is about 1/alpha learned points per bin
 (three days at 5-minute sampling) whatever the input rate, and a bin scores only after
 `seasonal_min_count` learned points: the profile is silent for a series' first day (and after
-a restart, until the rebuild has read back that much history).
+a restart, until the rebuild has read back that much history; a model reload keeps it). With
+the profile a calibrator holds about 1.4 KB.
 
 Raw errors must be >= 0 and in a unit that is stable for the series (tsguard's scorer reports
 |observed - forecast| in the series' own units). The calibrator is scale-free: multiplying every
