@@ -174,9 +174,9 @@ class Tail:
         # running mean |x - u| (the quantile tracker's step size); peak_mean: running mean excess
         # over u (the exponential tail's scale).
         self.state = array("d", bytes(8 * (_BUF + short_window)))
-        # Warm-up errors, dropped once the tail is fitted; float32 halves what a million young
-        # series hold while they warm up, and the fit needs no more precision.
-        self._init: array | None = array("f")
+        # Warm-up errors (created with the first one), dropped once the tail is fitted; float32
+        # halves what a million young series hold while they warm up, and the fit needs no more.
+        self._init: array | None = None
 
     n = property(lambda self: int(self.state[0]))
     u = property(lambda self: self.state[1])
@@ -185,9 +185,8 @@ class Tail:
     def step(self, e: float, cfg: CalibrationConfig) -> float:
         """Tail score of finite error e >= 0 in 0..1 (before suppression), then learn from it.
 
-        The hot path of the service (once per point and signal): the steady-state scoring and
-        learning are written out here with the config's derived constants, not split into
-        calls (`score` and `_learn` are the readable versions; tests hold them equal).
+        The hot path of the service, once per point and signal: the learning step is written out
+        here with the config's derived constants rather than split into small calls.
         """
         st, w = self.state, cfg.short_window
         pos = int(st[5])
@@ -199,27 +198,28 @@ class Tail:
             total += st[i]
         x = total / filled
         n = st[0]
-        if self._init is not None:
-            raw = self.score(x, cfg) if n >= max(cfg.warmup, 2) else 0.0
-            self._learn(x, cfg)
-            return raw
+        if n < cfg.warmup:
+            self._warm_up(x, cfg)
+            return 0.0
+        raw = self.score(x, cfg) if n >= 2 else 0.0
+        # Learn x, after it was scored (no lookahead).
         k = cfg.derived
         u, mean_err, n_peaks, peak_mean = st[1], st[2], st[3], st[4]
-        raw = 0.0
-        if n >= k.ready and x > u and n_peaks != 0:
-            m = peak_mean if peak_mean > _REL_EPS * x else _REL_EPS * x
-            raw = (k.minus_log10_1mq + (x - u) / m / _LN10) * k.inv_decades
-            raw = 1.0 if raw > 1.0 else (0.0 if raw < 0.0 else raw)
-        # Learn (as _learn's steady state).
         n += 1
         st[0] = n
+        if n == 1:  # no warm-up at all: the first error is the first quantile estimate
+            u = x
         alpha = 1.0 / (n if n < cfg.long_window else cfg.long_window)
         mean_err += alpha * (abs(x - u) - mean_err)
+        # Robbins-Monro quantile step: up by (1-q)-weighted steps when x exceeds u, down
+        # otherwise, so u settles where P(x > u) = 1 - q. The step follows the error scale, so
+        # this works for errors of any unit.
         u += k.step_scale * mean_err * alpha * ((1.0 if x > u else 0.0) - k.one_mq)
         if u < 0.0:
             u = 0.0
         if x > u:
             n_peaks += 1
+            # Memory of the tail: about long_window * (1 - q) peaks, and at least 5.
             peak_mean += ((x - u) - peak_mean) / (
                 n_peaks if n_peaks < k.peak_memory else k.peak_memory
             )
@@ -228,62 +228,43 @@ class Tail:
 
     def score(self, x: float, cfg: CalibrationConfig) -> float:
         """-log10 P(X > x) / tail_decades, clipped to 0..1; 0 at or below the quantile u."""
-        u, n_peaks, peak_mean = self.state[1], self.state[3], self.state[4]
+        st = self.state
+        u, n_peaks = st[1], st[3]
         if x <= u or n_peaks == 0:
             return 0.0
         # Floor relative to x: a series whose errors were all equal (mean excess 0) flags any
         # larger error as certain, without dividing by zero and without a unit-dependent epsilon.
-        m = max(peak_mean, _REL_EPS * x)
-        log10_p = math.log10(1.0 - cfg.q) - (x - u) / m / _LN10
-        return min(1.0, max(0.0, -log10_p / cfg.tail_decades))
+        m = st[4] if st[4] > _REL_EPS * x else _REL_EPS * x
+        k = cfg.derived
+        raw = (k.minus_log10_1mq + (x - u) / m / _LN10) * k.inv_decades
+        return 1.0 if raw > 1.0 else (0.0 if raw < 0.0 else raw)
 
-    def _fit_initial_tail(self, cfg: CalibrationConfig) -> None:
-        """Initial u and tail scale from the warm-up errors (the paper's calibration batch).
+    def _warm_up(self, x: float, cfg: CalibrationConfig) -> None:
+        """Keep a warm-up error; with `warmup` of them, fit the initial tail (the paper's
+        calibration batch).
 
         With a hundred points the 99% quantile is little more than the maximum, so fit the
         exponential tail above the 80% quantile u0 (mean excess m) and extrapolate:
         P(X > u0 + y) = 0.2 exp(-y / m) equals 1 - q at y = m ln(0.2 / (1 - q)).
         """
+        if self._init is None:
+            self._init = array("f")
+        self._init.append(x)
+        st = self.state
+        st[0] += 1
+        if st[0] < cfg.warmup:
+            return
         a = np.frombuffer(self._init, dtype=np.float32).astype(np.float64)
         self._init = None
         u0 = float(np.quantile(a, _INIT_QUANTILE))
         excess = a[a > u0] - u0
         m = float(excess.mean()) if excess.size else 0.0
         u = u0 + m * math.log((1.0 - _INIT_QUANTILE) / (1.0 - cfg.q))
-        st = self.state
         st[1], st[4] = u, m
         # A flat warm-up (no excess at all) keeps one pseudo-peak of size 0: any later error
         # above u then scores 1, which is right for a series that never moved.
         st[3] = max(1, int(excess.size))
         st[2] = float(np.mean(np.abs(a - u)))
-
-    def _learn(self, x: float, cfg: CalibrationConfig) -> None:
-        """Fold x into the quantile and tail statistics (after it was scored: no lookahead)."""
-        st = self.state
-        if self._init is not None and st[0] < cfg.warmup:
-            self._init.append(x)
-            st[0] += 1
-            if st[0] == cfg.warmup:
-                self._fit_initial_tail(cfg)
-            return
-        self._init = None
-        n = st[0] = st[0] + 1
-        u, mean_err, n_peaks, peak_mean = st[1], st[2], st[3], st[4]
-        alpha = 1.0 / min(n, cfg.long_window)
-        if n == 1:
-            u = x
-        mean_err += alpha * (abs(x - u) - mean_err)
-        # Robbins-Monro quantile step: up by (1-q)-weighted steps when x exceeds u, down
-        # otherwise, so u settles where P(x > u) = 1 - q. The step follows the error scale, so
-        # this works for errors of any unit.
-        step = cfg.quantile_rate * mean_err * alpha / (1.0 - cfg.q)
-        u = max(u + step * ((1.0 if x > u else 0.0) - (1.0 - cfg.q)), 0.0)
-        if x > u:
-            n_peaks += 1
-            # Memory of the tail: about long_window * (1 - q) peaks, and at least 5.
-            a = 1.0 / min(n_peaks, max(5.0, cfg.long_window * (1.0 - cfg.q) + 1.0))
-            peak_mean += a * ((x - u) - peak_mean)
-        st[1], st[2], st[3], st[4] = u, mean_err, n_peaks, peak_mean
 
 
 class SeasonalProfile:
@@ -308,58 +289,57 @@ class SeasonalProfile:
         self.last_slot = -math.inf  # the seasonal_learn_every_s slot of the last learned point
 
     def residual1(self, x: float, t: float, cfg: CalibrationConfig) -> float:
-        """`residual` of a one-dimensional point, written out (the common case, once per point)."""
+        """`residual` of a one-dimensional point (the common case, once per point)."""
         if not (math.isfinite(t) and math.isfinite(x)):
             return math.nan
-        period, bins = cfg.seasonal_period_s, cfg.seasonal_bins
-        b = int((t % period) * bins // period)
-        if b >= bins:
-            b = bins - 1
-        mean, c = self.mean, self.count[b]
-        r = abs(x - mean[b]) if c >= cfg.seasonal_min_count else math.nan
-        every = cfg.seasonal_learn_every_s
-        slot = t // every if every > 0 else t
-        if slot > self.last_slot:
-            self.last_slot = slot
-            mean[b] += (x - mean[b]) * (
-                1.0 / (c + 1) if c < cfg.seasonal_min_count else cfg.seasonal_alpha
-            )
-            if c < 255:
-                self.count[b] = c + 1
-        return r
+        b, learn = self._locate(t, cfg)
+        return self._visit(b, x, learn, cfg)
 
     def residual(self, values: Sequence[float], t: float, cfg: CalibrationConfig) -> float:
         """|values - profile| of one point at UTC time t (seconds), then learn the point."""
-        dims = len(values)
         if not math.isfinite(t):
             return math.nan
-        b = int((t % cfg.seasonal_period_s) * cfg.seasonal_bins // cfg.seasonal_period_s)
-        b = min(b, cfg.seasonal_bins - 1) * dims
-        mean, count = self.mean, self.count
-        slot = t // cfg.seasonal_learn_every_s if cfg.seasonal_learn_every_s > 0 else t
-        learn = slot > self.last_slot
-        if learn:
-            self.last_slot = slot
+        b, learn = self._locate(t, cfg)
+        dims = len(values)
+        b *= dims
         answered: list[tuple[int, float]] = []  # (dimension, residual)
         for d, x in enumerate(values):
-            if not math.isfinite(x):
-                continue
-            k, c = b + d, count[b + d]
-            if c >= cfg.seasonal_min_count:
-                answered.append((d, abs(x - mean[k])))
-            if not learn:
-                continue
-            # The visits before a bin scores average plainly (it starts at the first days'
-            # mean); later ones weigh alpha, so the profile follows slow change.
-            weight = 1.0 / (c + 1) if c < cfg.seasonal_min_count else cfg.seasonal_alpha
-            mean[k] += (x - mean[k]) * weight
-            if c < 255:
-                count[k] = c + 1
+            if math.isfinite(x):
+                r = self._visit(b + d, x, learn, cfg)
+                if r == r:  # not NaN: the cell has seen enough points to answer
+                    answered.append((d, r))
         if not answered:
             return math.nan
         if dims == 1:
             return answered[0][1]
         return self._combine(answered, cfg)
+
+    def _locate(self, t: float, cfg: CalibrationConfig) -> tuple[int, bool]:
+        """Bin of time t, and whether this point is one the profile learns (the first of its
+        seasonal_learn_every_s slot)."""
+        period, bins = cfg.seasonal_period_s, cfg.seasonal_bins
+        b = int((t % period) * bins // period)
+        every = cfg.seasonal_learn_every_s
+        slot = t // every if every > 0 else t
+        learn = slot > self.last_slot
+        if learn:
+            self.last_slot = slot
+        return (b if b < bins else bins - 1), learn
+
+    def _visit(self, k: int, x: float, learn: bool, cfg: CalibrationConfig) -> float:
+        """|x - mean| of cell k (bin x dimension), NaN until the cell has learned
+        seasonal_min_count points; then, if `learn`, fold x into the cell."""
+        mean, c = self.mean, self.count[k]
+        r = abs(x - mean[k]) if c >= cfg.seasonal_min_count else math.nan
+        if learn:
+            # The visits before a cell scores average plainly (it starts at the first days'
+            # mean); later ones weigh alpha, so the profile follows slow change.
+            mean[k] += (x - mean[k]) * (
+                1.0 / (c + 1) if c < cfg.seasonal_min_count else cfg.seasonal_alpha
+            )
+            if c < 255:
+                self.count[k] = c + 1
+        return r
 
     def _combine(self, answered: list[tuple[int, float]], cfg: CalibrationConfig) -> float:
         # Each dimension's residual in units of its own running mean residual; the scales learn

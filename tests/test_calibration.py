@@ -288,24 +288,51 @@ def test_profile_memory_is_in_days_whatever_the_sampling_rate() -> None:
     assert max(cal.profile.mean) < 25.0
 
 
-def test_tail_fast_path_equals_score_then_learn() -> None:
-    """Tail.step spells out score() and _learn() for speed; both must give the same numbers."""
+def test_tail_step_follows_the_spot_formulas() -> None:
+    """Tail.step writes its arithmetic out for speed; a plain transcription of the module
+    docstring's procedure must give the same scores and the same state."""
     cfg = CalibrationConfig(warmup=30)
-    fast, slow = Tail(cfg.short_window), Tail(cfg.short_window)
+    tail = Tail(cfg.short_window)
     errs = _calm(2000, seed=12)
     errs[[500, 1200, 1201]] = [15.0, 30.0, 8.0]
+    recent: list[float] = []
+    warm: list[float] = []
+    n = n_peaks = 0
+    u = mean_err = peak_mean = 0.0
     for e in errs.tolist():
-        got = fast.step(e, cfg)
-        # The readable path: short-window mean, score against past state, then learn.
-        st = slow.state
-        pos = int(st[5])
-        st[7 + pos] = e
-        st[5], st[6] = (pos + 1) % cfg.short_window, min(st[6] + 1, cfg.short_window)
-        x = sum(st[7:]) / st[6]
-        want = slow.score(x, cfg) if slow.n >= cfg.warmup else 0.0
-        slow._learn(x, cfg)
+        got = tail.step(e, cfg)
+        recent = (recent + [e])[-cfg.short_window :]
+        x = sum(recent) / len(recent)
+        if n < cfg.warmup:  # warm-up: collect, then fit the tail through the 80% quantile
+            want = 0.0
+            warm.append(float(np.float32(x)))
+            n += 1
+            if n == cfg.warmup:
+                a = np.array(warm)
+                u0 = float(np.quantile(a, 0.8))
+                excess = a[a > u0] - u0
+                peak_mean = float(excess.mean())
+                u = u0 + peak_mean * np.log(0.2 / (1 - cfg.q))
+                n_peaks = max(1, excess.size)
+                mean_err = float(np.mean(np.abs(a - u)))
+        else:
+            want = 0.0
+            if x > u and n_peaks:
+                log10_p = np.log10(1 - cfg.q) - (x - u) / peak_mean / np.log(10)
+                want = min(1.0, max(0.0, -log10_p / cfg.tail_decades))
+            n += 1
+            alpha = 1 / min(n, cfg.long_window)
+            mean_err += alpha * (abs(x - u) - mean_err)
+            u += cfg.quantile_rate * mean_err * alpha / (1 - cfg.q) * ((x > u) - (1 - cfg.q))
+            u = max(u, 0.0)
+            if x > u:
+                n_peaks += 1
+                peak_mean += ((x - u) - peak_mean) / min(
+                    n_peaks, max(5.0, cfg.long_window * (1 - cfg.q) + 1)
+                )
         assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
-    assert list(fast.state) == pytest.approx(list(slow.state), rel=1e-12)
+    state = [n, u, mean_err, n_peaks, peak_mean]  # Tail.state's scalar fields, in order
+    assert list(tail.state[:5]) == pytest.approx(state, rel=1e-12)
 
 
 def test_one_dimension_fast_path_equals_the_general_residual() -> None:
