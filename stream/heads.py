@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -30,16 +31,6 @@ class Output(NamedTuple):
     value: bytes
 
 
-class Chunk(NamedTuple):
-    """Windows for one scoring call, handed from the consuming thread to the scoring one."""
-
-    windows: np.ndarray  # [n, L, D]
-    ts: np.ndarray  # [n, L]
-    series: list[str]
-    dims: dict[str, tuple[str, ...]]  # dimension names per series, as of the hand-over
-    first_at: float | None  # oldest snapshot of the batch, on its last chunk only
-
-
 class Head(Protocol):
     topic: str
     rebuilds_state: bool  # re-read records before the committed offset on assignment
@@ -52,7 +43,9 @@ class Head(Protocol):
 
     def due(self, now: float) -> bool: ...
 
-    def drain(self, now: float) -> list[Output]: ...
+    def drain_in_parts(self, now: float) -> Iterator[list[Output]]: ...  # see MetricsHead
+
+    def discard_pending(self) -> None: ...  # drop work whose state is about to be rebuilt
 
     def forget_partitions(self, partitions: set[int]) -> None: ...
 
@@ -252,40 +245,27 @@ class MetricsHead:
         )
 
     def drain(self, now: float) -> list[Output]:
-        """Score every pending window here and now (what `take` + `score_chunk` do apart)."""
-        return [out for chunk in self.take(now) for out in self.score_chunk(chunk)]
+        """Score every pending window here and now."""
+        return [out for part in self.drain_in_parts(now) for out in part]
 
-    def take(self, now: float) -> list[Chunk]:
-        """Every pending window, in scoring calls of at most max_batch. The chunks own their
-        arrays and carry what scoring needs from the store (each series' dimension names), so
-        `score_chunk` can run in another thread while this one keeps windowing new points."""
-        chunks: list[Chunk] = []
+    def drain_in_parts(self, now: float) -> Iterator[list[Output]]:
+        """Score every pending window, one scoring call (at most max_batch windows) per part:
+        the pipeline sends a part's events before the next part is scored, so the first events
+        do not wait for the whole backlog."""
         step = self.settings.max_batch
-        for _dims, pend in self.store.take_pending():
+        for dims, pend in self.store.pending_batches():
             n = len(pend)
-            store = self.store
-            names = {name: store.dims(name) for name in dict.fromkeys(pend.series) if name in store}
             for lo in range(0, n, step):
                 hi = min(n, lo + step)
-                chunks.append(Chunk(pend.windows[lo:hi], pend.ts[lo:hi], pend.series[lo:hi],
-                                    names, pend.first_at if hi == n else None))  # fmt: skip
-        return chunks
-
-    def score_chunk(self, chunk: Chunk) -> list[Output]:
-        """Model, calibration, episodes and events for one chunk. Chunks must be scored in the
-        order `take` returned them: each series' calibrator and episode follow its points."""
-        out = self._score(chunk.windows, chunk.ts, chunk.series, chunk.dims)
-        if chunk.first_at is not None:  # the last chunk of a pending batch
-            self.metrics.end_to_end.observe(time.monotonic() - chunk.first_at)
-        return out
+                yield self._score(pend.windows[lo:hi], pend.ts[lo:hi], pend.series[lo:hi])
+            self.metrics.end_to_end.observe(time.monotonic() - pend.first_at)
+            self.store.clear_pending(dims)
 
     def discard_pending(self) -> None:
         """Pending windows belong to state that is about to be rebuilt: drop them unscored."""
         self.store.discard_pending()
 
-    def _score(
-        self, windows: np.ndarray, ts: np.ndarray, series: list[str], dims: dict[str, tuple]
-    ) -> list[Output]:
+    def _score(self, windows: np.ndarray, ts: np.ndarray, series: list[str]) -> list[Output]:
         stride = self.settings.stride
         t0 = time.perf_counter()
         result = self.scorer.score(windows, stride)
@@ -314,23 +294,25 @@ class MetricsHead:
                     st.episode_id = _digest(name, t, version)
                 if t > st.mute_until:
                     out.append(
-                        self._event(kind, name, st, dims.get(name, ()), ts[i], base + j, score,
-                                    result.contributions[i, j])
-                    )  # fmt: skip
+                        self._event(
+                            kind, name, st, ts[i], base + j, score, result.contributions[i, j]
+                        )
+                    )
             latest.pop(name, None)  # keep the order of last updates (the gauge cap is an LRU)
             latest[name] = scores[-1]
         for name, score in latest.items():  # one gauge update per series and batch
             self.metrics.set_score(name, score if score == score else 0.0)  # NaN -> 0
         return out
 
-    def _event(self, kind: str, series: str, st: _SeriesState, dims: tuple, ts_row: np.ndarray,
-               j: int, score: float, contributions: np.ndarray) -> Output:  # fmt: skip
+    def _event(self, kind: str, series: str, st: _SeriesState, ts_row: np.ndarray, j: int,
+               score: float, contributions: np.ndarray) -> Output:  # fmt: skip
         version = self.scorer.version
         ts = float(ts_row[j])
         observed = np.flatnonzero(np.isfinite(ts_row))
         if kind == "start":
             self.metrics.anomalies.inc()
         self.metrics.anomaly_events.labels(kind).inc()
+        dims = self.store.dims(series) if series in self.store else ()
         shares = {
             d: round(float(c), 4) for d, c in zip(dims, np.nan_to_num(contributions), strict=False)
         }

@@ -7,6 +7,7 @@ the malformed ones, and turns results into outputs and metrics.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from stream.codec import InvalidMessage, dumps
 from stream.heads import Output, dead_letter
@@ -72,10 +73,13 @@ class LogsHead:
     def due(self, now: float) -> bool:
         return now - self._last_advance >= ADVANCE_EVERY_S
 
-    def drain(self, now: float) -> list[Output]:
+    def drain_in_parts(self, now: float) -> Iterator[list[Output]]:
         """Close windows of sources that went quiet (by wall clock, after a grace period)."""
         self._last_advance = now
-        return self._summaries(self.head.advance(time.time() - LATE_GRACE_S))
+        yield self._summaries(self.head.advance(time.time() - LATE_GRACE_S))
+
+    def discard_pending(self) -> None:
+        """Nothing to drop: open log windows are not rebuilt from the topic."""
 
     def finish(self) -> list[Output]:
         """Shutdown: close every open window so its summary is published."""

@@ -20,7 +20,7 @@ import time
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 
-from stream.heads import Head, MetricsHead, Output
+from stream.heads import Head, Output
 from stream.kafka_io import end_offsets, make_consumer, make_producer
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -130,8 +130,7 @@ class Pipeline:
         it again, exactly as a restarted process would."""
         for head in self.heads.values():
             head.forget_partitions({tp.partition for tp in self.assigned if tp.topic == head.topic})
-            if isinstance(head, MetricsHead):
-                head.discard_pending()  # pending windows belong to the forgotten state
+            head.discard_pending()  # pending work belongs to the forgotten state
         for tp in self.assigned:
             committed = self.consumer.committed(tp)
             if committed is None:
@@ -189,12 +188,9 @@ class Pipeline:
         for head in self.heads.values():
             if not (force or head.due(now)):
                 continue
-            if isinstance(head, MetricsHead):
-                # Sent one scoring call at a time: the first events do not wait for the rest.
-                for chunk in head.take(now):
-                    self._send(head.score_chunk(chunk))
-            else:
-                self._send(head.drain(now))
+            # One part at a time: the first events do not wait for the rest to be scored.
+            for part in head.drain_in_parts(now):
+                self._send(part)
         if self._any_pending():
             return  # records behind pending windows are not done: commit nothing yet
         done = dict(self._consumed)

@@ -406,20 +406,6 @@ class WindowStore:
         pend.series.clear()
         pend.first_at = math.inf
 
-    def take_pending(self) -> list[tuple[int, Pending]]:
-        """Hand every non-empty pending batch over to the caller, who owns its arrays from now
-        on (a scoring thread may read them while new snapshots go into fresh arrays)."""
-        taken = []
-        for d, bank in self._banks.items():
-            pend = bank.pending
-            if len(pend):
-                taken.append((d, pend))
-                bank.pending = Pending(
-                    windows=np.empty((self.max_batch, self.length, d), dtype=np.float32),
-                    ts=np.empty((self.max_batch, self.length), dtype=np.float64),
-                )
-        return taken
-
     def discard_pending(self) -> None:
         """Drop every snapshot waiting to be scored (its series' state is being rebuilt)."""
         for d in self._banks:

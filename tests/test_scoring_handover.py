@@ -1,8 +1,7 @@
-"""Chunked scoring: windows taken with MetricsHead.take and scored chunk by chunk with
-score_chunk, interleaved with new records (as the pipeline sends each chunk's events before
-scoring the next), give the same events (ids and content) as one drain of everything, however
-polls, hand-overs and chunks are cut; pending windows of state being rebuilt are dropped
-unscored."""
+"""Scoring in parts: MetricsHead.drain_in_parts scores pending windows one scoring call of at most
+max_batch at a time (the pipeline sends each part's events before the next is scored); however
+polls and parts are cut, the events (ids and content) equal one drain of everything. Pending
+windows of state being rebuilt are dropped unscored; a model reload keeps seasonal profiles."""
 
 from __future__ import annotations
 
@@ -58,34 +57,40 @@ def serial(scorer, recs, max_batch: int) -> list[dict]:
     return events(out)
 
 
+class _CountingScorer:
+    """The real scorer, recording the batch size of every scoring call."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.batches = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def score(self, windows, n_new):
+        self.batches.append(len(windows))
+        return self.inner.score(windows, n_new)
+
+
 @pytest.mark.parametrize(
     ("poll", "every", "max_batch"), [(37, 1, 1024), (500, 3, 64), (2000, 1, 300)]
 )
-def test_chunked_scoring_matches_one_drain(scorer, poll, every, max_batch):
+def test_scoring_in_parts_matches_one_drain(scorer, poll, every, max_batch):
     recs = records(n_series=4, n_points=520)
     expected = serial(scorer, recs, 1024)
     assert any(e["kind"] == "start" for e in expected), "the stream must raise anomalies"
 
-    head = MetricsHead(Settings(max_batch=max_batch), scorer, Metrics())
+    counting = _CountingScorer(scorer)
+    head = MetricsHead(Settings(max_batch=max_batch), counting, Metrics())
     out = []
     for k, lo in enumerate(range(0, len(recs), poll)):
         out += head.handle(recs[lo : lo + poll], 0.0)
         if k % every == 0:
-            chunks = head.take(0.0)
-            assert all(len(c.series) <= max_batch for c in chunks)
-            for chunk in chunks:
-                out += score_chunk_between(head, chunk)
-    for chunk in head.take(0.0):
-        out += head.score_chunk(chunk)
+            for part in head.drain_in_parts(0.0):
+                out += part
+    for part in head.drain_in_parts(0.0):
+        out += part
     assert events(out) == expected
-
-
-def score_chunk_between(head: MetricsHead, chunk) -> list:
-    """A chunk taken before other windows arrive is still scored with its own windows."""
-    before = head.store.pending_count()
-    out = head.score_chunk(chunk)
-    assert head.store.pending_count() == before
-    return out
+    assert counting.batches and max(counting.batches) <= max_batch
 
 
 def test_discard_pending_drops_windows_unscored(scorer):
@@ -94,7 +99,7 @@ def test_discard_pending_drops_windows_unscored(scorer):
     head.handle(records(n_series=2, n_points=200), 0.0)
     assert head.has_pending()
     head.discard_pending()
-    assert not head.has_pending() and head.take(0.0) == []
+    assert not head.has_pending() and list(head.drain_in_parts(0.0)) == []
     assert (metrics.registry.get_sample_value("tsguard_windows_scored_total") or 0) == 0
 
 
