@@ -56,11 +56,12 @@ def _host_or_keep(match: re.Match[str]) -> str:
     return match.group()
 
 
+_ANY_DIGIT_RE = re.compile(r"\d")
+
+
 def _has_digit(line: str) -> bool:
     return _ANY_DIGIT_RE.search(line) is not None
 
-
-_ANY_DIGIT_RE = re.compile(r"\d")
 
 # Order matters: the specific shapes (UUID, IP, hex) must be masked before the generic number rule
 # eats their digits. Masks carry no digits, so Drain does not re-parametrize the masked tokens and the
@@ -115,7 +116,7 @@ MASK_TOKENS: tuple[str, ...] = (
     "<*>",
 )
 
-_PLACEHOLDER_RE = re.compile(r"<(?:UUID|HOST|IP|MAC|HEX|PATH|NUM|\*)>")
+_PLACEHOLDER_RE = re.compile("|".join(map(re.escape, MASK_TOKENS)))
 _CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _NON_WORD_RE = re.compile(r"[^A-Za-z'!?]+")
 
