@@ -98,6 +98,8 @@ def serve_run(bootstrap: str, n: int, stride: int, threads: int, args: argparse.
 
     port = free_port()
     extra = ["--stop-at-end", "--stride", str(stride), "--max-batch", str(args.max_batch)]
+    if args.model:
+        extra += ["--model", args.model]
     extra += ["--device", args.device, "--torch-threads", str(threads)]
     cmd = serve_command(bootstrap, port, *extra, session_timeout_ms=args.session_timeout_ms)
     with ServeProcess(cmd, echo=args.verbose) as proc, Scraper(port) as scraper:
@@ -148,6 +150,7 @@ def inprocess_run(bootstrap: str, stride: int, threads: int, args: argparse.Name
         torch_threads=threads,  # build_service sets torch's threads from this
         stride=stride,
         max_batch=args.max_batch,
+        model_dir=args.model,
         stop_at_end=True,
     )
     t_build = time.perf_counter()
@@ -254,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
         "default model's horizon: one forward pass scores 16 new points)",
     )
     p.add_argument("--max-batch", type=int, default=1024)
+    p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--repeats", type=int, default=2, help="bare-consumer repeats (best = limit)")
     p.add_argument("--no-serve", action="store_true", help="skip the serve subprocess runs")
