@@ -39,10 +39,10 @@ class ModelConfig:
 
     window: int = 128  # L: points per window the stream hands over
     horizon: int = 16  # H: points forecast in one pass = the largest n_new supported
-    patch: int = 8  # points per token; context must be a multiple of it
-    d_model: int = 64
+    patch: int = 16  # points per token; context must be a multiple of it
+    d_model: int = 32
     n_heads: int = 4
-    n_layers: int = 3
+    n_layers: int = 2
     d_ff: int = 128
     dropout: float = 0.1
     # How much of the predicted uncertainty divides the error: error = |x - forecast| / b^power,

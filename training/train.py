@@ -41,10 +41,10 @@ class TrainConfig:
     warmup_fraction: float = 0.05
     window: int = 128
     horizon: int = 16
-    patch: int = 8
-    d_model: int = 64
+    patch: int = 16
+    d_model: int = 32
     n_heads: int = 4
-    n_layers: int = 3
+    n_layers: int = 2
     d_ff: int = 128
     dropout: float = 0.1
     error_power: float = 0.0  # how the scorer uses the predicted scale (see ModelConfig)
