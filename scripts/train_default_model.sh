@@ -5,7 +5,7 @@
 # epoch takes about 20 s on a 2-core CPU (8 epochs: about 3 minutes).
 # --max-minutes is a safety cap: a run it stops is cut short (report.json says "stopped_by":
 # "max-minutes") and, as that depends on the machine's speed, is not bit-for-bit reproducible.
-# The architecture (patch 16, d_model 32, 2 layers: 7 tokens, ~26k parameters) is the smallest
+# The architecture (patch 16, d_model 32, 2 layers: 7 tokens, 33,952 parameters) is the smallest
 # of those compared; it scores NAB like the 4x costlier patch-8, d_model-64, 3-layer model it
 # replaced (README, "Detection quality").
 # Usage: scripts/train_default_model.sh [OUT_DIR]
