@@ -28,10 +28,10 @@ A second, independent signal covers what a 128-point window cannot see: a time-o
 of the series' own values (`SeasonalProfile`: per half-hour bin, a slow running mean). The
 residual |value - profile| goes through its own tail (the same SPOT as above), and a point's raw
 score is the larger of the two tail scores; suppression then acts on that one stream, so the two
-signals do not page twice for one anomaly. On NAB (corpus-optimised threshold, standard profile)
-the forecast signal alone scores 58.2, the profile residual alone 58.6, the two together 64.8
-(65.2 with series scored from their 32nd point, detector/scorer.py MIN_POINTS):
-they miss different anomalies (a daily jump that does not come looks normal to a forecaster that
+signals do not page twice for one anomaly. On NAB (corpus-optimised threshold, standard profile,
+the previous default model) the forecast signal alone scores 58.2, the profile residual alone
+58.6, the two together 64.8 (65.2 with series scored from their 32nd point, detector/scorer.py
+MIN_POINTS; 65.15 with the current, smaller model): they miss different anomalies (a daily jump that does not come looks normal to a forecaster that
 sees 9 hours at 5-minute steps; a spike inside the usual daily range looks normal to the
 profile). Timestamps are read as UTC seconds. The profile learns at most one point per
 `seasonal_learn_every_s` (5 minutes), so its memory is about 1/alpha learned points per bin
