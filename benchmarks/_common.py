@@ -335,27 +335,46 @@ def scrape(port: int, timeout_s: float = 2.0) -> dict[str, float]:
     return out
 
 
-class Scraper:
-    """Scrapes the metrics endpoint every `every_s` in a thread; keeps the latest good scrape."""
+class BackgroundLoop:
+    """A daemon thread that calls `once()` until the `with` block ends (then `close()`)."""
 
-    def __init__(self, port: int, every_s: float = 0.2):
-        self.port = port
-        self.every_s = every_s
-        self.latest: dict[str, float] = {}
-        self.latest_at = 0.0
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            with contextlib.suppress(OSError):
-                self.latest = scrape(self.port, timeout_s=1.0)
-                self.latest_at = time.monotonic()
+    def once(self) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> Scraper:
+    def close(self) -> None:
+        pass
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.once()
+
+    def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self.close()
+
+
+class Scraper(BackgroundLoop):
+    """Scrapes the metrics endpoint every `every_s` in a thread; keeps the latest good scrape."""
+
+    def __init__(self, port: int, every_s: float = 0.2):
+        super().__init__()
+        self.port = port
+        self.every_s = every_s
+        self.latest: dict[str, float] = {}
+        self.latest_at = 0.0
+
+    def once(self) -> None:
+        if self._stop.wait(self.every_s):
+            return
+        with contextlib.suppress(OSError):
+            self.latest = scrape(self.port, timeout_s=1.0)
+            self.latest_at = time.monotonic()

@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import threading
 import time
 
 import numpy as np
 import orjson
 
 from benchmarks._common import (
+    BackgroundLoop,
     ServeProcess,
     add_common_args,
     add_session_timeout_arg,
@@ -52,12 +52,13 @@ METRICS, ANOMALIES = "tsguard.metrics", "tsguard.anomalies"
 SPIKE = 40.0  # ~80 noise sigmas above a calm seasonal value
 
 
-class AnomalyListener:
+class AnomalyListener(BackgroundLoop):
     """Reads tsguard.anomalies from its end in a thread; records (event, consumed-at)."""
 
     def __init__(self, bootstrap: str):
         from kafka import KafkaConsumer, TopicPartition
 
+        super().__init__()
         # A short fetch wait, so that this listener does not add latency of its own.
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -72,23 +73,14 @@ class AnomalyListener:
         for tp in tps:
             self.consumer.position(tp)  # resolve "end" now, before anything is produced
         self.events: list[tuple[dict, float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for records in self.consumer.poll(timeout_ms=50).values():
-                now = time.time()
-                for r in records:
-                    self.events.append((orjson.loads(r.value), now, r.timestamp / 1000.0))
+    def once(self) -> None:
+        for records in self.consumer.poll(timeout_ms=50).values():
+            now = time.time()
+            for r in records:
+                self.events.append((orjson.loads(r.value), now, r.timestamp / 1000.0))
 
-    def __enter__(self) -> AnomalyListener:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+    def close(self) -> None:
         self.consumer.close()
 
 
