@@ -130,3 +130,18 @@ def test_run_all_skips_logs_without_loghub(tmp_path, monkeypatch, capsys):
     assert part["status"] == "skipped" and "no loghub data" in part["reason"]
     assert "logs: skipped: no loghub data" in capsys.readouterr().out
     assert not (tmp_path / "logs_bench.json").exists()
+
+
+def test_report_counts_gpu_figures_only_for_the_current_default_model(tmp_path):
+    from benchmarks import report
+    from benchmarks.report import GPU_RESULTS, GPU_TARGET
+    from detector.scorer import DEFAULT_MODEL_DIR
+
+    current = orjson.loads((DEFAULT_MODEL_DIR / "config.json").read_bytes())["version"]
+    row = "| >= 1,000,000 windows/s on an H100 |"
+    for version, status in [(current, "| met |"), ("an-older-model", "| not measured (current")]:
+        gpu = {"model": {"version": version, "device": "cuda", "gpu": "H100"},
+               "model_best_windows_per_s": 2 * GPU_TARGET}  # fmt: skip
+        (tmp_path / GPU_RESULTS).write_bytes(orjson.dumps(gpu))
+        (line,) = [x for x in report.main(["--results", str(tmp_path)]).splitlines() if row in x]
+        assert status in line, line

@@ -135,3 +135,12 @@ def test_cli_reports_bad_input_in_one_line(
     rc = main(["train", "--data", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("tsguard: error:") and "\n" not in err
+
+
+def test_train_defaults_are_the_shipped_default_architecture() -> None:
+    """`tsguard train` without architecture flags builds what detector/default_model holds."""
+    from detector.scorer import DEFAULT_MODEL_DIR
+
+    shipped = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())["architecture"]
+    defaults = TrainConfig(out="unused")
+    assert {k: getattr(defaults, k) for k in shipped} == shipped
