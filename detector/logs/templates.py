@@ -65,27 +65,28 @@ def _has_digit(line: str) -> bool:
 
 # Order matters: the specific shapes (UUID, IP, hex) must be masked before the generic number rule
 # eats their digits. Masks carry no digits, so Drain does not re-parametrize the masked tokens and the
-# template keeps the readable mask name. Each rule comes with a test for a character it cannot
-# match without: most lines skip most rules at the cost of a substring search (masking is a
-# visible part of the per-line cost once templates are cached).
+# template keeps the readable mask name. Each rule comes with a test for characters it cannot
+# match without (a UUID has four hyphens, an IP three dots, a MAC five separators): most lines
+# skip most rules at the cost of a substring search or count (masking is a visible part of the
+# per-line cost once templates are cached).
 _MASKS: tuple[tuple[re.Pattern[str], object, object], ...] = (
     (
         re.compile(
             r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
         ),
         "<UUID>",
-        lambda line: "-" in line,
+        lambda line: line.count("-") >= 4,
     ),
     (_DOTTED_RE, _host_or_keep, lambda line: "." in line),
     (
         re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?(?![\w.])"),
         "<IP>",
-        lambda line: "." in line,
+        lambda line: line.count(".") >= 3,
     ),
     (
         re.compile(r"\b(?:[0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}\b"),
         "<MAC>",
-        lambda line: ":" in line or "-" in line,
+        lambda line: line.count(":") + line.count("-") >= 5,
     ),
     (re.compile(r"\b0[xX][0-9a-fA-F]+\b"), "<HEX>", lambda line: "0x" in line or "0X" in line),
     # Bare hex of 6+ characters with at least one digit and one letter a-f (object hashes, ids).
