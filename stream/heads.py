@@ -49,6 +49,11 @@ class Head(Protocol):
 
     def forget_partitions(self, partitions: set[int]) -> None: ...
 
+    # Optional (the pipeline asks with getattr): {partition: offset} the committed offset must
+    # not pass because state kept for later output still needs the records from there on (the
+    # logs head's open summary windows). Without it a head's partitions commit what it consumed.
+    # def commit_holds(self) -> dict[int, int]: ...
+
 
 def dead_letter(settings: Settings, metrics: Metrics, record, error: InvalidMessage) -> Output:
     metrics.reject(error)

@@ -2,6 +2,14 @@
 
 The compute lives in detector/logs (no Kafka there); this adapter decodes records, dead-letters
 the malformed ones, and turns results into outputs and metrics.
+
+Delivery of summaries is at-least-once, the way a Kafka Streams windowed aggregation without a
+changelog is: summary windows are kept per partition and source, and the offset committed for a
+partition never passes the first line of a window of that partition that is still open
+(`commit_holds`). After a crash or a rebalance the lines of the open windows are consumed again,
+the windows are rebuilt and their summaries published. What is consumed again is published again:
+the classifications of those lines, and the summaries of windows that closed after the commit
+point (a window that had lines before it comes out again with only the lines after it).
 """
 
 from __future__ import annotations
@@ -19,8 +27,8 @@ LATE_GRACE_S = 5.0  # lines may arrive this late and still join their window
 
 
 class LogsHead:
-    # Re-reading lines would publish their classifications again; summaries of windows open at
-    # a crash are lost instead (README: delivery).
+    # Nothing is read back before the committed offset: the commit itself stays at the first
+    # line of the oldest open summary window (commit_holds), so what a window needs is re-read.
     rebuilds_state = False
 
     def __init__(self, settings: Settings, metrics: Metrics):
@@ -39,11 +47,15 @@ class LogsHead:
         out: list[Output] = []
         parsed = []
         keys = []
+        partitions = []
+        offsets = []
         wall = time.time()
         for rec in records:
             try:
-                parsed.append(self._parse(rec.value, rec.key, wall))
+                parsed.append(self._parse(rec.value, rec.key, _arrival(rec, wall)))
                 keys.append(rec.key)
+                partitions.append(rec.partition)
+                offsets.append(rec.offset)
             except ValueError as exc:
                 out.append(
                     dead_letter(
@@ -53,7 +65,7 @@ class LogsHead:
         if not parsed:
             return out
         topics = self.settings.topics
-        classes, summaries = self.head.process(parsed)
+        classes, summaries = self.head.process(parsed, partitions, offsets)
         for record, key, result in zip(parsed, keys, classes, strict=True):
             self.metrics.log_lines.labels(result["label"]).inc()
             out.append(Output(topics.log_classes, key or record.source.encode(), dumps(result)))
@@ -66,9 +78,14 @@ class LogsHead:
         return [Output(topic, s["source"].encode(), dumps(s)) for s in summaries]
 
     # Classification is synchronous; summaries wait for their window to close, which is state,
-    # not pending output (see the README's note on log windows and at-least-once).
+    # not pending output: it holds the commit back instead (commit_holds).
     def has_pending(self) -> bool:
         return False
+
+    def commit_holds(self) -> dict[int, int]:
+        """Per partition, the offset of the first line of its oldest open summary window: the
+        committed offset must not pass it, so a crash re-reads the window's lines."""
+        return self.head.holds()
 
     def due(self, now: float) -> bool:
         return now - self._last_advance >= ADVANCE_EVERY_S
@@ -79,11 +96,26 @@ class LogsHead:
         yield self._summaries(self.head.advance(time.time() - LATE_GRACE_S))
 
     def discard_pending(self) -> None:
-        """Nothing to drop: open log windows are not rebuilt from the topic."""
+        """Nothing pending; open windows are dropped by forget_partitions before a rewind."""
 
     def finish(self) -> list[Output]:
         """Shutdown: close every open window so its summary is published."""
         return self._summaries(self.head.flush())
 
     def forget_partitions(self, partitions: set[int]) -> None:
-        pass
+        """Open windows of partitions given away (or about to be re-consumed from the last
+        commit) are dropped unpublished: whoever reads those partitions next re-reads their
+        lines from the committed offset, which no open window's first line is below."""
+        self.head.drop(partitions)
+
+
+def _arrival(record, wall: float) -> float:
+    """The time a line without a timestamp of its own is filed under: the record's Kafka
+    timestamp (so a line consumed again after a restart lands in the same window), else now."""
+    ts = getattr(record, "timestamp", None)
+    if isinstance(ts, int) and 0 < ts <= _TS_MAX_MS and getattr(record, "timestamp_type", 0) >= 0:
+        return ts / 1000.0
+    return wall
+
+
+_TS_MAX_MS = 4_102_444_800_000  # 2100-01-01, as detector.logs.head.TS_MAX

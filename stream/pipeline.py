@@ -2,7 +2,9 @@
 
 Delivery is at-least-once: offsets are committed only after every output produced from the
 records before them has been flushed to Kafka. A crash replays from the last commit; events
-carry deterministic ids, so consumers de-duplicate.
+carry deterministic ids, so consumers de-duplicate. A head that keeps state to publish later (the
+logs head's open summary windows) also holds its partitions' commits at the first record that
+state needs (`commit_holds`), so that state is rebuilt from the records re-read after a crash.
 
 Scoring stays on this thread. A scoring thread was measured (benchmarks/README.md): on a 2-core
 machine it made serve slower, not faster, because torch takes the GIL back between operators
@@ -193,7 +195,7 @@ class Pipeline:
                 self._send(part)
         if self._any_pending():
             return  # records behind pending windows are not done: commit nothing yet
-        done = dict(self._consumed)
+        done = self._committable()
         advance = done != self._committed
         if not force and (not advance or now - self._last_commit < COMMIT_EVERY_S):
             return
@@ -225,6 +227,20 @@ class Pipeline:
             # Not fatal: the records are re-delivered and their outputs de-duplicated downstream.
             self.metrics.kafka_errors.labels("commit").inc()
             log.warning("commit failed (will retry at the next checkpoint): %s", exc)
+
+    def _committable(self) -> dict[TopicPartition, int]:
+        """The consumed positions, each held back to the first record still needed by state a
+        head will publish from later (a log summary window still open)."""
+        done = dict(self._consumed)
+        for head in self.heads.values():
+            holds = getattr(head, "commit_holds", None)  # optional: MetricsHead has none
+            if holds is None:
+                continue
+            for partition, offset in holds().items():
+                tp = TopicPartition(head.topic, partition)
+                if tp in done and offset < done[tp]:
+                    done[tp] = offset
+        return done
 
     def _model_head_stamp(self):
         head = self.heads.get(self.settings.topics.metrics)

@@ -107,6 +107,32 @@ def test_advance_closes_quiet_windows() -> None:
     assert [s["source"] for s in head.advance(watermark=20.0)] == ["b"]
 
 
+def test_windows_per_scope_hold_the_position_of_their_first_line() -> None:
+    """The Kafka head's view: scope = partition, position = offset. A scope's windows are its own,
+    and holds() is the lowest first position among the open windows of each scope."""
+    head = _head(window_s=10)
+    recs = [_rec(1, "x started", "a"), _rec(2, "x started", "a"), _rec(3, "y started", "b")]
+    assert head.observe(recs, scopes=[0, 1, 0], positions=[100, 7, 101]) == []
+    assert head.holds() == {0: 100, 1: 7}
+    # The same source in two partitions: two windows, one summary each.
+    (closed,) = head.observe([_rec(12, "x started", "a")], scopes=[0], positions=[102])
+    assert (closed["source"], closed["lines"]) == ("a", 1)
+    assert head.holds() == {0: 101, 1: 7}  # b's window (101) is now partition 0's oldest
+    head.drop({1})  # partition 1 given away: its window goes unpublished
+    assert head.holds() == {0: 101}
+    rest = sorted((s["source"], s["window"]["start"], s["lines"]) for s in head.flush())
+    assert rest == [("a", 10.0, 1), ("b", 0.0, 1)]
+    assert head.holds() == {}
+
+
+def test_without_scopes_there_is_one_window_per_source_and_nothing_held() -> None:
+    head = _head(window_s=10)
+    head.observe([_rec(1, "x started", "a"), _rec(2, "x started", "a")])
+    assert head.holds() == {}
+    (summary,) = head.flush()
+    assert summary["lines"] == 2
+
+
 def test_highlights_are_lines_of_distinct_templates_and_text_names_counts() -> None:
     head = _head(window_s=300, highlights=3)
     lines = []
@@ -201,3 +227,19 @@ def test_abstractive_model_dir_must_exist(tmp_path: Path) -> None:
     head.observe([_rec(0, "x started")])
     with pytest.raises(UserError, match="cannot load summarizer model"):
         head.flush()
+
+
+def test_a_line_without_a_timestamp_is_filed_under_its_kafka_timestamp() -> None:
+    """So a line consumed again after a restart lands in the window it was counted in first."""
+    from types import SimpleNamespace
+
+    from detector.logs.head import parse_log_value
+    from stream.log_head import _arrival
+
+    record = SimpleNamespace(timestamp=1_700_000_123_456, timestamp_type=0)
+    assert _arrival(record, wall=5.0) == 1_700_000_123.456
+    assert parse_log_value(b"worker started", b"app", _arrival(record, 5.0)).ts == 1_700_000_123.456
+    assert _arrival(SimpleNamespace(timestamp=-1, timestamp_type=-1), wall=5.0) == 5.0
+    assert _arrival(SimpleNamespace(timestamp=10**16, timestamp_type=0), wall=5.0) == 5.0
+    line = b"2023-11-14T22:13:21Z worker started"  # a timestamp of its own wins
+    assert parse_log_value(line, b"app", _arrival(record, 5.0)).ts == 1_700_000_001.0

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -361,11 +362,30 @@ class LogHead:
             )
         return out
 
-    def observe(self, records: list[LogRecord]) -> list[dict]:
-        """Feed the window summarizer; returns summaries of the windows that closed (event time)."""
+    def observe(
+        self,
+        records: list[LogRecord],
+        scopes: Sequence[Hashable] | None = None,
+        positions: Sequence[int] | None = None,
+    ) -> list[dict]:
+        """Feed the window summarizer; returns summaries of the windows that closed (event time).
+
+        `scopes` and `positions` (one per record, e.g. Kafka partition and offset) keep separate
+        windows per scope and let `holds()` tell where each scope's open windows start."""
         out: list[dict] = []
-        for record, m in zip(records, self._mine(records), strict=True):
-            out.extend(self.summarizer.add(record.source, record.ts, m.template_id, record.message))
+        add = self.summarizer.add
+        mined = self._mine(records)
+        if scopes is None and positions is None:
+            for record, m in zip(records, mined, strict=True):
+                out.extend(add(record.source, record.ts, m.template_id, record.message))
+        else:
+            n = len(records)
+            scopes = [None] * n if scopes is None else scopes
+            positions = [None] * n if positions is None else positions
+            for record, m, scope, position in zip(records, mined, scopes, positions, strict=True):
+                out.extend(
+                    add(record.source, record.ts, m.template_id, record.message, scope, position)
+                )
         self._since_prune += len(records)
         if self._since_prune >= _PRUNE_EVERY:
             # The history of "seen" templates follows the miner's evictions; done now and then
@@ -376,9 +396,14 @@ class LogHead:
             )
         return out
 
-    def process(self, records: list[LogRecord]) -> tuple[list[dict], list[dict]]:
+    def process(
+        self,
+        records: list[LogRecord],
+        scopes: Sequence[Hashable] | None = None,
+        positions: Sequence[int] | None = None,
+    ) -> tuple[list[dict], list[dict]]:
         """classify + observe in one call (mines each line once)."""
-        return self.classify(records), self.observe(records)
+        return self.classify(records), self.observe(records, scopes, positions)
 
     def advance(self, watermark: float) -> list[dict]:
         """Close windows that end at or before `watermark` (e.g. wall clock minus a grace period),
@@ -388,6 +413,16 @@ class LogHead:
     def flush(self) -> list[dict]:
         """Close all open windows (shutdown / end of file)."""
         return self.summarizer.flush()
+
+    def holds(self) -> dict[Hashable, int]:
+        """Per scope, the lowest position of a line in a summary window still open: what a
+        Kafka commit must not pass for the summary to be rebuilt after a crash."""
+        return self.summarizer.holds()
+
+    def drop(self, scopes: Collection[Hashable]) -> None:
+        """Forget the open windows of these scopes without publishing them (their lines will be
+        read again: a partition given away, or re-consumed from the last commit)."""
+        self.summarizer.drop(scopes)
 
     @property
     def embedded_texts(self) -> int:

@@ -5,6 +5,12 @@ A window closes when a line of the same source arrives at or after its end (even
 `advance(watermark)` passes its end, or on `flush()`. Lines that arrive late (before the open
 window's start) are counted in the open window: windows already published are never reopened.
 
+Windows can be kept per scope as well as per source: the Kafka head passes each line's partition
+as its scope and its offset as its position, so a partition's windows hold only that partition's
+lines, are rebuilt from that partition alone after a restart, and `holds()` tells the lowest
+position of a line in a window still open (the offset a commit must not pass). Without a scope
+(the CLI) there is one window per source.
+
 A summary has the line count, the templates with counts and whether each is new compared with the
 source's history (first seen in this window), highlights and a short text.
 
@@ -18,7 +24,7 @@ different things. Each highlight is the first raw line of its template in the wi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -45,11 +51,12 @@ class _Window:
     counts: dict[int, int] = field(default_factory=dict)  # template id -> lines
     example: dict[int, str] = field(default_factory=dict)  # template id -> first raw line
     new: set[int] = field(default_factory=set)
+    first: int | None = None  # position of its first line (the Kafka offset), if given
 
 
 @dataclass
 class _SourceState:
-    window: _Window | None = None
+    windows: dict[Hashable, _Window] = field(default_factory=dict)  # scope -> open window
     seen: set[int] = field(default_factory=set)  # template ids from earlier windows
 
 
@@ -115,19 +122,31 @@ class WindowSummarizer:
         self.abstractive = abstractive
         self._sources: dict[str, _SourceState] = {}
 
-    def add(self, source: str, ts: float, template_id: int, message: str) -> list[dict]:
-        """Count one mined line; returns the summary of the window it closed, if any."""
+    def add(
+        self,
+        source: str,
+        ts: float,
+        template_id: int,
+        message: str,
+        scope: Hashable = None,
+        position: int | None = None,
+    ) -> list[dict]:
+        """Count one mined line; returns the summary of the window it closed, if any.
+
+        `scope` keeps separate windows for the same source (the Kafka partition); `position`
+        (the offset) of a window's first line is what `holds()` reports while it is open."""
         state = self._sources.get(source)
         if state is None:
             state = self._sources[source] = _SourceState()
         out: list[dict] = []
-        window = state.window
+        window = state.windows.get(scope)
         if window is not None and ts >= window.end:
-            out.append(self._close(source, state))
+            out.append(self._close(source, state, scope))
             window = None
         if window is None:
             start = (ts // self.config.window_s) * self.config.window_s
-            window = state.window = _Window(start=start, end=start + self.config.window_s)
+            window = _Window(start=start, end=start + self.config.window_s, first=position)
+            state.windows[scope] = window
         window.lines += 1
         if template_id in window.counts:
             window.counts[template_id] += 1
@@ -142,32 +161,49 @@ class WindowSummarizer:
         """Close every open window that ends at or before `watermark` (e.g. wall clock - grace)."""
         out = []
         for source, state in self._sources.items():
-            if state.window is not None and state.window.end <= watermark:
-                out.append(self._close(source, state))
+            for scope in [k for k, w in state.windows.items() if w.end <= watermark]:
+                out.append(self._close(source, state, scope))
         return out
 
     def flush(self) -> list[dict]:
         """Close all open windows (end of input, shutdown)."""
-        return [
-            self._close(source, state)
-            for source, state in self._sources.items()
-            if state.window is not None
-        ]
+        out = []
+        for source, state in self._sources.items():
+            for scope in list(state.windows):
+                out.append(self._close(source, state, scope))
+        return out
+
+    def holds(self) -> dict[Hashable, int]:
+        """Per scope, the lowest position of a first line among its open windows (windows
+        added without a position are left out)."""
+        low: dict[Hashable, int] = {}
+        for state in self._sources.values():
+            for scope, window in state.windows.items():
+                if window.first is not None and window.first < low.get(scope, window.first + 1):
+                    low[scope] = window.first
+        return low
+
+    def drop(self, scopes: Collection[Hashable]) -> None:
+        """Forget the open windows of these scopes unpublished (their lines are read again
+        elsewhere: a partition given away, or re-consumed from the last commit)."""
+        if not scopes:
+            return
+        for state in self._sources.values():
+            for scope in [k for k in state.windows if k in scopes]:
+                del state.windows[scope]
 
     def forget(self, keep: Callable[[str, int], bool], max_sources: int) -> None:
         """Drop history of templates the miner evicted, and of sources beyond max_sources."""
         for source, state in list(self._sources.items()):
             state.seen = {t for t in state.seen if keep(source, t)}
-        idle = [s for s, st in self._sources.items() if st.window is None]
+        idle = [s for s, st in self._sources.items() if not st.windows]
         while len(self._sources) > max_sources and idle:
             del self._sources[idle.pop(0)]
 
     # ------------------------------------------------------------------------------------------
 
-    def _close(self, source: str, state: _SourceState) -> dict:
-        window = state.window
-        assert window is not None
-        state.window = None
+    def _close(self, source: str, state: _SourceState, scope: Hashable) -> dict:
+        window = state.windows.pop(scope)
         ids = sorted(window.counts, key=lambda t: (-window.counts[t], t))
         texts = {}
         for t in ids:
