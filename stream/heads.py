@@ -49,10 +49,10 @@ class Head(Protocol):
 
     def forget_partitions(self, partitions: set[int]) -> None: ...
 
-    # Optional (the pipeline asks with getattr): {partition: offset} the committed offset must
-    # not pass because state kept for later output still needs the records from there on (the
-    # logs head's open summary windows). Without it a head's partitions commit what it consumed.
-    # def commit_holds(self) -> dict[int, int]: ...
+    # {partition: offset} the committed offset must not pass because state kept for later output
+    # still needs the records from there on (the logs head's open summary windows); {} = commit
+    # what was consumed.
+    def commit_holds(self) -> dict[int, int]: ...
 
 
 def dead_letter(settings: Settings, metrics: Metrics, record, error: InvalidMessage) -> Output:
@@ -269,6 +269,9 @@ class MetricsHead:
     def discard_pending(self) -> None:
         """Pending windows belong to state that is about to be rebuilt: drop them unscored."""
         self.store.discard_pending()
+
+    def commit_holds(self) -> dict[int, int]:
+        return {}  # a record's outputs are sent before its offset is committed: nothing waits
 
     def _score(self, windows: np.ndarray, ts: np.ndarray, series: list[str]) -> list[Output]:
         stride = self.settings.stride

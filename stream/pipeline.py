@@ -233,10 +233,7 @@ class Pipeline:
         head will publish from later (a log summary window still open)."""
         done = dict(self._consumed)
         for head in self.heads.values():
-            holds = getattr(head, "commit_holds", None)  # optional: MetricsHead has none
-            if holds is None:
-                continue
-            for partition, offset in holds().items():
+            for partition, offset in head.commit_holds().items():
                 tp = TopicPartition(head.topic, partition)
                 if tp in done and offset < done[tp]:
                     done[tp] = offset
