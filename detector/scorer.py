@@ -128,6 +128,23 @@ class Scorer:
         scale = scale.reshape(b, 1, d)
         return _combine(err, scale)
 
+    def compile(self, mode: str | None = None) -> None:
+        """Run the network through torch.compile. Measured: on an H100 the previous default
+        model's network alone went from 2.0M to 2.9M windows/s; on this project's 2-core CPU the
+        current model's pipeline did not measurably change (21,176-21,830 against 20,783-21,402
+        points/s, scoring_bench with and without --compile). Compiles here, on a probe batch, so a machine whose compiler toolchain does not work fails at load
+        time with one clear error, not in the middle of serving. Batch sizes vary, so shapes
+        are dynamic. Raises ModelLoadError."""
+        eager = self.model
+        self.model = torch.compile(eager, dynamic=True, mode=mode)
+        probe = np.cumsum(np.ones((3, self.window_length, 1), np.float32), axis=1)
+        try:
+            self.score(probe, 1)
+        except Exception as exc:  # compiler and backend failures have no common base class
+            self.model = eager
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ModelLoadError(f"torch.compile failed: {type(exc).__name__}: {first}") from exc
+
     @torch.inference_mode()
     def _row_errors(self, rows: np.ndarray, n_new: int) -> tuple[np.ndarray, np.ndarray]:
         """Unit-free errors [N, n_new] of the newest points and each row's unit factor [N, 1].
@@ -193,14 +210,20 @@ def _combine(err: np.ndarray, scale: np.ndarray) -> WindowScores:
 # ----------------------------------------------------------------------------- model directory
 
 
-def load_scorer(model_dir: str | Path | None = None, device: str = "auto") -> Scorer:
-    """Load a model directory (None -> the shipped default model). Raises ModelLoadError."""
+def load_scorer(
+    model_dir: str | Path | None = None, device: str = "auto", compile: bool = False
+) -> Scorer:
+    """Load a model directory (None -> the shipped default model); `compile`: torch.compile the
+    network (Scorer.compile). Raises ModelLoadError."""
     path = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
     config, cfg = read_config(path)
     model = PatchForecaster(cfg)
     state = _read_weights(path / WEIGHTS_FILE, model)
     model.load_state_dict(state)
-    return Scorer(model, config, resolve_device(device))
+    scorer = Scorer(model, config, resolve_device(device))
+    if compile:
+        scorer.compile()
+    return scorer
 
 
 def read_config(path: Path) -> tuple[dict[str, Any], ModelConfig]:

@@ -132,7 +132,9 @@ class MetricsHead:
         from detector.scorer import load_scorer
 
         try:
-            scorer = load_scorer(self.settings.model_dir, self.settings.device)
+            scorer = load_scorer(
+                self.settings.model_dir, self.settings.device, compile=self.settings.compile
+            )
             if scorer.window_length != self.store.length:
                 raise ModelLoadError(
                     f"window {scorer.window_length} differs from the running {self.store.length}; "

@@ -59,6 +59,7 @@ class Settings:
     model_dir: str | None = None  # None: the model shipped in the package
     device: str = "auto"
     torch_threads: int = 0  # 0: half the cores, at most 4 (see commands.torch_threads)
+    compile: bool = False  # torch.compile the network at load (Scorer.compile)
     heads: tuple[str, ...] = ("metrics",)
 
     stride: int = 1  # score every `stride` new points of a series

@@ -351,3 +351,34 @@ def test_load_error_message_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as info:
         load_scorer(tmp_path / "nope", device="cpu")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_compiled_scorer_scores_like_the_eager_one() -> None:
+    """`tsguard serve --compile`: the same errors as the eager network, at batch sizes other than
+    the probe's (shapes are dynamic), and a failing compile is a ModelLoadError."""
+    eager = load_scorer(device="cpu")
+    compiled = load_scorer(device="cpu", compile=True)
+    assert compiled.model is not eager.model
+    rng = np.random.default_rng(4)
+    for b in (5, 67):
+        w = (rng.normal(size=(b, 128, 2)).cumsum(axis=1) * 10 + 100).astype(np.float32)
+        w[0, :40] = np.nan  # a young series
+        want, got = eager.score(w, 1), compiled.score(w, 1)
+        np.testing.assert_allclose(got.errors, want.errors, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got.contributions, want.contributions, atol=1e-4)
+
+
+def test_a_compile_that_fails_is_a_model_load_error(monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        def fail(*a, **k):
+            raise RuntimeError("no C++ compiler found\nlong backend trace")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    scorer = load_scorer(device="cpu")
+    eager = scorer.model
+    with pytest.raises(ModelLoadError, match="torch.compile failed: RuntimeError: no C"):
+        scorer.compile()
+    assert scorer.model is eager  # the eager network keeps serving
