@@ -195,9 +195,11 @@ class Pipeline:
                 self._send(part)
         if self._any_pending():
             return  # records behind pending windows are not done: commit nothing yet
+        if not force and now - self._last_commit < COMMIT_EVERY_S:
+            return  # before asking the heads for holds: this runs after every poll
         done = self._committable()
         advance = done != self._committed
-        if not force and (not advance or now - self._last_commit < COMMIT_EVERY_S):
+        if not force and not advance:
             return
         self._last_commit = now
         try:
