@@ -240,9 +240,9 @@ def targets(results: dict[str, dict | None]) -> str:
 
 
 def _default_model_version() -> str:
-    from detector.scorer import DEFAULT_MODEL_DIR
+    from detector.scorer import DEFAULT_MODEL_DIR, read_config
 
-    return orjson.loads((DEFAULT_MODEL_DIR / "config.json").read_bytes())["version"]
+    return read_config(DEFAULT_MODEL_DIR)[0]["version"]
 
 
 def _status(value: float | None, bound: float, higher: bool) -> str:

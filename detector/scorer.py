@@ -142,7 +142,8 @@ class Scorer:
             self.score(probe, 1)
         except Exception as exc:  # compiler and backend failures have no common base class
             self.model = eager
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else ""
             raise ModelLoadError(f"torch.compile failed: {type(exc).__name__}: {first}") from exc
 
     @torch.inference_mode()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from stream.codec import InvalidMessage, dumps
+from stream.codec import TS_MAX, InvalidMessage, dumps
 from stream.heads import Output, dead_letter
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -113,9 +113,10 @@ def _arrival(record, wall: float) -> float:
     """The time a line without a timestamp of its own is filed under: the record's Kafka
     timestamp (so a line consumed again after a restart lands in the same window), else now."""
     ts = getattr(record, "timestamp", None)
-    if isinstance(ts, int) and 0 < ts <= _TS_MAX_MS and getattr(record, "timestamp_type", 0) >= 0:
+    if (
+        isinstance(ts, int)
+        and 0 < ts <= TS_MAX * 1000
+        and getattr(record, "timestamp_type", 0) >= 0
+    ):
         return ts / 1000.0
     return wall
-
-
-_TS_MAX_MS = 4_102_444_800_000  # 2100-01-01, as detector.logs.head.TS_MAX

@@ -374,18 +374,15 @@ class LogHead:
         windows per scope and let `holds()` tell where each scope's open windows start."""
         out: list[dict] = []
         add = self.summarizer.add
-        mined = self._mine(records)
-        if scopes is None and positions is None:
-            for record, m in zip(records, mined, strict=True):
-                out.extend(add(record.source, record.ts, m.template_id, record.message))
-        else:
-            n = len(records)
-            scopes = [None] * n if scopes is None else scopes
-            positions = [None] * n if positions is None else positions
-            for record, m, scope, position in zip(records, mined, scopes, positions, strict=True):
-                out.extend(
-                    add(record.source, record.ts, m.template_id, record.message, scope, position)
-                )
+        n = len(records)
+        scopes = [None] * n if scopes is None else scopes
+        positions = [None] * n if positions is None else positions
+        for record, m, scope, position in zip(
+            records, self._mine(records), scopes, positions, strict=True
+        ):
+            out.extend(
+                add(record.source, record.ts, m.template_id, record.message, scope, position)
+            )
         self._since_prune += len(records)
         if self._since_prune >= _PRUNE_EVERY:
             # The history of "seen" templates follows the miner's evictions; done now and then
