@@ -1,13 +1,12 @@
 """Memory: resident bytes per tracked series, against the window's own bytes, and resident memory
 staying flat past the `--max-series` cap. No broker: fake records go straight into the real
-`MetricsHead.handle` (windows + calibrator + episode tracker per series), as the pipeline calls it.
+`MetricsHead.handle` (windows, calibration and episode rows per series), as the pipeline calls it.
 
 1. per series: n distinct series (default 10k, 100k, 1M), each in a fresh process; RSS (psutil)
    after the head is built vs after every series is tracked, divided by n. "warm" also feeds each
-   series' calibrator 20 points with values and times (its tail arrays and seasonal profile then
-   exist; its warm-up buffers still hold those 20 errors). The breakdown's
-   calibrator_after_warmup is one calibrator past its warm-up, for comparison. The window's own
-   bytes are L*D*4 (float32 values) + L*8 (float64 timestamps).
+   series' calibration 20 points with values and times, as the head does (its rows are then
+   written: fixed-size arrays, the same size after any number of points). The window's own bytes
+   are L*D*4 (float32 values) + L*8 (float64 timestamps).
 2. cap: 1M distinct series streamed through heads capped at --caps (default 10k, 100k); RSS
    sampled as they arrive, so the curve shows it flat once the cap is reached.
 
@@ -65,17 +64,20 @@ def records(lo: int, hi: int, topic: str) -> list[Record]:
     return out
 
 
-WARM_ERRORS = 20  # points fed to each calibrator: its arrays and profile exist, as in steady state
+WARM_ERRORS = 20  # points fed to each series' calibration, so that its rows are written
 
 
 def warm_state(head, rng: np.random.Generator) -> None:
-    """Feed every calibrator a few errors with their points' values and times, as the head does,
-    so it holds what it holds in steady state: its tails' arrays, its seasonal profile."""
+    """Score a few errors per series with their points' values and times through the head's
+    banks, as the head does, so every row the series owns is written (resident)."""
     seconds = 1_700_000_000.0 + 300.0 * np.arange(WARM_ERRORS)
-    for st in head.state.values():
-        st.calibrator.update(
-            rng.gamma(2.0, 0.5, WARM_ERRORS), rng.normal(50.0, 5.0, WARM_ERRORS), seconds
-        )
+    slots = np.array([st.slot for st in head.state.values()], dtype=np.int64)
+    banks = head.banks[1]
+    for lo in range(0, len(slots), CHUNK):
+        part = slots[lo : lo + CHUNK]
+        shape = (len(part), WARM_ERRORS)
+        banks.score(part, rng.gamma(2.0, 0.5, shape), rng.normal(50.0, 5.0, (*shape, 1)),
+                    np.broadcast_to(seconds, shape))  # fmt: skip
 
 
 def child_per_series(n: int) -> dict:
@@ -107,44 +109,34 @@ def child_per_series(n: int) -> dict:
 
 
 def breakdown(head) -> dict[str, int]:
-    """Python-object bytes held per series, by owner (sys.getsizeof of one tracked series' parts
-    plus its share of the two dicts that index series by name)."""
+    """Bytes held per series, by owner: sys.getsizeof of one tracked series' Python objects plus
+    its share of the two dicts that index series by name, and the bytes of its rows in the
+    head's numpy arrays."""
     store, state = head.store, head.state
     name = next(reversed(state))
     st = state[name]
-    cal = st.calibrator
     sizeof = sys.getsizeof
     n = len(state)
     bank = store._banks[1]
+    banks = head.banks[1]
     return {
         "series_name_str": sizeof(name),
         "store_index_dict_share": sizeof(store._series) // n,
         "store_series_record": sizeof(store._series[name]) + sizeof(store._series[name].slot),
         "state_dict_share": sizeof(state) // n,
-        "series_state": sizeof(st) + sizeof(st.episode_id),
-        "calibrator": _deep_size(cal, skip=(cal.cfg,) if hasattr(cal, "cfg") else ()),
-        # One calibrator past its warm-up (its warm-up buffers freed), for comparison: the warm
-        # rows above still hold WARM_ERRORS warm-up errors per tail.
-        "calibrator_after_warmup": _steady_calibrator_size(cal),
-        "episode_tracker": sizeof(st.episode),
+        "series_state": _deep_size(st),
+        "calibration_rows": banks.calibrators.bytes_per_series,
+        "episode_row": banks.episodes.state[0].nbytes,
         "bank_bookkeeping_arrays": bank.pos.itemsize * 3 + bank.last_ts.itemsize,
         "window_values_float32": store.length * 4,
         "window_ts_float64": store.length * 8,
     }
 
 
-def _steady_calibrator_size(like) -> int:
-    cal = type(like)(like.cfg)
-    n = 3 * like.cfg.warmup
-    rng = np.random.default_rng(1)
-    cal.update(rng.gamma(2.0, 0.5, n), rng.normal(50.0, 5.0, n), 300.0 * np.arange(n))
-    return _deep_size(cal, skip=(cal.cfg,))
-
-
-def _deep_size(obj, skip: tuple = ()) -> int:
+def _deep_size(obj) -> int:
     """Bytes of an object with __slots__/__dict__ and the containers, numbers and arrays it owns
-    (not shared config objects in `skip`, not small ints and other interned singletons)."""
-    seen = {id(x) for x in skip}
+    (not small ints and other interned singletons)."""
+    seen: set[int] = set()
     total = 0
     stack = [obj]
     while stack:

@@ -2,8 +2,9 @@
 
 The stream hands over a batch of windows from many series at once; the scorer returns a raw
 anomaly error for the newest points of each window plus how much each dimension contributed.
-A per-series `Calibrator` (detector/calibration.py) turns raw errors into scores in 0..1, and an
-`EpisodeTracker` (detector/episodes.py) turns scores into start/end episodes.
+Per-series calibration (detector/calibration.py: a `CalibratorBank` row per series) turns raw
+errors into scores in 0..1, and episode tracking (detector/episodes.py: an `EpisodeBank` row per
+series) turns scores into start/end episodes.
 """
 
 from __future__ import annotations

@@ -11,12 +11,14 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator
+from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from detector.episodes import EpisodeConfig, EpisodeTracker
+from detector.calibration import CalibratorBank
+from detector.episodes import KINDS, EpisodeBank, EpisodeConfig
 from stream.codec import InvalidMessage, dead_letter_record, decode_batch, dumps
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -67,16 +69,40 @@ def _digest(*parts: object) -> str:
 
 
 class _SeriesState:
-    """What the detector remembers about a series beyond its window."""
+    """What the detector remembers about a series beyond its window: its row in the calibrator
+    and episode banks of its dimensionality, and what events need."""
 
-    __slots__ = ("calibrator", "episode", "episode_id", "partition", "mute_until")
+    __slots__ = ("dims", "slot", "episode_id", "partition", "mute_until")
 
-    def __init__(self, calibrator, episode: EpisodeTracker, partition: int):
-        self.calibrator = calibrator
-        self.episode = episode
+    def __init__(self, dims: int, slot: int, partition: int):
+        self.dims = dims
+        self.slot = slot
         self.episode_id = ""
         self.partition = partition
         self.mute_until = -np.inf  # points up to this ts rebuild state; their events were published
+
+
+class _Banks(NamedTuple):
+    """Calibration and episode state of every series of one dimensionality, one slot each."""
+
+    calibrators: CalibratorBank
+    episodes: EpisodeBank
+
+    @staticmethod
+    def create(calibration, episodes: EpisodeConfig, dims: int) -> _Banks:
+        return _Banks(CalibratorBank(calibration, dims), EpisodeBank(episodes))
+
+    def score(self, slots: np.ndarray, errors: np.ndarray, values: np.ndarray,
+              times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Scores [B, K] of rows of points (see CalibratorBank.score) and their episode
+        transitions (see EpisodeBank.update)."""
+        scores = self.calibrators.score(slots, errors, values, times)
+        return scores, self.episodes.update(slots, scores)
+
+    def allocate(self) -> int:
+        slot = self.calibrators.allocate()
+        self.episodes.reset(slot)
+        return slot
 
 
 class MetricsHead:
@@ -98,30 +124,34 @@ class MetricsHead:
         self.state: dict[str, _SeriesState] = {}
         self.replay_until: dict[int, int] = {}  # partition -> committed offset while rebuilding
         self.set_scorer(scorer)
+        # Compile (the first run on a machine; numba caches it) or load the calibration and
+        # episode loops now rather than in the first batch.
+        probe = _Banks.create(scorer.calibration, self.episode_config, 1)
+        one = np.ones((1, 1))
+        probe.score(np.array([probe.allocate()]), one, one[:, :, None], one)
 
     def set_scorer(self, scorer) -> None:
         """Swap the model between batches (hot reload). Series keep their windows; the model's
         error calibration restarts because the new model's errors live on another scale, but the
         seasonal profile (days of the series' own values) carries over when the calibration
-        settings are unchanged: it does not depend on the model."""
-        from detector.calibration import Calibrator
-
+        settings are unchanged: it does not depend on the model. Open episodes are closed
+        without an end event."""
         if scorer.window_length != self.store.length:
             raise ValueError(
                 f"new model window {scorer.window_length} != running window {self.store.length}"
             )
         old = getattr(self, "scorer", None)
-        # Each is taken over when its series is next tracked; a series that never comes back
-        # leaves its entry until the next reload (bounded by --max-series).
-        self._carried: dict[str, tuple[int, Calibrator]] = (
-            {name: (st.partition, st.calibrator) for name, st in self.state.items()}
-            if old is not None and old.calibration == scorer.calibration
-            else {}
-        )
         self.scorer = scorer
-        self._calibrator = Calibrator
         self.episode_config = EpisodeConfig(threshold=float(scorer.calibration.threshold))
-        self.state.clear()
+        if old is not None and old.calibration == scorer.calibration:
+            for banks in self.banks.values():
+                banks.calibrators.restart_forecast()
+                banks.episodes.close_all()
+        else:
+            self.banks: dict[int, _Banks] = {}  # by dimensionality
+            self.state.clear()
+        for st in self.state.values():
+            st.episode_id = ""
         self.metrics.set_model(scorer.version, scorer.device)
         self.metrics.threshold.set(self.episode_config.threshold)
 
@@ -191,11 +221,12 @@ class MetricsHead:
         )
         res = store.add_batch(cols, now)
         for name, i in res.first_accepted.items():
-            st = self.state.get(name)
-            if st is None:
-                st = self._track(name, records[i].partition)
-            if replay and name in store:  # (a series may be evicted again within the batch)
-                st.mute_until = store.last_ts(name)
+            if name not in store:  # evicted again within the batch: its windows are not scored
+                continue
+            if name not in self.state:
+                self._track(name, records[i].partition)
+            if replay:
+                self.state[name].mute_until = store.last_ts(name)
         if replay:  # their dead letters and counts were published the first time
             m.points_replayed.inc(res.accepted)
             return []
@@ -212,30 +243,32 @@ class MetricsHead:
         bad.sort(key=lambda item: item[0])  # dead letters in message order
         return [dead_letter(s, m, records[i], exc) for i, exc in bad]
 
-    def _track(self, series: str, partition: int) -> _SeriesState:
+    def _track(self, series: str, partition: int) -> None:
         if len(self.state) >= self.settings.max_series:
             # The window store evicts the idlest series; drop the state of those it forgot.
-            for name in [n for n in self.state if n not in self.store]:
-                del self.state[name]
-        calibrator = self._calibrator(self.scorer.calibration)
-        previous = self._carried.pop(series, None)
-        if previous is not None:
-            calibrator.adopt_seasonal(previous[1])
-        st = self.state[series] = _SeriesState(
-            calibrator, EpisodeTracker(self.episode_config), partition
-        )
-        return st
+            self._forget([n for n in self.state if n not in self.store])
+        dims = len(self.store.dims(series))
+        banks = self.banks.get(dims)
+        if banks is None:
+            banks = self.banks[dims] = _Banks.create(
+                self.scorer.calibration, self.episode_config, dims
+            )
+        self.state[series] = _SeriesState(dims, banks.allocate(), partition)
+
+    def _forget(self, names: list[str]) -> None:
+        for name in names:
+            st = self.state.pop(name)
+            self.banks[st.dims].calibrators.release(st.slot)
 
     def finish(self) -> list[Output]:
         return []  # pending windows are drained by the final checkpoint
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """After a rebalance, series of partitions we no longer own are another process's."""
-        for name in [n for n, st in self.state.items() if st.partition in partitions]:
-            del self.state[name]
+        gone = [n for n, st in self.state.items() if st.partition in partitions]
+        self._forget(gone)
+        for name in gone:
             self.store.drop(name)
-        for name in [n for n, (p, _) in self._carried.items() if p in partitions]:
-            del self._carried[name]
         self.metrics.series_tracked.set(len(self.store))
 
     # -- scoring -----------------------------------------------------------------------------
@@ -264,7 +297,7 @@ class MetricsHead:
             n = len(pend)
             for lo in range(0, n, step):
                 hi = min(n, lo + step)
-                yield self._score(pend.windows[lo:hi], pend.ts[lo:hi], pend.series[lo:hi])
+                yield self._score(dims, pend.windows[lo:hi], pend.ts[lo:hi], pend.series[lo:hi])
             self.metrics.end_to_end.observe(time.monotonic() - pend.first_at)
             self.store.clear_pending(dims)
 
@@ -275,43 +308,43 @@ class MetricsHead:
     def commit_holds(self) -> dict[int, int]:
         return {}  # a record's outputs are sent before its offset is committed: nothing waits
 
-    def _score(self, windows: np.ndarray, ts: np.ndarray, series: list[str]) -> list[Output]:
+    def _score(
+        self, dims: int, windows: np.ndarray, ts: np.ndarray, series: list[str]
+    ) -> list[Output]:
         stride = self.settings.stride
         t0 = time.perf_counter()
         result = self.scorer.score(windows, stride)
         self.metrics.scoring_seconds.observe(time.perf_counter() - t0)
         self.metrics.batch_size.observe(len(series))
         self.metrics.windows_scored.inc(len(series))
-        out: list[Output] = []
         base = windows.shape[1] - stride
-        state, version = self.state, self.scorer.version
-        # One conversion per batch: the calibrators work on Python floats, point by point.
-        point_ts = ts[:, base:].tolist()
-        errors, values = result.errors.tolist(), windows[:, base:].tolist()
-        latest: dict[str, float] = {}
-        for i, name in enumerate(series):
-            st = state.get(name)
-            if st is None:  # evicted or revoked while its window waited
-                continue
-            # The points themselves feed the calibrator's seasonal profile.
-            scores = st.calibrator.update_points(errors[i], values[i], point_ts[i])
-            for j, score in enumerate(scores):
-                t = point_ts[i][j]
-                kind = st.episode.update(score, t)
-                if kind is None:
-                    continue
-                if kind == "start":
-                    st.episode_id = _digest(name, t, version)
-                if t > st.mute_until:
-                    out.append(
-                        self._event(
-                            kind, name, st, ts[i], base + j, score, result.contributions[i, j]
-                        )
-                    )
-            latest.pop(name, None)  # keep the order of last updates (the gauge cap is an LRU)
-            latest[name] = scores[-1]
-        for name, score in latest.items():  # one gauge update per series and batch
-            self.metrics.set_score(name, score if score == score else 0.0)  # NaN -> 0
+        state = self.state
+        # A window whose series was evicted or revoked while it waited is skipped (slot -1).
+        slots = np.array(
+            [st.slot if (st := state.get(name)) is not None else -1 for name in series],
+            dtype=np.int64,
+        )
+        point_ts = ts[:, base:]
+        # The points themselves feed the calibrators' seasonal profiles.
+        scores, kinds = self.banks[dims].score(slots, result.errors, windows[:, base:], point_ts)
+        out: list[Output] = []
+        version = self.scorer.version
+        for i, j in zip(*np.nonzero(kinds), strict=True):  # window, point: in order
+            name = series[i]
+            st, t, kind = state[name], float(point_ts[i, j]), KINDS[kinds[i, j]]
+            if kind == "start":
+                st.episode_id = _digest(name, t, version)
+            if t > st.mute_until:
+                score = float(scores[i, j])
+                out.append(
+                    self._event(kind, name, st, ts[i], base + j, score, result.contributions[i, j])
+                )
+        # One gauge update per series and batch, in the order of their last windows (the
+        # gauge cap is an LRU).
+        last = {name: i for i, name in enumerate(series) if slots[i] >= 0}
+        latest = scores[:, -1].tolist()
+        for name, i in sorted(last.items(), key=itemgetter(1)):
+            self.metrics.set_score(name, latest[i])
         return out
 
     def _event(self, kind: str, series: str, st: _SeriesState, ts_row: np.ndarray, j: int,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -113,7 +114,8 @@ class Metrics:
         for kind in ("start", "end"):
             self.anomaly_events.labels(kind)
         self._max_gauges = max_series_gauges
-        self._gauged: OrderedDict[str, None] = OrderedDict()
+        # series -> its labelled gauge (labels() costs a lock and a dict lookup per call).
+        self._gauged: OrderedDict[str, Any] = OrderedDict()
 
     def reject(self, error: InvalidMessage | str) -> None:
         reason = error.reason if isinstance(error, InvalidMessage) else "error"
@@ -122,14 +124,15 @@ class Metrics:
     def set_score(self, series: str, score: float) -> None:
         """Per-series gauge, capped: past the cap the least recently updated series' gauge is
         removed, so cardinality stays bounded whatever arrives."""
-        if series in self._gauged:
+        gauge = self._gauged.get(series)
+        if gauge is not None:
             self._gauged.move_to_end(series)
         else:
-            self._gauged[series] = None
+            gauge = self._gauged[series] = self.score.labels(series)
             if len(self._gauged) > self._max_gauges:
                 old, _ = self._gauged.popitem(last=False)
                 self.score.remove(old)
-        self.score.labels(series).set(score)
+        gauge.set(score)
 
     def set_model(self, version: str, device: str) -> None:
         self.model_info.clear()

@@ -1,17 +1,28 @@
-"""The online calibrator: scores in 0..1, warm-up, big errors after calm score ~1, no lookahead."""
+"""The online calibrator: scores in 0..1, warm-up, big errors after calm score ~1, no lookahead,
+and a bank of many series scoring exactly as each series alone."""
 
 from __future__ import annotations
 
 import copy
+import doctest
 import json
-import sys
+import math
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.calibration import CalibrationConfig, Calibrator, SeasonalProfile, Tail
+import detector.calibration
+import detector.episodes
+from detector.calibration import (
+    FORECAST,
+    SEASONAL,
+    CalibrationConfig,
+    Calibrator,
+    CalibratorBank,
+    warm_keep,
+)
 
 
 def _calm(n: int, seed: int = 0) -> np.ndarray:
@@ -130,33 +141,18 @@ def test_nan_scores_zero_and_leaves_state_unchanged() -> None:
     b.update(errs[:200])
     assert (b.update(np.array([np.nan, np.nan])) == 0).all()
     b.update(errs[200:])
-    state = lambda c: [getattr(c.forecast, n) for n in Tail.__slots__] + [c._alert, c._since]  # noqa: E731
-    assert state(a) == state(b)
+    for name in CalibratorBank._ROWS:
+        np.testing.assert_array_equal(getattr(a.bank, name), getattr(b.bank, name))
     np.testing.assert_array_equal(a.update(np.array([9.0])), b.update(np.array([9.0])))
 
 
-def _deep_size(obj, seen=None) -> int:
-    seen = set() if seen is None else seen
-    if id(obj) in seen or isinstance(obj, CalibrationConfig):
-        return 0
-    seen.add(id(obj))
-    size = sys.getsizeof(obj)
-    if isinstance(obj, list):
-        size += sum(_deep_size(x, seen) for x in obj)
-    for name in getattr(type(obj), "__slots__", ()):
-        size += _deep_size(getattr(obj, name, None), seen)
-    return size
-
-
 def test_state_is_small() -> None:
-    cal = Calibrator()
-    cal.update(_calm(5000))
-    assert _deep_size(cal) < 1024
-    # With the seasonal profile (48 bins, one dimension) it stays within the 2 KiB per series
-    # that the service budgets beyond the window.
-    day = _daily(3000)
-    cal.update(_calm(3000), day, 300.0 * np.arange(3000))
-    assert _deep_size(cal.profile) < 700 and _deep_size(cal) < 1500
+    # With the seasonal profile (48 bins, one dimension) a series' calibration stays well within
+    # the 2 KiB per series that the service budgets beyond the window; it is fixed-size arrays,
+    # so it does not grow with the points seen.
+    bank = CalibratorBank(CalibrationConfig(), dims=1)
+    assert bank.bytes_per_series < 700
+    assert CalibratorBank(CalibrationConfig(), dims=4).bytes_per_series < 1500
 
 
 @pytest.mark.parametrize("c", [1e-6, 3.0, 1e9])
@@ -185,12 +181,11 @@ def test_score_is_the_exponential_tail_above_the_quantile() -> None:
     cfg = CalibrationConfig(short_window=1, suppress=0)
     cal = Calibrator(cfg)
     cal.update(_calm(2000, seed=11))
-    u, m = cal.forecast.u, cal.forecast.peak_mean
+    tail = cal.bank.tail(0, FORECAST)
+    u, m = tail["u"], tail["peak_mean"]
     assert 1.5 < u < 4.0 and 0 < m < 2.0  # near the 99% quantile of |N(0, 1)| (2.58)
     for y in (0.5, 2.0, 6.0):
-        probe = Calibrator(cfg)
-        for name in Tail.__slots__:
-            setattr(probe.forecast, name, copy.copy(getattr(cal.forecast, name)))
+        probe = copy.deepcopy(cal)
         expected = (2.0 + y / m / np.log(10)) / cfg.tail_decades  # -log10(0.01 * exp(-y / m))
         assert probe.update(np.array([u + y]))[0] == pytest.approx(min(1.0, expected), rel=1e-9)
     assert Calibrator(cfg).update(np.array([0.0]))[0] == 0.0
@@ -203,6 +198,8 @@ def test_config_round_trip_and_validation() -> None:
         CalibrationConfig.from_dict({"threshold": 1.5})
     with pytest.raises(ValueError):
         CalibrationConfig.from_dict({"nonsense": 1})
+    with pytest.raises(ValueError, match="q must be"):  # below the warm-up fit's 80% quantile
+        CalibrationConfig.from_dict({"q": 0.7})
 
 
 def test_seasonal_profile_flags_a_daily_jump_that_does_not_come() -> None:
@@ -246,22 +243,27 @@ def test_seasonal_profile_keeps_a_small_dimension_audible() -> None:
     values = np.stack([small, big], axis=1)
     values[9 * DAY + 100 : 9 * DAY + 110, 0] += 15.0
     errors = _calm(n, seed=9)
-    scores = Calibrator().update(errors, values, 300.0 * np.arange(n))
+    scores = Calibrator(dims=2).update(errors, values, 300.0 * np.arange(n))
     assert scores[9 * DAY + 100 : 9 * DAY + 110].max() >= CalibrationConfig().threshold
     assert scores[6 * DAY : 9 * DAY].max() < CalibrationConfig().threshold
 
 
-def test_missing_values_and_a_change_of_dimensions_are_handled() -> None:
+def test_missing_values_and_the_wrong_dimensions_are_handled() -> None:
     n = 2 * DAY
     values, errors, seconds = _daily(n), _calm(n), 300.0 * np.arange(n)
     values[10:20] = np.nan  # value missing but the model still gave an error: forecast scores
     cal = Calibrator()
     out = cal.update(errors, values, seconds)
     assert np.isfinite(out).all()
+    before = copy.deepcopy(cal.bank.tails)
     both_missing = cal.update(np.array([np.nan]), np.array([np.nan]), np.array([seconds[-1] + 300]))
     assert both_missing[0] == 0.0
-    wider = cal.update(_calm(5), np.ones((5, 3)), seconds[-1] + 300.0 * np.arange(1, 6))
-    assert wider.shape == (5,) and len(cal.profile.mean) == 3 * cal.cfg.seasonal_bins
+    np.testing.assert_array_equal(cal.bank.tails, before)
+    # A series' dimensions are fixed (the stream dead-letters points with new ones).
+    with pytest.raises(ValueError, match="3 dimensions"):
+        cal.update(_calm(5), np.ones((5, 3)), seconds[-1] + 300.0 * np.arange(1, 6))
+    wide = Calibrator(dims=3).update(_calm(5), np.ones((5, 3)), 300.0 * np.arange(5))
+    assert wide.shape == (5,)
 
 
 def test_seasonal_profile_can_be_switched_off() -> None:
@@ -282,25 +284,28 @@ def test_profile_memory_is_in_days_whatever_the_sampling_rate() -> None:
     seconds = 1800.0 * 944_444 + np.arange(3600.0)  # an hour from a bin boundary
     values = np.where(np.arange(3600) < 3000, 10.0, 50.0)
     cal.update(_calm(3600), values, seconds)
-    assert sum(cal.profile.count) == 12  # one learned point per 300 s
+    assert cal.bank.profile_count[0].sum() == 12  # one learned point per 300 s
     # 600 points at 50 are 2 of the 6 learned points of their bin: learning every point
     # (alpha 0.05 per point) would have moved that bin's mean to ~50.
-    assert max(cal.profile.mean) < 25.0
+    assert cal.bank.profile_mean[0].max() < 25.0
 
 
-def test_tail_step_follows_the_spot_formulas() -> None:
-    """Tail.step writes its arithmetic out for speed; a plain transcription of the module
-    docstring's procedure must give the same scores and the same state."""
-    cfg = CalibrationConfig(warmup=30)
-    tail = Tail(cfg.short_window)
+@pytest.mark.parametrize("warmup", [1, 2, 5, 30, 137])
+def test_tail_follows_the_spot_formulas(warmup: int) -> None:
+    """The compiled tail keeps only the largest warm-up errors and writes its arithmetic out; a
+    plain transcription of the module docstring's procedure, fitting the warm-up with
+    np.quantile over all of its errors, must give the same scores and the same state."""
+    cfg = CalibrationConfig(warmup=warmup, suppress=0, seasonal_bins=0)  # raw tail scores
+    cal = Calibrator(cfg)
     errs = _calm(2000, seed=12)
     errs[[500, 1200, 1201]] = [15.0, 30.0, 8.0]
+    errs[[3, 50]] = 40.0  # large warm-up errors: among the kept ones, not the smallest
+    got = cal.update(errs)
     recent: list[float] = []
     warm: list[float] = []
     n = n_peaks = 0
     u = mean_err = peak_mean = 0.0
-    for e in errs.tolist():
-        got = tail.step(e, cfg)
+    for i, e in enumerate(errs.tolist()):
         recent = (recent + [e])[-cfg.short_window :]
         x = sum(recent) / len(recent)
         if n < cfg.warmup:  # warm-up: collect, then fit the tail through the 80% quantile
@@ -311,13 +316,13 @@ def test_tail_step_follows_the_spot_formulas() -> None:
                 a = np.array(warm)
                 u0 = float(np.quantile(a, 0.8))
                 excess = a[a > u0] - u0
-                peak_mean = float(excess.mean())
+                peak_mean = float(excess.mean()) if excess.size else 0.0
                 u = u0 + peak_mean * np.log(0.2 / (1 - cfg.q))
                 n_peaks = max(1, excess.size)
                 mean_err = float(np.mean(np.abs(a - u)))
         else:
             want = 0.0
-            if x > u and n_peaks:
+            if x > u and n_peaks and n >= 2:  # a tail scores once it has learned two errors
                 log10_p = np.log10(1 - cfg.q) - (x - u) / peak_mean / np.log(10)
                 want = min(1.0, max(0.0, -log10_p / cfg.tail_decades))
             n += 1
@@ -330,20 +335,113 @@ def test_tail_step_follows_the_spot_formulas() -> None:
                 peak_mean += ((x - u) - peak_mean) / min(
                     n_peaks, max(5.0, cfg.long_window * (1 - cfg.q) + 1)
                 )
-        assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
-    state = [n, u, mean_err, n_peaks, peak_mean]  # Tail.state's scalar fields, in order
-    assert list(tail.state[:5]) == pytest.approx(state, rel=1e-12)
+        assert got[i] == pytest.approx(want, rel=1e-12, abs=1e-15)
+    tail = cal.bank.tail(0, FORECAST)
+    state = {"n": n, "u": u, "mean_err": mean_err, "n_peaks": n_peaks, "peak_mean": peak_mean}
+    assert tail == pytest.approx(state, rel=1e-12)
 
 
-def test_one_dimension_fast_path_equals_the_general_residual() -> None:
-    cfg = CalibrationConfig()
-    fast, general = SeasonalProfile(cfg.seasonal_bins, 1), SeasonalProfile(cfg.seasonal_bins, 1)
-    values = _daily(6 * DAY, seed=13)
-    values[[100, 1500]] = np.nan
-    for x, t in zip(values.tolist(), (300.0 * np.arange(6 * DAY)).tolist(), strict=True):
-        a, b = fast.residual1(x, t, cfg), general.residual([x], t, cfg)
-        assert (a == b) or (np.isnan(a) and np.isnan(b))
-    assert list(fast.mean) == list(general.mean) and list(fast.count) == list(general.count)
+def test_warm_keep_holds_the_quantiles_neighbours() -> None:
+    for warmup in range(1, 300):
+        h = 0.8 * (warmup - 1)  # np.quantile's position, linear interpolation
+        assert warmup - warm_keep(warmup) == math.floor(h)
+
+
+def _streams(n_series: int, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.01, 100, (n_series, 1))
+    errors = np.abs(rng.standard_t(3, (n_series, n))) * scale
+    errors[rng.random((n_series, n)) < 0.02] = np.nan
+    seconds = 1.7e9 + 300.0 * np.arange(n) + rng.integers(0, 86400, (n_series, 1))
+    values = 10 + 5 * np.sin(2 * np.pi * seconds / 86400) + rng.normal(0, 1, (n_series, n))
+    values[rng.random((n_series, n)) < 0.02] = np.nan
+    for k in range(n_series):
+        errors[k, n // 2 + 37 * k] = 1000.0 * scale[k, 0]  # an anomaly per series
+    return errors, values, seconds
+
+
+def test_a_bank_scores_each_series_as_it_would_alone() -> None:
+    """The service scores batches of rows from many series in one call, a series' rows in
+    order but interleaved with others', in pieces of any length: each series must get exactly
+    the scores it gets alone."""
+    n_series, n = 5, 3 * DAY
+    errors, values, seconds = _streams(n_series, n, seed=21)
+    alone = np.stack([
+        Calibrator().update(errors[k], values[k], seconds[k]) for k in range(n_series)
+    ])  # fmt: skip
+    bank = CalibratorBank(CalibrationConfig(), dims=1, capacity=2)  # grows while allocating
+    slots = [bank.allocate() for _ in range(n_series)]
+    got = np.zeros_like(alone)
+    rng = np.random.default_rng(22)
+    pos = np.zeros(n_series, dtype=int)
+    while (pos < n).any():
+        width = int(rng.integers(1, 17))  # points per row (the stride)
+        keys = rng.permutation(np.repeat(np.arange(n_series), rng.integers(0, 3, n_series)))
+        rows, starts = [], []
+        for k in keys.tolist():  # a series' rows come in order, between other series' rows
+            if pos[k] < n:
+                rows.append(k)
+                starts.append(pos[k])
+                pos[k] += width
+        if not rows:
+            continue
+        idx = np.array(starts)[:, None] + np.arange(width)
+        valid = idx < n
+        idx = np.minimum(idx, n - 1)
+        series = np.array(rows)[:, None]
+        err = np.where(valid, errors[series, idx], np.nan)  # past the end: missing, no change
+        val = np.where(valid, values[series, idx], np.nan)
+        out = bank.score(
+            np.array([slots[k] for k in rows]), err, val[:, :, None], seconds[series, idx]
+        )
+        for r, k in enumerate(rows):
+            got[k, idx[r][valid[r]]] = out[r][valid[r]]
+    np.testing.assert_array_equal(got, alone)
+    assert (alone.max(axis=1) >= CalibrationConfig().threshold).all()  # the anomalies scored
+
+
+def test_released_slots_start_afresh_and_skipped_rows_change_nothing() -> None:
+    errors, values, seconds = _streams(2, 400, seed=23)
+    bank = CalibratorBank(CalibrationConfig(), dims=1)
+    a = bank.allocate()
+    bank.score(np.array([a]), errors[:1], values[:1, :, None], seconds[:1])
+    bank.release(a)
+    b = bank.allocate()
+    assert b == a  # reused, in its initial state
+    fresh = Calibrator().update(errors[1], values[1], seconds[1])
+    np.testing.assert_array_equal(
+        bank.score(np.array([b]), errors[1:], values[1:, :, None], seconds[1:])[0], fresh
+    )
+    before = {name: getattr(bank, name).copy() for name in CalibratorBank._ROWS}
+    skipped = bank.score(np.array([-1]), errors[:1], values[:1, :, None], seconds[:1])
+    assert (skipped == 0).all()
+    for name, array in before.items():
+        np.testing.assert_array_equal(getattr(bank, name), array)
+
+
+def test_restart_forecast_keeps_the_seasonal_profile() -> None:
+    """A model reload: the forecast tail starts over, the profile and its tail carry on."""
+    n = 3 * DAY
+    errors, values, seconds = _streams(1, n, seed=24)
+    cal = Calibrator()
+    cal.update(errors[0, : 2 * DAY], values[0, : 2 * DAY], seconds[0, : 2 * DAY])
+    profile = cal.bank.profile_mean.copy()
+    seasonal = cal.bank.tail(0, SEASONAL)
+    assert seasonal["n"] > cal.cfg.warmup and cal.warmed_up
+    cal.bank.restart_forecast()
+    assert not cal.warmed_up and cal.bank.tail(0, FORECAST)["n"] == 0
+    np.testing.assert_array_equal(cal.bank.profile_mean, profile)
+    assert cal.bank.tail(0, SEASONAL) == seasonal
+    # The seasonal signal scores right away; the forecast one waits for its warm-up again.
+    cal.update(errors[0, 2 * DAY :], values[0, 2 * DAY :], seconds[0, 2 * DAY :])
+    assert cal.bank.tail(0, SEASONAL)["n"] > seasonal["n"]
+
+
+def test_negative_and_fractional_times_fall_in_the_right_bin() -> None:
+    cal = Calibrator(CalibrationConfig(seasonal_learn_every_s=0))
+    # -1800.5 s is 23:29:59.5 the day before: bin 46 of 48.
+    cal.update(np.array([1.0]), np.array([5.0]), np.array([-1800.5]))
+    assert np.flatnonzero(cal.bank.profile_count[0]).tolist() == [46]
 
 
 def test_empty_updates_change_nothing() -> None:
@@ -351,5 +449,10 @@ def test_empty_updates_change_nothing() -> None:
     empty = np.zeros(0)
     assert cal.update(empty).shape == (0,)
     assert cal.update(empty, np.zeros((0, 2)), empty).shape == (0,)
-    assert cal.update_points([], [], []) == []
-    assert cal.forecast.n == 0 and cal.profile is None
+    assert not cal.bank.tails.any() and not cal.bank.profile_count.any()
+
+
+@pytest.mark.parametrize("module", [detector.calibration, detector.episodes])
+def test_docstring_examples(module) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
+from detector.calibration import SEASONAL
 from detector.scorer import load_scorer
 from stream.heads import MetricsHead
 from stream.metrics import Metrics
@@ -109,17 +110,25 @@ def test_a_model_reload_keeps_each_series_seasonal_profile(scorer):
     head = MetricsHead(Settings(), scorer, Metrics())
     head.handle(records(n_series=2, n_points=200), 0.0)
     head.drain(0.0)
-    before = {name: st.calibrator for name, st in head.state.items()}
-    assert all(c.profile is not None and sum(c.profile.count) > 0 for c in before.values())
+    cal = {d: banks.calibrators for d, banks in head.banks.items()}
+    slots = {name: (st.dims, st.slot) for name, st in head.state.items()}
+    profiles = {name: cal[d].profile_mean[s].copy() for name, (d, s) in slots.items()}
+    assert all(cal[d].profile_count[s].sum() > 0 for d, s in slots.values())
+    assert all(cal[d].warmed_up(s) for d, s in slots.values())
+    seasonal = {name: cal[d].tail(s, SEASONAL) for name, (d, s) in slots.items()}
     head.set_scorer(scorer)  # a reload of the same settings
-    assert head.state == {}
+    for name, (d, s) in slots.items():
+        np.testing.assert_array_equal(cal[d].profile_mean[s], profiles[name])
+        assert cal[d].tail(s, SEASONAL) == seasonal[name]
     head.handle(records(n_series=2, n_points=201)[-2:], 0.0)  # one new point per series
     head.drain(0.0)
     for name, st in head.state.items():
-        assert st.calibrator is not before[name]
-        assert st.calibrator.forecast.n <= 1  # the error tail starts over
-        assert st.calibrator.profile is before[name].profile
-    # Series of a partition given away leave nothing behind.
-    head.set_scorer(scorer)
+        assert (st.dims, st.slot) == slots[name]
+        assert cal[st.dims].tail(st.slot)["n"] <= 1  # the error tail starts over
+    # Series of a partition given away leave nothing behind; their slots are reused.
     head.forget_partitions({0, 1})
-    assert head._carried == {}
+    assert head.state == {} and len(head.store) == 0
+    head.handle(records(n_series=2, n_points=1), 0.0)
+    assert sorted((st.dims, st.slot) for st in head.state.values()) == sorted(slots.values())
+    assert all(cal[d].tail(s)["n"] == 0 and not cal[d].profile_count[s].any()
+               for d, s in slots.values())  # fmt: skip
