@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -92,6 +93,27 @@ class ModelConfig:
 # ----------------------------------------------------------------------------- preprocessing
 
 
+_QUARTILES = (0.25, 0.5, 0.75)
+
+
+def nanquartiles(x: torch.Tensor) -> torch.Tensor:
+    """torch.nanquantile(x, [0.25, 0.5, 0.75], dim=1) for x [N, C], the same values ([3, N];
+    NaN for an all-missing row), with a faster sort on the CPU: torch's sorts short rows about
+    15x slower than numpy's (4.3 vs 0.26 ms for 1,024 rows of 112), a tenth of the scorer's time.
+    """
+    if x.device.type == "cpu":
+        srt = torch.from_numpy(np.sort(x.detach().numpy(), axis=1))  # NaNs last, as torch.sort
+    else:
+        srt = torch.sort(x, dim=1).values
+    # Linear interpolation between the ranks around q * (observed - 1), as torch computes it.
+    q = torch.tensor(_QUARTILES, dtype=x.dtype, device=x.device)
+    ranks = (q * ((~torch.isnan(srt)).sum(dim=1, keepdim=True) - 1)).clamp(min=0)  # [N, 3]
+    below = ranks.long()
+    weights = ranks - below
+    above = ranks.ceil().long()
+    return srt.gather(1, below).lerp(srt.gather(1, above), weights).T
+
+
 def normalise(context: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """Robust location and scale of each row of `context` [N, C] (NaN = missing).
 
@@ -102,10 +124,7 @@ def normalise(context: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, t
     terms scale with the data, so scaling/shifting a window leaves normalised values alone.
     Returns (loc [N, 1], scale [N, 1]).
     """
-    q = torch.nanquantile(
-        context, torch.tensor([0.25, 0.5, 0.75], dtype=context.dtype, device=context.device), dim=1
-    )
-    q25, loc, q75 = q[0], q[1], q[2]
+    q25, loc, q75 = nanquartiles(context)
     iqr_scale = (q75 - q25) / 1.349
     mad_scale = 1.2533 * torch.nanmean((context - loc.unsqueeze(1)).abs(), dim=1)
     scale = torch.where(iqr_scale > 0, iqr_scale, mad_scale)

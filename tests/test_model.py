@@ -13,7 +13,15 @@ import torch
 from detector.api import WindowScores
 from detector.calibration import CalibrationConfig, Calibrator
 from detector.errors import ModelLoadError
-from detector.model import ModelConfig, PatchForecaster, impute, laplace_nll, normalise, prepare
+from detector.model import (
+    ModelConfig,
+    PatchForecaster,
+    impute,
+    laplace_nll,
+    nanquartiles,
+    normalise,
+    prepare,
+)
 from detector.scorer import DEFAULT_MODEL_DIR, Scorer, load_scorer, save_model_dir
 
 # A tiny architecture keeps these tests fast; the default model is checked separately.
@@ -170,6 +178,24 @@ def test_normalise_is_robust_to_one_spike() -> None:
     x[0, 10] = 1e6
     loc2, scale2 = normalise(x)
     assert abs(float(loc2 - loc)) < 0.05 and abs(float(scale2 / scale) - 1) < 0.05
+
+
+def test_nanquartiles_equal_torch_nanquantile() -> None:
+    """The numpy-sorted quartiles are torch.nanquantile's values, bit for bit: ties, missing
+    points and all-missing rows (NaN) included."""
+    rng = np.random.default_rng(3)
+    quartiles = torch.tensor([0.25, 0.5, 0.75])
+    for trial in range(40):
+        n, c = int(rng.integers(1, 200)), int(rng.integers(1, 130))
+        x = rng.normal(0.0, 100.0, (n, c)).astype(np.float32)
+        if trial % 2:
+            x = np.round(x / 50.0)  # ties
+        x[rng.random((n, c)) < rng.uniform(0.0, 0.9)] = np.nan
+        x[rng.random(n) < 0.1] = np.nan  # all-missing rows
+        t = torch.from_numpy(x)
+        want, got = torch.nanquantile(t, quartiles, dim=1), nanquartiles(t)
+        assert torch.equal(want.isnan(), got.isnan())
+        assert torch.equal(want.nan_to_num(), got.nan_to_num())
 
 
 def test_impute_forward_fills_and_masks() -> None:
