@@ -154,6 +154,7 @@ class Pipeline:
             for head in self.heads.values():
                 self._send(head.finish())
             self.checkpoint(force=True)
+            log.info("final checkpoint: outputs flushed, offsets committed")
             return 0
         finally:
             self.close()
