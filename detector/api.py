@@ -16,7 +16,11 @@ import numpy as np
 
 from detector.errors import ModelLoadError
 
-__all__ = ["ModelLoadError", "WindowScorer", "WindowScores"]
+__all__ = ["TS_MAX", "TS_MIN", "ModelLoadError", "WindowScorer", "WindowScores"]
+
+# Timestamps (epoch seconds) both heads accept: outside 1970..2100 they are almost always unit
+# mistakes (ms or us since the epoch) or garbage.
+TS_MIN, TS_MAX = 0.0, 4102444800.0
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from detector.api import TS_MAX, TS_MIN
+
 MAX_SERIES_ID = 256
 MAX_DIM_NAME = 64
 FLOAT32_MAX = 3.4e38
-# Timestamps outside 1970..2100 are almost always unit mistakes (ms or us since the epoch).
-TS_MIN, TS_MAX = 0.0, 4102444800.0
 UNIVARIATE = ("value",)
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from stream.codec import TS_MAX, InvalidMessage, dumps
+from detector.api import TS_MAX
+from stream.codec import InvalidMessage, dumps
 from stream.heads import Output, dead_letter
 from stream.metrics import Metrics
 from stream.settings import Settings

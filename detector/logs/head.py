@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from detector.api import TS_MAX, TS_MIN
 from detector.logs.classifier import (
     ClassifierConfig,
     LabelSet,
@@ -51,8 +52,6 @@ from detector.logs.templates import (
 
 UNKNOWN_SOURCE = "unknown"
 MAX_SOURCE_CHARS = 256
-# Timestamps outside 1970..2100 are unit mistakes (ms since the epoch) or garbage.
-TS_MIN, TS_MAX = 0.0, 4102444800.0
 _PRUNE_EVERY = 10_000  # lines between prunes of the summarizer's template history
 
 
