@@ -316,8 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows,
         ["run", "stride", "threads", "points/s", "ratio", "steady", "ratio steady", "start-exit",
          "windows/s", "model s", "overhead", "overhead steady"],
-        title=f"ingest: {n:,} points, {args.series} series; points/s after the group join, "
-        f"also without the stop-at-end offset probe (load avg "
+        title=f"ingest: {n:,} points, {args.series} series; points/s from the group join to exit, "
+        f"steady: from the end offsets known to the last outputs flushed (load avg "
         f"{result['environment']['loadavg']['1m']:.2f})",
     )  # fmt: skip
     for s in result.get("serve", []):
