@@ -50,10 +50,7 @@ WORKDIR /home/tsguard
 # Compile the calibration and episode loops (numba) into the image: a container then loads them
 # in well under a second instead of compiling them for a few seconds at every start.
 ENV NUMBA_CACHE_DIR=/home/tsguard/.cache/numba
-RUN python -c "import numpy as np; \
-from detector.calibration import Calibrator; from detector.episodes import EpisodeBank, EpisodeConfig; \
-Calibrator().update(np.ones(1), np.ones(1), np.ones(1)); b = EpisodeBank(EpisodeConfig()); b.reset(0); \
-b.update(np.zeros(1, dtype=np.int64), np.ones((1, 1)))"
+RUN python -c "from stream.heads import load_kernels; load_kernels()"
 
 EXPOSE 9109
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=5 \

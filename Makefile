@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(VENV)/bin/python -c "from stream.heads import load_kernels; load_kernels()"
 	touch $(STAMP)
 
 demo: setup

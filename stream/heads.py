@@ -105,6 +105,17 @@ class _Banks(NamedTuple):
         return slot
 
 
+def load_kernels() -> None:
+    """Compile (the first run on a machine, a few seconds; numba caches the result beside the
+    code or in NUMBA_CACHE_DIR) or load the calibration and episode loops, by scoring one point.
+    `make setup` and the Docker image run it once so that no process compiles them."""
+    from detector.calibration import CalibrationConfig
+
+    probe = _Banks.create(CalibrationConfig(), EpisodeConfig(), 1)
+    one = np.ones((1, 1))
+    probe.score(np.array([probe.allocate()]), one, one[:, :, None], one)
+
+
 class MetricsHead:
     """tsguard.metrics -> windows -> Transformer scorer -> calibration -> episodes -> events."""
 
@@ -124,11 +135,7 @@ class MetricsHead:
         self.state: dict[str, _SeriesState] = {}
         self.replay_until: dict[int, int] = {}  # partition -> committed offset while rebuilding
         self.set_scorer(scorer)
-        # Compile (the first run on a machine; numba caches it) or load the calibration and
-        # episode loops now rather than in the first batch.
-        probe = _Banks.create(scorer.calibration, self.episode_config, 1)
-        one = np.ones((1, 1))
-        probe.score(np.array([probe.allocate()]), one, one[:, :, None], one)
+        load_kernels()  # now rather than in the first batch
 
     def set_scorer(self, scorer) -> None:
         """Swap the model between batches (hot reload). Series keep their windows; the model's
