@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Iterator
 from operator import itemgetter
@@ -133,7 +134,8 @@ class MetricsHead:
             min_points=scorer.min_points,
         )
         self.state: dict[str, _SeriesState] = {}
-        self.replay_until: dict[int, int] = {}  # partition -> committed offset while rebuilding
+        # partition -> committed offset, while records before it are re-read to rebuild state
+        self.replay_until: dict[int, int] = {}
         self.set_scorer(scorer)
         load_kernels()  # now rather than in the first batch
 
@@ -202,17 +204,25 @@ class MetricsHead:
 
     # -- consuming ---------------------------------------------------------------------------
     def handle(self, records: list, now: float) -> list[Output]:
-        out: list[Output] = []
         if not records:
-            return out
-        # Records re-read to rebuild state (offset below the committed one) form a prefix of each
-        # partition's records; decode the batch in runs where that flag does not change.
-        flags = [r.offset < self.replay_until.get(r.partition, -1) for r in records]
-        lo = 0
-        for hi in range(1, len(records) + 1):
-            if hi == len(records) or flags[hi] != flags[lo]:
-                out.extend(self._handle_run(records[lo:hi], flags[lo], now))
-                lo = hi
+            return []
+        replay = self.replay_until
+        if not replay:  # the steady state: no per-record work here
+            out = self._handle_run(records, False, now)
+        else:
+            # Records re-read to rebuild state (offset below the committed one) form a prefix of
+            # each partition's records; decode the batch in runs where that flag does not change.
+            out = []
+            flags = [r.offset < replay.get(r.partition, -1) for r in records]
+            lo = 0
+            for hi in range(1, len(records) + 1):
+                if hi == len(records) or flags[hi] != flags[lo]:
+                    out.extend(self._handle_run(records[lo:hi], flags[lo], now))
+                    lo = hi
+            newest = {r.partition: r.offset for r in records}
+            for partition, offset in newest.items():
+                if offset + 1 >= replay.get(partition, math.inf):
+                    del replay[partition]  # rebuilt: back to the steady state
         self.metrics.series_tracked.set(len(self.store))
         return out
 
