@@ -184,6 +184,9 @@ class CalibratorBank:
     learned slot of seasonal_learn_every_s).
     """
 
+    _ROWS = ("tails", "warm", "suppress", "profile_mean", "profile_count", "profile_scale",
+             "profile_meta")  # fmt: skip
+
     def __init__(self, cfg: CalibrationConfig, dims: int = 1, capacity: int = 64) -> None:
         self.cfg, self.dims = cfg, dims
         self._k = cfg.constants()
@@ -197,9 +200,6 @@ class CalibratorBank:
         self.profile_meta = np.zeros((capacity, 2), dtype=np.float64)
         self._free: list[int] = []
         self._unused = 0  # slots from here on were never taken
-
-    _ROWS = ("tails", "warm", "suppress", "profile_mean", "profile_count", "profile_scale",
-             "profile_meta")  # fmt: skip
 
     @property
     def capacity(self) -> int:

@@ -132,9 +132,10 @@ class Scorer:
         """Run the network through torch.compile. Measured: on an H100 the previous default
         model's network alone went from 2.0M to 2.9M windows/s; on this project's 2-core CPU the
         current model's pipeline did not measurably change (21,176-21,830 against 20,783-21,402
-        points/s, scoring_bench with and without --compile). Compiles here, on a probe batch, so a machine whose compiler toolchain does not work fails at load
-        time with one clear error, not in the middle of serving. Batch sizes vary, so shapes
-        are dynamic. Raises ModelLoadError."""
+        points/s, scoring_bench with and without --compile). Compiles here, on a probe batch,
+        so a machine whose compiler toolchain does not work fails at load time with one clear
+        error, not in the middle of serving. Batch sizes vary, so shapes are dynamic. Raises
+        ModelLoadError."""
         eager = self.model
         self.model = torch.compile(eager, dynamic=True, mode=mode)
         probe = np.cumsum(np.ones((3, self.window_length, 1), np.float32), axis=1)

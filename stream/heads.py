@@ -18,7 +18,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from detector.calibration import CalibratorBank
+from detector.calibration import CalibrationConfig, CalibratorBank
 from detector.episodes import KINDS, EpisodeBank, EpisodeConfig
 from stream.codec import InvalidMessage, dead_letter_record, decode_batch, dumps
 from stream.metrics import Metrics
@@ -110,8 +110,6 @@ def load_kernels() -> None:
     """Compile (the first run on a machine, a few seconds; numba caches the result beside the
     code or in NUMBA_CACHE_DIR) or load the calibration and episode loops, by scoring one point.
     `make setup` and the Docker image run it once so that no process compiles them."""
-    from detector.calibration import CalibrationConfig
-
     probe = _Banks.create(CalibrationConfig(), EpisodeConfig(), 1)
     one = np.ones((1, 1))
     probe.score(np.array([probe.allocate()]), one, one[:, :, None], one)
@@ -337,10 +335,8 @@ class MetricsHead:
         base = windows.shape[1] - stride
         state = self.state
         # A window whose series was evicted or revoked while it waited is skipped (slot -1).
-        slots = np.array(
-            [st.slot if (st := state.get(name)) is not None else -1 for name in series],
-            dtype=np.int64,
-        )
+        slot_list = [st.slot if (st := state.get(name)) is not None else -1 for name in series]
+        slots = np.array(slot_list, dtype=np.int64)
         point_ts = ts[:, base:]
         # The points themselves feed the calibrators' seasonal profiles.
         scores, kinds = self.banks[dims].score(slots, result.errors, windows[:, base:], point_ts)
@@ -358,7 +354,8 @@ class MetricsHead:
                 )
         # One gauge update per series and batch, in the order of their last windows (the
         # gauge cap is an LRU).
-        last = {name: i for i, name in enumerate(series) if slots[i] >= 0}
+        pairs = enumerate(zip(series, slot_list, strict=True))
+        last = {name: i for i, (name, slot) in pairs if slot >= 0}
         latest = scores[:, -1].tolist()
         for name, i in sorted(last.items(), key=itemgetter(1)):
             self.metrics.set_score(name, latest[i])
