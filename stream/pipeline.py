@@ -171,11 +171,17 @@ class Pipeline:
         if self._to_forget or self._to_rebuild:
             self._apply_assignment()
         now = time.monotonic()
-        outputs: list[Output] = []
+        # One handle call per topic, not per partition: a live stream's poll brings a few dozen
+        # records per partition, and each call has a fixed cost (at 5,000 points/s over 4
+        # partitions, handle took 29 us of main-thread CPU per point, against ~2 in bulk).
+        by_topic: dict[str, list] = {}
         for tp, records in polled.items():
-            self.metrics.messages.labels(tp.topic).inc(len(records))
-            outputs.extend(self.heads[tp.topic].handle(records, now))
+            by_topic.setdefault(tp.topic, []).extend(records)
             self._consumed[tp] = records[-1].offset + 1
+        outputs: list[Output] = []
+        for topic, records in by_topic.items():
+            self.metrics.messages.labels(topic).inc(len(records))
+            outputs.extend(self.heads[topic].handle(records, now))
         self._send(outputs)
         self.checkpoint(force=False)
         if self.reload_requested.is_set() or now - self._last_model_check > MODEL_CHECK_EVERY_S:
