@@ -10,11 +10,17 @@ series at that fixed rate for --duration seconds, with a spike injected into one
 carries the `ts` of the point that triggered it, so each event maps back to its send time:
 
 - end-to-end = time this benchmark consumed the event - send time of the triggering point;
-- publish    = the event's Kafka timestamp (set by serve's producer) - send time.
+- publish    = the event's Kafka timestamp (set by serve's producer) - send time;
+- serve CPU  = serve's process CPU time (every thread) from the first point sent to the last one
+  read, per point and per second (cores): what the rate costs, without the noise of the
+  latency percentiles.
 
 The floor: a bare consumer (no group, no tsguard; in its own process, as serve is) reading the
-same kind of stream, at kafka-python's default fetch.max.wait.ms (500) and at 10 ms (serve's
-default).
+same stream *beside serve*, at serve's fetch wait, in the same seconds (floor beside: the consume
+hop alone, under the same broker state and machine load; on this broker it swung between p99 ~45
+and ~270 ms from one run to the next, so only a floor taken alongside says what serve adds); and
+once more on its own, after the serve runs, at kafka-python's default fetch.max.wait.ms (500)
+and at 10 ms (serve's default).
 
     python -m benchmarks.latency_bench --rates 1000,5000 --max-wait-ms 5,50 --duration 20
     python -m benchmarks.latency_bench --max-wait-ms 5,50 --fetch-max-wait-ms 10,500
@@ -31,6 +37,7 @@ import time
 
 import numpy as np
 import orjson
+import psutil
 
 from benchmarks._common import (
     BackgroundLoop,
@@ -85,15 +92,21 @@ class AnomalyListener(BackgroundLoop):
 
 
 class Feed:
-    """The metric stream: calm seasonal series, each point's ts = its send time."""
+    """The metric stream: calm seasonal series, each point's ts = its send time.
+
+    Sent with librdkafka (confluent-kafka), not kafka-python: the feed shares the machine with
+    the service it measures, and at 5,000 points/s this process took 0.66 of a core with
+    kafka-python's producer (its IO thread included) against 0.22 with librdkafka's, on a
+    2-core machine. Producers run on other machines in a deployment; what the feed takes here
+    is taken from the service under test.
+    """
 
     def __init__(self, bootstrap: str, n_series: int, seed: int = 0):
-        from kafka import KafkaProducer
+        from confluent_kafka import Producer
 
-        # linger 5 ms, as a metrics shipper batches: with 1 ms the Python producer sends a request
-        # per partition per millisecond and its own queueing dominated the bare-consumer floor at
-        # 5,000 points/s (p50 59-102 / p99 233-636 ms against 31-39 / 115-186 ms with 5 ms).
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+        # linger 5 ms, as a metrics shipper batches (and as the previous kafka-python feed did:
+        # with 1 ms its own request rate dominated the floor).
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": 1})
         self.names = [series_name(i) for i in range(n_series)]
         self.keys = [n.encode() for n in self.names]
         self.step = [0] * n_series
@@ -110,7 +123,7 @@ class Feed:
         value = point_value(s, self.step[s], self.rng) + (SPIKE if spike else 0.0)
         self.step[s] += 1
         body = {"series": self.names[s], "ts": ts, "value": round(value, 4)}
-        self.producer.send(METRICS, key=self.keys[s], value=orjson.dumps(body))
+        self.producer.produce(METRICS, key=self.keys[s], value=orjson.dumps(body))
 
     def history(self, points_per_series: int) -> int:
         """Calm past points (1 s apart, ending 1 s ago) so every series is scored from the start."""
@@ -120,7 +133,8 @@ class Feed:
             ts = now - (points_per_series - k)
             for s in range(n):
                 self.send(s, ts)
-        self.producer.flush()
+            self.producer.poll(0)  # serve delivery reports, so the local queue never fills
+        self._flush()
         return points_per_series * n
 
     def run(self, rate: float, duration: float, anomaly_every: float) -> dict:
@@ -151,13 +165,18 @@ class Feed:
                 if spike:
                     spikes.add((self.names[s], ts))
                 count += 1
+            self.producer.poll(0)
             time.sleep(0.001)
-        self.producer.flush()
+        self._flush()
         took = time.perf_counter() - start
         return {"sent": sent, "spikes": spikes, "count": count, "seconds": took}
 
+    def _flush(self) -> None:
+        if self.producer.flush(60) > 0:
+            raise RuntimeError("the feed could not deliver every point within 60 s")
+
     def close(self) -> None:
-        self.producer.close()
+        self.producer.flush(10)
 
 
 def _floor_reader(bootstrap: str, partitions: int, fetch_wait: int, ready, stop, out) -> None:
@@ -184,36 +203,54 @@ def _floor_reader(bootstrap: str, partitions: int, fetch_wait: int, ready, stop,
         out.put(lat)
 
 
+class FloorReader:
+    """A bare consumer reading the metrics topic from its end in a process of its own (see
+    _floor_reader), for a `with` block: `latencies_ms()` after the block."""
+
+    def __init__(self, bootstrap: str, partitions: int, fetch_wait: int):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process with client threads
+        self.ready, self.stop, self.out = ctx.Event(), ctx.Event(), ctx.Queue()
+        self.process = ctx.Process(target=_floor_reader, args=(
+            bootstrap, partitions, fetch_wait, self.ready, self.stop, self.out))  # fmt: skip
+        self.latencies: list[float] | None = None
+
+    def __enter__(self) -> FloorReader:
+        self.process.start()
+        if not self.ready.wait(60):
+            self.__exit__(None, None, None)
+            raise RuntimeError("the floor's consumer did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        try:
+            if exc[0] is None:
+                self.latencies = self.out.get(timeout=60)  # before join: the queue holds it
+        finally:
+            self.process.join(timeout=10)
+            if self.process.is_alive():
+                self.process.kill()
+
+    def percentiles_ms(self) -> dict:
+        return percentiles(np.asarray(self.latencies or []) * 1000)
+
+
 def consumer_floor(args: argparse.Namespace) -> list[dict]:
     """What the broker and client alone cost: a bare consumer (no group), in a process of its own
     as serve is, reading points produced at each rate, at kafka-python's default
     fetch.max.wait.ms (500) and at 10 ms (serve's default)."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process with client threads
     rows = []
     with embedded_broker(args.partitions) as bootstrap:
         feed = Feed(bootstrap, args.series)
         try:
             for rate in args.rates:
                 for fetch_wait in (500, 10):
-                    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-                    reader = ctx.Process(target=_floor_reader, args=(
-                        bootstrap, args.partitions, fetch_wait, ready, stop, out))  # fmt: skip
-                    reader.start()
-                    try:
-                        if not ready.wait(60):
-                            raise RuntimeError("the floor's consumer did not start")
+                    with FloorReader(bootstrap, args.partitions, fetch_wait) as reader:
                         feed.run(rate, min(args.duration, 10.0), anomaly_every=math.inf)
                         time.sleep(min(1.0, args.settle))
-                        stop.set()
-                        lat = out.get(timeout=60)
-                    finally:
-                        stop.set()
-                        reader.join(timeout=10)
-                        if reader.is_alive():
-                            reader.kill()
-                    q = percentiles(np.asarray(lat) * 1000)
+                    q = reader.percentiles_ms()
                     rows.append({"rate": rate, "fetch_max_wait_ms": fetch_wait, "points": q["n"],
                                  "p50_ms": q["p50"], "p99_ms": q["p99"], "max_ms": q["max"]})  # fmt: skip
         finally:
@@ -266,6 +303,7 @@ def one_setting(max_wait: float, fetch_wait: int, args: argparse.Namespace) -> l
         cmd = serve_command(bootstrap, port, *extra, session_timeout_ms=args.session_timeout_ms)
         with ServeProcess(cmd, echo=args.verbose) as proc:
             proc.wait_for(r"assigned \[", timeout_s=120)
+            serve_cpu = psutil.Process(proc.proc.pid)
             feed = Feed(bootstrap, args.series)
             try:
                 history = feed.history(args.history)
@@ -275,14 +313,24 @@ def one_setting(max_wait: float, fetch_wait: int, args: argparse.Namespace) -> l
                 for rate in args.rates:
                     before = scrape(port)
                     spiked_before = feed.spiked
-                    with AnomalyListener(bootstrap) as listener:
+                    beside = FloorReader(bootstrap, args.partitions, fetch_wait)
+                    with AnomalyListener(bootstrap) as listener, beside:
+                        cpu0 = sum(serve_cpu.cpu_times()[:2])  # user + system, every thread
                         run = feed.run(rate, args.duration, args.anomaly_every)
                         target = before.get("tsguard_points_total", 0.0) + run["count"]
                         caught_up = wait_points(port, target, timeout_s=args.drain)
+                        cpu = sum(serve_cpu.cpu_times()[:2]) - cpu0
                         time.sleep(args.settle)  # last events in flight
                     after = scrape(port)
                     row = summarise(max_wait, rate, run, listener.events, before, after,
                                     caught_up >= target)  # fmt: skip
+                    floor = beside.percentiles_ms()
+                    row["floor_beside_p50_ms"], row["floor_beside_p99_ms"] = (
+                        floor["p50"],
+                        floor["p99"],
+                    )
+                    row["serve_cores"] = cpu / run["seconds"]
+                    row["serve_cpu_us_per_point"] = 1e6 * cpu / max(run["count"], 1)
                     # spikes on a series that had one earlier in this setting (see Feed)
                     row["spikes_repeated"] = max(0, feed.spiked - args.series) - max(
                         0, spiked_before - args.series
@@ -300,7 +348,8 @@ def one_setting(max_wait: float, fetch_wait: int, args: argparse.Namespace) -> l
 
 COLUMNS = ["max_wait_ms", "fetch_max_wait_ms", "rate", "achieved", "events", "spikes_found",
            "e2e_p50_ms", "e2e_p99_ms", "e2e_max_ms", "publish_p50_ms", "publish_p99_ms",
-           "serve_e2e_p99_ms", "kept_up"]  # fmt: skip
+           "serve_e2e_p99_ms", "floor_beside_p50_ms", "floor_beside_p99_ms", "serve_cores",
+           "serve_cpu_us_per_point", "kept_up"]  # fmt: skip
 
 
 def summarise(max_wait, rate, run, events, before, after, kept_up) -> dict:
@@ -351,12 +400,14 @@ def main(argv: list[str] | None = None) -> dict:
         default=[10],
         help="serve --fetch-max-wait-ms settings to try (default 10, serve's default)",
     )
-    p.add_argument("--series", type=int, default=100)
-    p.add_argument("--duration", type=float, default=30.0, help="seconds per rate")
+    # 2 rates x 20 s / 0.1 s = 400 spikes, each on its own series, so the p99 of a rate rests on
+    # ~200 events rather than the ~40 that 100 series and a spike every 0.5 s gave.
+    p.add_argument("--series", type=int, default=500)
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per rate")
     p.add_argument(
         "--anomaly-every",
         type=float,
-        default=0.5,
+        default=0.1,
         help="seconds between spikes (keep spikes per setting, all rates, <= --series)",
     )
     p.add_argument("--history", type=int, default=300, help="warm-up points per series")

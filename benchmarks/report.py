@@ -110,13 +110,18 @@ def latency(d: dict) -> str:
     rows = [[_f(r["max_wait_ms"]), str(r.get("fetch_max_wait_ms", "-")), _f(r["rate"]),
              _f(r["achieved"]), str(r["events"]), f"{r['spikes_found']}/{r['spikes']}",
              _f(r["publish_p50_ms"], 1), _f(r["publish_p99_ms"], 1), _f(r["e2e_p50_ms"], 1),
-             _f(r["e2e_p99_ms"], 1), str(r["kept_up"])] for r in d["runs"]]  # fmt: skip
+             _f(r["e2e_p99_ms"], 1), _f(r.get("floor_beside_p50_ms"), 1),
+             _f(r.get("floor_beside_p99_ms"), 1), _f(r.get("serve_cores"), 2),
+             _f(r.get("serve_cpu_us_per_point")), str(r["kept_up"])]
+            for r in d["runs"]]  # fmt: skip
     c = d["config"]
     out = (f"{c['series']} series, stride {c['stride']}, {c['threads']} torch threads, "
            f"{c['duration']:g} s per rate; {_env(d)}\n\n")  # fmt: skip
     out += _table(["max-wait ms", "fetch-max-wait ms", "rate", "achieved", "events",
                    "spikes found", "publish p50 ms", "publish p99 ms", "e2e p50 ms",
-                   "e2e p99 ms", "kept up"], rows)  # fmt: skip
+                   "e2e p99 ms", "floor beside p50 ms", "floor beside p99 ms", "serve cores",
+                   "serve CPU us/point", "kept up"],
+                  rows)  # fmt: skip
     if d.get("floor"):
         rows = [[_f(r["rate"]), str(r["fetch_max_wait_ms"]), _f(r["p50_ms"], 1),
                  _f(r["p99_ms"], 1)] for r in d["floor"]]  # fmt: skip

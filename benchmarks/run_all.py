@@ -42,8 +42,8 @@ PARTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "latency": (
         "benchmarks.latency_bench",
-        "--rates 1000,5000 --max-wait-ms 5,50 --fetch-max-wait-ms 10,500 --series 100 "
-        "--duration 20",
+        "--rates 1000,5000 --max-wait-ms 5,50 --fetch-max-wait-ms 10,500 --series 500 "
+        "--anomaly-every 0.1 --duration 20",
         "--rates 200 --max-wait-ms 20 --series 4 --duration 2 --anomaly-every 0.5 "
         "--history 280 --drain 20 --settle 1",
         "latency.json",

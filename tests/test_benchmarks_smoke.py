@@ -115,6 +115,9 @@ def test_ingest_and_latency_bench_smoke(tmp_path):
     assert run["spikes_found"] == run["spikes"] and run["events"] >= run["spikes_found"]
     assert not math.isnan(run["e2e_p99_ms"]) and run["e2e_p99_ms"] >= run["e2e_p50_ms"]
     assert {"publish_p50_ms", "publish_p99_ms", "serve_e2e_p99_ms", "kept_up"} <= set(run)
+    # serve's own CPU (every thread) while it took the points: some, and not more than 2 s/point
+    assert 0 < run["serve_cpu_us_per_point"] < 2e6 and run["serve_cores"] > 0
+    assert run["floor_beside_p99_ms"] >= run["floor_beside_p50_ms"] > 0  # read beside serve
     assert {r["fetch_max_wait_ms"] for r in data["floor"]} == {500, 10}
     assert all(r["points"] > 0 for r in data["floor"])
     text = report.main(["--results", str(tmp_path)])  # both JSON files render
