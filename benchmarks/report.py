@@ -180,14 +180,19 @@ def targets(results: dict[str, dict | None]) -> str:
     ing = results.get("ingest")
     if ing and ing.get("serve"):
         parts = []
-        best = None
+        best: dict[int, float] = {}  # by stride
         for s in ing["serve"]:
             r = s.get("ratio_to_limit_steady") or s["ratio_to_limit"]
-            best = r if best is None else max(best, r)
+            best[s["stride"]] = max(r, best.get(s["stride"], r))
             parts.append(f"stride {s['stride']}, {s['torch_threads']} thr: "
                          f"{r:.2f} steady ({s['ratio_to_limit']:.2f} assignment to exit)")  # fmt: skip
+        # serve's default is stride 1: a larger stride that meets the target trades NAB score
+        status = _status(best.get(1), 0.5, higher=True)
+        others = sorted(k for k, r in best.items() if k != 1 and r >= 0.5)
+        if status != "met" and others:
+            status = f"met at stride {', '.join(map(str, others))} only; {status} at stride 1"
         rows.append(["serve >= 50% (goal 80%) of raw consume+decode, default model",
-                     "; ".join(parts), _status(best, 0.5, higher=True)])  # fmt: skip
+                     "; ".join(parts), status])  # fmt: skip
     else:
         rows.append(["serve >= 50% (goal 80%) of raw consume+decode", "not run", "-"])
     overheads = []
