@@ -296,24 +296,12 @@ class WindowStore:
         snap = np.flatnonzero((since >= 0) & (since % stride == 0))
         if len(snap):
             snap = snap[np.argsort(order[snap], kind="stable")]  # pending keeps arrival order
-            # Per series, lay out its ring (oldest first) followed by the run's points, all
-            # series end to end; the window of the point at rank r of a series is then the L
-            # values after position r of its segment: one row of a sliding view, no per-window
-            # index arithmetic.
-            seg = starts + np.arange(len(starts)) * length  # segment starts: rings + points
-            total = n + len(starts) * length
-            ring_at = (seg[:, None] + np.arange(length)).ravel()
-            ring_idx = (pos0[:, None] + np.arange(length)) % length
-            flat_v = np.empty(total, dtype=np.float32)
-            flat_t = np.empty(total, dtype=np.float64)
-            flat_v[ring_at] = bank.values[gslot[:, None], ring_idx, 0].ravel()
-            flat_t[ring_at] = bank.ts[gslot[:, None], ring_idx].ravel()
-            new_at = seg[gid] + length + rank
-            flat_v[new_at] = v_sorted
-            flat_t[new_at] = t_sorted
-            win_at = seg[gid[snap]] + rank[snap] + 1
-            windows = sliding_window_view(flat_v, length)[win_at]
-            wts = sliding_window_view(flat_t, length)[win_at]
+            if len(starts) == n:
+                windows, wts = self._one_point_windows(bank, gslot[gid[snap]], pos0[gid[snap]],
+                                                       v_sorted[snap], t_sorted[snap])  # fmt: skip
+            else:
+                windows, wts = self._run_windows(bank, starts, pos0, gslot, gid, rank, snap,
+                                                 v_sorted, t_sorted)  # fmt: skip
             self._append_pending(bank, windows[:, :, None], wts, names, order[snap], now)
         # Write the newest L points of each series into its ring.
         keep = rank >= (counts - length)[gid]
@@ -335,6 +323,46 @@ class WindowStore:
         for name, m in first_msg.items():
             res.first_accepted.setdefault(name, m)
         return True
+
+    def _one_point_windows(
+        self, bank: _Bank, slots: np.ndarray, pos: np.ndarray, values: np.ndarray, ts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Windows [k, L] (values, timestamps) of series that get one new point each (a live
+        stream's poll): the ring's newest L - 1 points, then the new one, gathered from the rings
+        directly. The general layout copies every ring whole first: add_batch of 80 records, one
+        per series, took 0.75 ms that way and 0.38 ms this way."""
+        older = bank.order[pos][:, 1:]  # ring indices, oldest first, without the oldest point
+        windows = np.empty((len(slots), self.length), dtype=np.float32)
+        wts = np.empty((len(slots), self.length), dtype=np.float64)
+        windows[:, :-1] = bank.values[slots[:, None], older, 0]
+        windows[:, -1] = values
+        wts[:, :-1] = bank.ts[slots[:, None], older]
+        wts[:, -1] = ts
+        return windows, wts
+
+    def _run_windows(self, bank: _Bank, starts, pos0, gslot, gid, rank, snap, v_sorted,
+                     t_sorted) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Windows [k, L] of the snapshot rows `snap` of a run grouped by series (several points
+        per series). Per series, lay out its ring (oldest first) followed by the run's points,
+        all series end to end; the window of the point at rank r of a series is then the L
+        values after position r of its segment: one row of a sliding view, no per-window index
+        arithmetic."""
+        length, n = self.length, len(gid)
+        seg = starts + np.arange(len(starts)) * length  # segment starts: rings + points
+        total = n + len(starts) * length
+        ring_at = (seg[:, None] + np.arange(length)).ravel()
+        ring_idx = (pos0[:, None] + np.arange(length)) % length
+        flat_v = np.empty(total, dtype=np.float32)
+        flat_t = np.empty(total, dtype=np.float64)
+        flat_v[ring_at] = bank.values[gslot[:, None], ring_idx, 0].ravel()
+        flat_t[ring_at] = bank.ts[gslot[:, None], ring_idx].ravel()
+        new_at = seg[gid] + length + rank
+        flat_v[new_at] = v_sorted
+        flat_t[new_at] = t_sorted
+        win_at = seg[gid[snap]] + rank[snap] + 1
+        return sliding_window_view(flat_v, length)[win_at], sliding_window_view(flat_t, length)[
+            win_at
+        ]
 
     def _append_pending(
         self,

@@ -146,6 +146,22 @@ def test_long_run_many_series_matches_per_point():
             assert_same_pending(pending(slow), pending(fast))
 
 
+def test_live_polls_one_point_per_series_match_per_point():
+    """A live stream's polls: every series brings one point per poll (the vectorised path's
+    one-point case), across ring wrap-around and the first partial windows."""
+    rng = np.random.default_rng(2)
+    for stride, min_points in ((1, 5), (3, None), (16, None)):
+        slow = WindowStore(length=16, stride=stride, max_batch=8, min_points=min_points)
+        fast = WindowStore(length=16, stride=stride, max_batch=8, min_points=min_points)
+        for k in range(60):
+            order = rng.permutation(40)
+            poll = [json.dumps({"series": f"s{s}", "ts": 1e9 + k, "value": float(rng.normal())})
+                    .encode() for s in order]  # fmt: skip
+            run_per_point(slow, poll)
+            fast.add_batch(decode_batch(poll), now=0.0)
+            assert_same_pending(pending(slow), pending(fast))
+
+
 def test_decode_batch_columns():
     raws = [
         b'{"series": "a", "ts": 1, "value": 2}',
