@@ -340,8 +340,11 @@ class WindowStore:
         wts[:, -1] = ts
         return windows, wts
 
-    def _run_windows(self, bank: _Bank, starts, pos0, gslot, gid, rank, snap, v_sorted,
-                     t_sorted) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def _run_windows(
+        self, bank: _Bank, starts: np.ndarray, pos0: np.ndarray, gslot: np.ndarray,
+        gid: np.ndarray, rank: np.ndarray, snap: np.ndarray, v_sorted: np.ndarray,
+        t_sorted: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Windows [k, L] of the snapshot rows `snap` of a run grouped by series (several points
         per series). Per series, lay out its ring (oldest first) followed by the run's points,
         all series end to end; the window of the point at rank r of a series is then the L
@@ -360,9 +363,8 @@ class WindowStore:
         flat_v[new_at] = v_sorted
         flat_t[new_at] = t_sorted
         win_at = seg[gid[snap]] + rank[snap] + 1
-        return sliding_window_view(flat_v, length)[win_at], sliding_window_view(flat_t, length)[
-            win_at
-        ]
+        windows = sliding_window_view(flat_v, length)[win_at]
+        return windows, sliding_window_view(flat_t, length)[win_at]
 
     def _append_pending(
         self,
