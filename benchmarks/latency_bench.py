@@ -212,7 +212,7 @@ def _floor_reader(bootstrap: str, partitions: int, fetch_wait: int, ready, stop,
 
 class FloorReader:
     """A bare consumer reading the metrics topic from its end in a process of its own (see
-    _floor_reader), for a `with` block: `latencies_ms()` after the block."""
+    _floor_reader), for a `with` block: `percentiles_ms()` after the block."""
 
     def __init__(self, bootstrap: str, partitions: int, fetch_wait: int):
         import multiprocessing

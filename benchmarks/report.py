@@ -190,7 +190,8 @@ def targets(results: dict[str, dict | None]) -> str:
         status = _status(best.get(1), 0.5, higher=True)
         others = sorted(k for k, r in best.items() if k != 1 and r >= 0.5)
         if status != "met" and others:
-            status = f"met at stride {', '.join(map(str, others))} only; {status} at stride 1"
+            at_1 = "not run" if status == "-" else status
+            status = f"met at stride {', '.join(map(str, others))} only; {at_1} at stride 1"
         rows.append(["serve >= 50% (goal 80%) of raw consume+decode, default model",
                      "; ".join(parts), status])  # fmt: skip
     else:
