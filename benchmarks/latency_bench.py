@@ -226,7 +226,7 @@ class FloorReader:
     def __enter__(self) -> FloorReader:
         self.process.start()
         if not self.ready.wait(60):
-            self.__exit__(None, None, None)
+            self._end()  # nothing to collect: it never started reading
             raise RuntimeError("the floor's consumer did not start")
         return self
 
@@ -236,9 +236,13 @@ class FloorReader:
             if exc[0] is None:
                 self.latencies = self.out.get(timeout=60)  # before join: the queue holds it
         finally:
-            self.process.join(timeout=10)
-            if self.process.is_alive():
-                self.process.kill()
+            self._end()
+
+    def _end(self) -> None:
+        self.stop.set()
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
 
     def percentiles_ms(self) -> dict:
         return percentiles(np.asarray(self.latencies or []) * 1000)
@@ -332,10 +336,8 @@ def one_setting(max_wait: float, fetch_wait: int, args: argparse.Namespace) -> l
                     row = summarise(max_wait, rate, run, listener.events, before, after,
                                     caught_up >= target)  # fmt: skip
                     floor = beside.percentiles_ms()
-                    row["floor_beside_p50_ms"], row["floor_beside_p99_ms"] = (
-                        floor["p50"],
-                        floor["p99"],
-                    )
+                    row["floor_beside_p50_ms"] = floor["p50"]
+                    row["floor_beside_p99_ms"] = floor["p99"]
                     row["serve_cores"] = cpu / run["seconds"]
                     row["serve_cpu_us_per_point"] = 1e6 * cpu / max(run["count"], 1)
                     # spikes on a series that had one earlier in this setting (see Feed)
