@@ -103,6 +103,13 @@ def _service_options(p: argparse.ArgumentParser) -> None:  # fmt: skip
         help="longest the broker may hold an empty fetch (latency vs. idle requests)",
     )
     p.add_argument(
+        "--kafka-client",
+        default=env_default("kafka-client", "kafka-python"),
+        choices=["kafka-python", "confluent"],
+        help="the service's Kafka client: kafka-python, or librdkafka (needs the confluent "
+        "extra; less CPU per record)",
+    )
+    p.add_argument(
         "--stride",
         type=int,
         default=int(env_default("stride", "1")),
@@ -149,6 +156,13 @@ def _settings(args: argparse.Namespace, bootstrap: str):
     unknown = set(heads) - {"metrics", "logs"}
     if unknown or not heads:
         raise UserError(f"--heads takes metrics and/or logs, got {args.heads!r}")
+    if args.kafka_client == "confluent":
+        from stream import confluent_io
+
+        if not confluent_io.available():
+            raise UserError(
+                "--kafka-client confluent needs confluent-kafka: pip install 'tsguard[confluent]'"
+            )
     for name in ("stride", "max_batch", "max_series", "max_message_bytes", "partitions"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -158,7 +172,7 @@ def _settings(args: argparse.Namespace, bootstrap: str):
         partitions=args.partitions, session_timeout_ms=args.session_timeout_ms,
         model_dir=args.model, device=args.device, heads=heads, stride=args.stride,
         torch_threads=args.torch_threads, compile=args.compile,
-        fetch_max_wait_ms=args.fetch_max_wait_ms,
+        fetch_max_wait_ms=args.fetch_max_wait_ms, kafka_client=args.kafka_client,
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_series=args.max_series,
         max_message_bytes=args.max_message_bytes, max_series_gauges=args.max_series_gauges,
         metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,

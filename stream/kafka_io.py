@@ -1,4 +1,8 @@
-"""Kafka clients (kafka-python), built in one place so every part of tsguard uses the same settings."""
+"""Kafka clients, built in one place so every part of tsguard uses the same settings.
+
+kafka-python by default; `Settings.kafka_client = "confluent"` gives the service (consumer and
+producer) the librdkafka client of stream/confluent_io.py behind the same interface. Topic
+creation and the demo's own clients always use kafka-python."""
 
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ def _common(settings: Settings) -> dict:
 
 
 def make_producer(settings: Settings) -> KafkaProducer:
+    if settings.kafka_client == "confluent":
+        from stream.confluent_io import ConfluentProducer
+
+        return ConfluentProducer(settings)
     try:
         return KafkaProducer(
             acks="all",
@@ -36,6 +44,10 @@ def make_producer(settings: Settings) -> KafkaProducer:
 
 
 def make_consumer(settings: Settings, group: bool = True, **overrides) -> KafkaConsumer:
+    if settings.kafka_client == "confluent":
+        from stream.confluent_io import ConfluentConsumer
+
+        return ConfluentConsumer(settings, group, overrides.get("fetch_max_wait_ms"))
     kwargs = dict(
         group_id=settings.group_id if group else None,
         enable_auto_commit=False,

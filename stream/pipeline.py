@@ -74,6 +74,7 @@ class Pipeline:
         self._last_commit = 0.0
         self.consumer = make_consumer(settings)
         self.producer = make_producer(settings)
+        log.info("kafka client: %s", settings.kafka_client)
         self.consumer.subscribe(list(self.heads), listener=_Rebalance(self))
 
     def stop(self) -> None:

@@ -55,6 +55,7 @@ class Settings:
     partitions: int = 4  # used only when tsguard creates a missing topic
     session_timeout_ms: int = 10000
     fetch_max_wait_ms: int = 10
+    kafka_client: str = "kafka-python"  # or "confluent" (librdkafka, stream/confluent_io.py)
 
     model_dir: str | None = None  # None: the model shipped in the package
     device: str = "auto"
