@@ -12,10 +12,14 @@ series). Then, on the same data:
    time) / model time. `--profile` adds a cProfile of this run.
 
 Each of 2 and 3 runs once per `--strides` value and per `--torch-threads` value (serve's own
-`--torch-threads`; default: serve's default, half the cores, at most 4).
+`--torch-threads`; default: serve's default, half the cores, at most 4), and per
+`--kafka-clients` value (serve's `--kafka-client`). For the optional librdkafka client the limit
+is measured the same way with a bare librdkafka consumer; every ratio is against the limit of
+kafka-python, the default client the target names, and also against the run's own client.
 
     python -m benchmarks.ingest_bench --points 200000 --series 200 --strides 1,16
     python -m benchmarks.ingest_bench --torch-threads 1,2   # the model/Kafka-client trade-off
+    python -m benchmarks.ingest_bench --kafka-clients kafka-python,confluent
 
 Prints a table and writes JSON (--out). Not a test: nothing here asserts on time.
 """
@@ -92,7 +96,52 @@ def bare_consume(bootstrap: str, n: int, timeout_s: float = 600.0) -> dict:
     }
 
 
-def serve_run(bootstrap: str, n: int, stride: int, threads: int, args: argparse.Namespace) -> dict:
+def bare_consume_confluent(bootstrap: str, n: int, timeout_s: float = 600.0) -> dict:
+    """The limit for the librdkafka client: read and JSON-decode n messages, nothing else."""
+    import confluent_kafka as ck
+
+    from stream.settings import Settings
+
+    consumer = ck.Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}",  # required; never joined (assign only)
+        "enable.auto.commit": False,
+        "fetch.wait.max.ms": Settings().fetch_max_wait_ms,  # as stream.confluent_io
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 2_000_000,
+        "queued.min.messages": 1,
+        "fetch.queue.backoff.ms": 1,
+    })  # fmt: skip
+    try:
+        parts = consumer.list_topics(TOPIC, timeout=10).topics[TOPIC].partitions
+        consumer.assign([ck.TopicPartition(TOPIC, p, ck.OFFSET_BEGINNING) for p in sorted(parts)])
+        got = 0
+        decoded_points = 0
+        t = time.perf_counter()
+        deadline = time.monotonic() + timeout_s
+        while got < n and time.monotonic() < deadline:
+            messages = consumer.consume(5000, 0.5)
+            for m in messages:
+                obj = orjson.loads(m.value())
+                decoded_points += 1 if isinstance(obj, dict) else len(obj)
+            got += len(messages)
+        seconds = time.perf_counter() - t
+    finally:
+        consumer.close()
+    return {
+        "messages": got,
+        "points": decoded_points,
+        "seconds": seconds,
+        "points_per_s": got / seconds,
+    }
+
+
+LIMIT_READERS = {"kafka-python": bare_consume, "confluent": bare_consume_confluent}
+
+
+def serve_run(
+    bootstrap: str, n: int, client: str, stride: int, threads: int, args: argparse.Namespace
+) -> dict:
     """`tsguard serve --stop-at-end` as a user runs it; phases from its log lines."""
     from stream.broker import free_port
 
@@ -100,7 +149,7 @@ def serve_run(bootstrap: str, n: int, stride: int, threads: int, args: argparse.
     extra = ["--stop-at-end", "--stride", str(stride), "--max-batch", str(args.max_batch)]
     if args.model:
         extra += ["--model", args.model]
-    extra += ["--device", args.device, "--torch-threads", str(threads)]
+    extra += ["--device", args.device, "--torch-threads", str(threads), "--kafka-client", client]
     cmd = serve_command(bootstrap, port, *extra, session_timeout_ms=args.session_timeout_ms)
     with ServeProcess(cmd, echo=args.verbose) as proc, Scraper(port) as scraper:
         rc = proc.wait(timeout_s=args.timeout)
@@ -116,6 +165,7 @@ def serve_run(bootstrap: str, n: int, stride: int, threads: int, args: argparse.
     flushed = proc.first(r"final checkpoint")
     processing = end - (assigned or start)
     out = {
+        "kafka_client": client,
         "stride": stride,
         "torch_threads": threads,
         "exit_code": rc,
@@ -139,7 +189,9 @@ def serve_run(bootstrap: str, n: int, stride: int, threads: int, args: argparse.
     return out
 
 
-def inprocess_run(bootstrap: str, stride: int, threads: int, args: argparse.Namespace) -> dict:
+def inprocess_run(
+    bootstrap: str, client: str, stride: int, threads: int, args: argparse.Namespace
+) -> dict:
     """The same pipeline in this process: exact model time from the metrics registry."""
     from stream.commands import build_service
     from stream.settings import Settings
@@ -154,6 +206,7 @@ def inprocess_run(bootstrap: str, stride: int, threads: int, args: argparse.Name
         max_batch=args.max_batch,
         model_dir=args.model,
         stop_at_end=True,
+        kafka_client=client,
     )
     t_build = time.perf_counter()
     pipeline, metrics = build_service(settings)
@@ -193,6 +246,7 @@ def inprocess_run(bootstrap: str, stride: int, threads: int, args: argparse.Name
     flushed = probe_log.first("final checkpoint")
     steady_s = (flushed or end) - (targets or start)
     out = {
+        "kafka_client": client,
         "stride": stride,
         "torch_threads": threads,
         "build_s": build_s,
@@ -216,7 +270,7 @@ def inprocess_run(bootstrap: str, stride: int, threads: int, args: argparse.Name
         buf = io.StringIO()
         stats = pstats.Stats(profiler, stream=buf).sort_stats("tottime")
         stats.print_stats(25)
-        prof_path = args.out.with_suffix(f".stride{stride}.threads{threads}.prof")
+        prof_path = args.out.with_suffix(f".{client}.stride{stride}.threads{threads}.prof")
         prof_path.parent.mkdir(parents=True, exist_ok=True)
         stats.dump_stats(prof_path)
         out["profile_top_tottime"] = buf.getvalue()
@@ -259,6 +313,12 @@ def main(argv: list[str] | None = None) -> dict:
         help="serve --stride values to run (1 = every point scored in its own window; 16 = the "
         "default model's horizon: one forward pass scores 16 new points)",
     )
+    p.add_argument(
+        "--kafka-clients",
+        type=lambda s: s.split(","),
+        default=["kafka-python"],
+        help="serve --kafka-client values to run: kafka-python (the default), confluent",
+    )
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
@@ -282,54 +342,70 @@ def main(argv: list[str] | None = None) -> dict:
         result["limit_runs"] = [bare_consume(bootstrap, n) for _ in range(args.repeats)]
         limit = max(r["points_per_s"] for r in result["limit_runs"])
         result["limit_points_per_s"] = limit
-        runs = [(k, t) for k in args.strides for t in args.threads]
+        limits = {"kafka-python": limit}
+        for client in args.kafka_clients:
+            if client not in limits:
+                runs = [LIMIT_READERS[client](bootstrap, n) for _ in range(args.repeats)]
+                result.setdefault("client_limit_runs", {})[client] = runs
+                limits[client] = max(r["points_per_s"] for r in runs)
+        result["client_limits_points_per_s"] = limits
+        runs = [(c, k, t) for c in args.kafka_clients for k in args.strides for t in args.threads]
         if not args.no_serve:
-            result["serve"] = [serve_run(bootstrap, n, k, t, args) for k, t in runs]
+            result["serve"] = [serve_run(bootstrap, n, c, k, t, args) for c, k, t in runs]
         if not args.no_inprocess:
-            result["inprocess"] = [inprocess_run(bootstrap, k, t, args) for k, t in runs]
+            result["inprocess"] = [inprocess_run(bootstrap, c, k, t, args) for c, k, t in runs]
     result["environment"] = environment()
 
-    rows = [{"run": "limit: kafka-python read + orjson.loads", "points/s": limit, "ratio": 1.0}]
+    rows = [{"run": f"limit: {client} read + orjson.loads", "points/s": lim,
+             "ratio": lim / limit} for client, lim in limits.items()]  # fmt: skip
     for s in result.get("serve", []):
+        own = limits[s["kafka_client"]]
         s["ratio_to_limit"] = s["points_per_s"] / limit
         s["ratio_to_limit_wall"] = s["points_per_s_wall"] / limit
         steady = s["points_per_s_steady"]
         s["ratio_to_limit_steady"] = steady / limit if steady else None
-        rows.append({"run": "serve", "stride": s["stride"], "threads": s["torch_threads"],
+        s["ratio_to_own_client_limit_steady"] = steady / own if steady else None
+        rows.append({"run": "serve", "client": s["kafka_client"], "stride": s["stride"],
+                     "threads": s["torch_threads"],
                      "points/s": s["points_per_s"], "ratio": s["ratio_to_limit"],
                      "steady": steady, "ratio steady": s["ratio_to_limit_steady"],
+                     "own client": s["ratio_to_own_client_limit_steady"],
                      "start-exit": s["points_per_s_wall"],
                      "windows/s": s["windows_scored_at_last_scrape"] / s["processing_s"]
                      if s["windows_scored_at_last_scrape"] else None})  # fmt: skip
     for ip in result.get("inprocess", []):
+        own = limits[ip["kafka_client"]]
         ip["ratio_to_limit"] = ip["points_per_s"] / limit
         ip["ratio_to_limit_steady"] = ip["points_per_s_steady"] / limit
-        rows.append({"run": "in-process", "stride": ip["stride"],
+        ip["ratio_to_own_client_limit_steady"] = ip["points_per_s_steady"] / own
+        rows.append({"run": "in-process", "client": ip["kafka_client"], "stride": ip["stride"],
                      "threads": ip["torch_threads"],
                      "points/s": ip["points_per_s"], "ratio": ip["ratio_to_limit"],
                      "steady": ip["points_per_s_steady"],
                      "ratio steady": ip["ratio_to_limit_steady"],
+                     "own client": ip["ratio_to_own_client_limit_steady"],
                      "windows/s": ip["windows_per_s"], "model s": ip["model_s"],
                      "overhead": ip["framework_overhead"],
                      "overhead steady": ip["framework_overhead_steady"]})  # fmt: skip
     print_table(
         rows,
-        ["run", "stride", "threads", "points/s", "ratio", "steady", "ratio steady", "start-exit",
-         "windows/s", "model s", "overhead", "overhead steady"],
+        ["run", "client", "stride", "threads", "points/s", "ratio", "steady", "ratio steady",
+         "own client", "start-exit", "windows/s", "model s", "overhead", "overhead steady"],
         title=f"ingest: {n:,} points, {args.series} series; points/s from the group join to exit, "
         f"steady: from the end offsets known to the last outputs flushed (load avg "
         f"{result['environment']['loadavg']['1m']:.2f})",
     )  # fmt: skip
     for s in result.get("serve", []):
         print(
-            f"serve [stride {s['stride']}, {s['torch_threads']} threads] phases (s): model load "
+            f"serve [{s['kafka_client']}, stride {s['stride']}, {s['torch_threads']} threads] "
+            f"phases (s): model load "
             f"{_f(s['model_loaded_s'])}, group join "
             f"{_f(s['group_join_s'])}, end-offset probe {_f(s['end_offset_probe_s'])}, "
             f"drain+close {_f(s['drain_and_close_s'])}"
         )
     if args.profile:
         for ip in result.get("inprocess", []):
-            print(f"[stride {ip['stride']}, {ip['torch_threads']} threads]",
+            print(f"[{ip['kafka_client']}, stride {ip['stride']}, {ip['torch_threads']} threads]",
                   ip["profile_top_tottime"])  # fmt: skip
     write_json(args.out, result)
     return result

@@ -24,6 +24,7 @@ and at 10 ms (serve's default).
 
     python -m benchmarks.latency_bench --rates 1000,5000 --max-wait-ms 5,50 --duration 20
     python -m benchmarks.latency_bench --max-wait-ms 5,50 --fetch-max-wait-ms 10,500
+    python -m benchmarks.latency_bench --kafka-client confluent   # serve and floors on librdkafka
 
 Prints a table and writes JSON (--out). Not a test: nothing here asserts on time.
 """
@@ -179,32 +180,60 @@ class Feed:
         self.producer.flush(10)
 
 
-def _floor_reader(bootstrap: str, partitions: int, fetch_wait: int, ready, stop, out) -> None:
+def _floor_reader(
+    bootstrap: str, partitions: int, fetch_wait: int, client: str, ready, stop, out
+) -> None:
     """In its own process: a bare consumer from the end of the metrics topic; puts the
     produce -> consume latency of every point sent after it started on `out` when `stop` is set.
 
     Points sent before are left out: the embedded broker reports the end of a partition as the
     base offset of its last record batch (see stream.kafka_io.end_offsets), so "the end" still
     holds the last batch of what came before (history points 15 s old made the p99 of a 1,000
-    points/s run 10 s, and the separate floor's max ~1.6 s)."""
-    from kafka import KafkaConsumer, TopicPartition
+    points/s run 10 s, and the separate floor's max ~1.6 s).
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             fetch_max_wait_ms=fetch_wait)  # fmt: skip
-    tps = [TopicPartition(METRICS, p) for p in range(partitions)]
-    consumer.assign(tps)
-    consumer.seek_to_end(*tps)
-    for tp in tps:
-        consumer.position(tp)
+    `client`: kafka-python, or confluent (a bare librdkafka consumer, the floor for serve's
+    `--kafka-client confluent`)."""
+    if client == "confluent":
+        import confluent_kafka as ck
+
+        consumer = ck.Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "floor-reader",
+                "fetch.wait.max.ms": fetch_wait,
+                "queued.min.messages": 1,
+                "fetch.queue.backoff.ms": 1,
+            }
+        )  # as stream.confluent_io; fmt: skip
+        consumer.assign([ck.TopicPartition(METRICS, p, ck.OFFSET_END) for p in range(partitions)])
+
+        def values():  # as stream.confluent_io: wait for one record, then take what is there
+            first = consumer.poll(0.05)
+            got = [] if first is None else [first, *consumer.consume(4999, 0)]
+            return [m.value() for m in got if m.error() is None]
+    else:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                 fetch_max_wait_ms=fetch_wait)  # fmt: skip
+        tps = [TopicPartition(METRICS, p) for p in range(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_end(*tps)
+        for tp in tps:
+            consumer.position(tp)
+
+        def values():
+            return [r.value for records in consumer.poll(timeout_ms=50).values() for r in records]
+
     started = time.time()
     ready.set()
     lat: list[float] = []
     try:
         while not stop.is_set():
-            for records in consumer.poll(timeout_ms=50).values():
-                now = time.time()
-                sent = (orjson.loads(r.value)["ts"] for r in records)
-                lat.extend(now - ts for ts in sent if ts >= started)
+            batch = values()
+            now = time.time()
+            sent = (orjson.loads(v)["ts"] for v in batch)
+            lat.extend(now - ts for ts in sent if ts >= started)
     finally:
         consumer.close()
         out.put(lat)
@@ -214,13 +243,13 @@ class FloorReader:
     """A bare consumer reading the metrics topic from its end in a process of its own (see
     _floor_reader), for a `with` block: `percentiles_ms()` after the block."""
 
-    def __init__(self, bootstrap: str, partitions: int, fetch_wait: int):
+    def __init__(self, bootstrap: str, partitions: int, fetch_wait: int, client: str):
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")  # no fork of a process with client threads
         self.ready, self.stop, self.out = ctx.Event(), ctx.Event(), ctx.Queue()
         self.process = ctx.Process(target=_floor_reader, args=(
-            bootstrap, partitions, fetch_wait, self.ready, self.stop, self.out))  # fmt: skip
+            bootstrap, partitions, fetch_wait, client, self.ready, self.stop, self.out))  # fmt: skip
         self.latencies: list[float] | None = None
 
     def __enter__(self) -> FloorReader:
@@ -258,7 +287,8 @@ def consumer_floor(args: argparse.Namespace) -> list[dict]:
         try:
             for rate in args.rates:
                 for fetch_wait in (500, 10):
-                    with FloorReader(bootstrap, args.partitions, fetch_wait) as reader:
+                    with FloorReader(bootstrap, args.partitions, fetch_wait,
+                                     args.kafka_client) as reader:  # fmt: skip
                         feed.run(rate, min(args.duration, 10.0), anomaly_every=math.inf)
                         time.sleep(min(1.0, args.settle))
                     q = reader.percentiles_ms()
@@ -310,7 +340,7 @@ def one_setting(max_wait: float, fetch_wait: int, args: argparse.Namespace) -> l
         port = free_port()
         extra = ["--max-wait-ms", str(max_wait), "--fetch-max-wait-ms", str(fetch_wait),
                  "--stride", str(args.stride), "--device", "cpu",
-                 "--torch-threads", str(args.threads)]  # fmt: skip
+                 "--torch-threads", str(args.threads), "--kafka-client", args.kafka_client]  # fmt: skip
         cmd = serve_command(bootstrap, port, *extra, session_timeout_ms=args.session_timeout_ms)
         with ServeProcess(cmd, echo=args.verbose) as proc:
             proc.wait_for(r"assigned \[", timeout_s=120)
@@ -324,7 +354,7 @@ def one_setting(max_wait: float, fetch_wait: int, args: argparse.Namespace) -> l
                 for rate in args.rates:
                     before = scrape(port)
                     spiked_before = feed.spiked
-                    beside = FloorReader(bootstrap, args.partitions, fetch_wait)
+                    beside = FloorReader(bootstrap, args.partitions, fetch_wait, args.kafka_client)
                     with AnomalyListener(bootstrap) as listener, beside:
                         cpu0 = sum(serve_cpu.cpu_times()[:2])  # user + system, every thread
                         run = feed.run(rate, args.duration, args.anomaly_every)
@@ -347,7 +377,7 @@ def one_setting(max_wait: float, fetch_wait: int, args: argparse.Namespace) -> l
                     if row["spikes_repeated"]:
                         print(f"note: {row['spikes_repeated']} spikes hit a series spiked before "
                               "(more spikes than --series): some may not be found")  # fmt: skip
-                    rows.append({"fetch_max_wait_ms": fetch_wait,
+                    rows.append({"kafka_client": args.kafka_client, "fetch_max_wait_ms": fetch_wait,
                                  "torch_threads": args.threads, **row})  # fmt: skip
                     print_table(rows[-1:], COLUMNS)
             finally:
@@ -421,6 +451,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--history", type=int, default=300, help="warm-up points per series")
     p.add_argument("--stride", type=int, default=1)
+    p.add_argument(
+        "--kafka-client",
+        default="kafka-python",
+        choices=["kafka-python", "confluent"],
+        help="serve's --kafka-client; the floor readers use the same client",
+    )
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--warmup-timeout", type=float, default=600.0)
     p.add_argument("--drain", type=float, default=30.0, help="max seconds to catch up per rate")
@@ -448,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows,
         COLUMNS,
         title=f"end-to-end latency, {args.series} series, stride {args.stride}, "
-        f"{args.threads} torch threads "
+        f"{args.threads} torch threads, {args.kafka_client} client "
         f"(load avg {result['environment']['loadavg']['1m']:.2f})",
     )
     write_json(args.out, result)

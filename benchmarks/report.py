@@ -49,32 +49,43 @@ def _env(d: dict) -> str:
             f"(1 min) / {e['loadavg']['5m']:.2f} (5 min) at the end")  # fmt: skip
 
 
+def _client(run: dict) -> str:
+    return run.get("kafka_client", "kafka-python")  # runs before the option were kafka-python
+
+
 def ingest(d: dict) -> str:
     limit = d["limit_points_per_s"]
-    rows = [["bare kafka-python consumer + orjson.loads (limit)", "-", "-", _f(limit), "1.00",
-             "-", "-", "-"]]  # fmt: skip
+    rows = [["bare kafka-python consumer + orjson.loads (limit)", "-", "-", "-", _f(limit),
+             "1.00", "-", "-", "-"]]  # fmt: skip
+    for client, lim in d.get("client_limits_points_per_s", {}).items():
+        if client != "kafka-python":
+            rows.append([f"bare {client} consumer + orjson.loads (its limit)", client, "-", "-",
+                         _f(lim), _f(lim / limit, 2), "-", "-", "-"])  # fmt: skip
     for s in d.get("serve", []):
-        rows.append(["`tsguard serve --stop-at-end`", str(s["stride"]), str(s["torch_threads"]),
-                     _f(s["points_per_s"]), _f(s["ratio_to_limit"], 2),
+        rows.append(["`tsguard serve --stop-at-end`", _client(s), str(s["stride"]),
+                     str(s["torch_threads"]), _f(s["points_per_s"]), _f(s["ratio_to_limit"], 2),
                      _f(s.get("points_per_s_steady")),
                      _f(s.get("ratio_to_limit_steady"), 2), "-"])  # fmt: skip
     for ip in d.get("inprocess", []):
-        rows.append(["pipeline in-process", str(ip["stride"]), str(ip["torch_threads"]),
+        rows.append(["pipeline in-process", _client(ip), str(ip["stride"]),
+                     str(ip["torch_threads"]),
                      _f(ip["points_per_s"]), _f(ip["ratio_to_limit"], 2),
                      _f(ip["points_per_s_steady"]), _f(ip["ratio_to_limit_steady"], 2),
                      _f(ip["framework_overhead_steady"], 2)])  # fmt: skip
     # points/s: from the group assignment to the process's exit; steady: from the end offsets
     # known to the last outputs flushed (how the bare consumer is timed).
-    head = ["run", "stride", "torch threads", "points/s", "ratio", "points/s steady",
-            "ratio steady", "overhead steady"]  # fmt: skip
+    head = ["run", "kafka client", "stride", "torch threads", "points/s",
+            "ratio to kafka-python limit", "points/s steady", "ratio steady",
+            "overhead steady"]  # fmt: skip
     n = d["config"]["points"]
     out = f"{n:,} points, {d['config']['series']} series; {_env(d)}\n\n" + _table(head, rows)
-    phases = [[str(s["stride"]), str(s["torch_threads"]), _f(s["model_loaded_s"], 2),
+    phases = [[_client(s), str(s["stride"]), str(s["torch_threads"]), _f(s["model_loaded_s"], 2),
                _f(s["group_join_s"], 2), _f(s["end_offset_probe_s"], 2),
                _f(s["drain_and_close_s"], 2)] for s in d.get("serve", [])]  # fmt: skip
     if phases:
         out += "\n\nServe phases (s):\n\n" + _table(
-            ["stride", "torch threads", "model load", "group join", "end-offset probe",
+            ["kafka client", "stride", "torch threads", "model load", "group join",
+             "end-offset probe",
              "drain + close"], phases)  # fmt: skip
     return out
 
@@ -115,7 +126,8 @@ def latency(d: dict) -> str:
              _f(r.get("serve_cpu_us_per_point")), str(r["kept_up"])]
             for r in d["runs"]]  # fmt: skip
     c = d["config"]
-    out = (f"{c['series']} series, stride {c['stride']}, {c['threads']} torch threads, "
+    out = (f"{c.get('kafka_client', 'kafka-python')} client, "
+           f"{c['series']} series, stride {c['stride']}, {c['threads']} torch threads, "
            f"{c['duration']:g} s per rate; {_env(d)}\n\n")  # fmt: skip
     out += _table(["max-wait ms", "fetch-max-wait ms", "rate", "achieved", "events",
                    "spikes found", "publish p50 ms", "publish p99 ms", "e2e p50 ms",
@@ -178,11 +190,17 @@ def targets(results: dict[str, dict | None]) -> str:
     """The issue's targets next to what the results say (the best row of each kind)."""
     rows = []
     ing = results.get("ingest")
+    other_client = results.get("ingest, --kafka-client confluent") or {}
     if ing and ing.get("serve"):
         parts = []
         best: dict[int, float] = {}  # by stride
-        for s in ing["serve"]:
+        for s in ing["serve"] + other_client.get("serve", []):
             r = s.get("ratio_to_limit_steady") or s["ratio_to_limit"]
+            if _client(s) != "kafka-python":
+                # The target is for the default client; another client's runs are shown beside.
+                parts.append(f"({_client(s)}, stride {s['stride']}, {s['torch_threads']} thr: "
+                             f"{r:.2f} of the kafka-python limit)")  # fmt: skip
+                continue
             best[s["stride"]] = max(r, best.get(s["stride"], r))
             parts.append(f"stride {s['stride']}, {s['torch_threads']} thr: "
                          f"{r:.2f} steady ({s['ratio_to_limit']:.2f} assignment to exit)")  # fmt: skip
@@ -201,7 +219,8 @@ def targets(results: dict[str, dict | None]) -> str:
     for r in (sc or {}).get("pipeline", []):
         overheads.append((f"no Kafka, stride {r.get('stride', '?')}", r["framework_overhead"]))
     for ip in (ing or {}).get("inprocess", []):
-        overheads.append((f"with Kafka, stride {ip['stride']}, {ip['torch_threads']} thr",
+        overheads.append((f"with Kafka ({_client(ip)}), stride {ip['stride']}, "
+                          f"{ip['torch_threads']} thr",
                           ip["framework_overhead_steady"]))  # fmt: skip
     if overheads:
         no_kafka = [v for k, v in overheads if k.startswith("no Kafka") and v is not None]
@@ -213,14 +232,19 @@ def targets(results: dict[str, dict | None]) -> str:
         rows.append(["framework overhead <= 20% of model time", "not run", "-"])
     lat = results.get("latency")
     at5k = [r for r in (lat or {}).get("runs", []) if r["rate"] >= 5000]
+    lat_other = results.get("latency, --kafka-client confluent") or {}
+    at5k += [r for r in lat_other.get("runs", []) if r["rate"] >= 5000]
     if at5k:
         best = min(at5k, key=lambda r: r["e2e_p99_ms"])
+        status = _status(best["e2e_p99_ms"], 100.0, higher=False)
+        if status == "met" and _client(best) != "kafka-python":
+            status = f"met with --kafka-client {_client(best)} only"
         rows.append(["p99 <= 100 ms at 5,000 points/s",
-                     "; ".join(f"max-wait {r['max_wait_ms']:g}, fetch "
+                     "; ".join(f"{_client(r)}, max-wait {r['max_wait_ms']:g}, fetch "
                                f"{r.get('fetch_max_wait_ms', '?')}: p99 "
                                f"{_f(r['e2e_p99_ms'])} ms{'' if r['kept_up'] else ' (fell behind)'}"
                                for r in at5k),
-                     _status(best["e2e_p99_ms"], 100.0, higher=False)])  # fmt: skip
+                     status])  # fmt: skip
     else:
         rows.append(["p99 <= 100 ms at 5,000 points/s", "not run", "-"])
     mem = results.get("memory")
@@ -266,8 +290,10 @@ def _status(value: float | None, bound: float, higher: bool) -> str:
 
 SECTIONS = (
     ("ingest", "ingest.json", ingest),
+    ("ingest, --kafka-client confluent", "ingest_confluent.json", ingest),
     ("scoring", "scoring.json", scoring),
     ("latency", "latency.json", latency),
+    ("latency, --kafka-client confluent", "latency_confluent.json", latency),
     ("memory", "memory.json", memory),
     ("logs", "logs_bench.json", logs),
 )

@@ -48,6 +48,21 @@ PARTS: dict[str, tuple[str, str, str, str]] = {
         "--history 280 --drain 20 --settle 1",
         "latency.json",
     ),
+    # The optional librdkafka client (serve --kafka-client confluent), beside the default one.
+    "ingest_confluent": (
+        "benchmarks.ingest_bench",
+        "--points 200000 --series 200 --strides 1,16 --kafka-clients confluent",
+        "--points 2000 --series 4 --strides 16 --repeats 1 --kafka-clients confluent",
+        "ingest_confluent.json",
+    ),
+    "latency_confluent": (
+        "benchmarks.latency_bench",
+        "--rates 1000,5000 --max-wait-ms 5,50 --fetch-max-wait-ms 10 --series 500 "
+        "--anomaly-every 0.1 --duration 20 --kafka-client confluent --no-floor",
+        "--rates 200 --max-wait-ms 20 --series 4 --duration 2 --anomaly-every 0.5 "
+        "--history 280 --drain 20 --settle 1 --kafka-client confluent --no-floor",
+        "latency_confluent.json",
+    ),
     "memory": (
         "benchmarks.memory_bench",
         "--counts 10000,100000,1000000 --stream 1000000 --caps 10000,100000",

@@ -81,22 +81,30 @@ def test_ingest_and_latency_bench_smoke(tmp_path):
     out = tmp_path / "ingest.json"
     ingest_bench.main(["--points", str(n), "--series", str(series), "--repeats", "1",
                        "--strides", str(stride), "--torch-threads", "1",
+                       "--kafka-clients", "kafka-python,confluent",
                        "--session-timeout-ms", "2000", "--out", str(out)])  # fmt: skip
     data = orjson.loads(out.read_bytes())
     (limit,) = data["limit_runs"]
     assert limit["messages"] == n and limit["points"] == n
     assert data["limit_points_per_s"] == limit["points_per_s"]
-    (serve,) = data["serve"]
-    assert serve["exit_code"] == 0 and serve["stride"] == stride and serve["torch_threads"] == 1
-    assert serve["ratio_to_limit"] == pytest.approx(serve["points_per_s"] / limit["points_per_s"])
-    assert 0 < serve["startup_s"] < serve["wall_s"] and serve["model_loaded_s"] is not None
-    assert serve["end_offset_probe_s"] is not None  # its log line was seen
-    (inproc,) = data["inprocess"]
-    assert inproc["stride"] == stride and inproc["torch_threads"] == 1
-    # every point read; 300 per series, window 128, a window every 4 new points
-    assert inproc["points"] == n
-    assert inproc["windows_scored"] == series * ((n // series - MIN_POINTS) // stride + 1)
-    assert inproc["model_s"] > 0 and inproc["framework_overhead"] is not None
+    (rd_limit,) = data["client_limit_runs"]["confluent"]
+    assert rd_limit["messages"] == n and rd_limit["points"] == n
+    assert data["client_limits_points_per_s"]["confluent"] == rd_limit["points_per_s"]
+    assert [s["kafka_client"] for s in data["serve"]] == ["kafka-python", "confluent"]
+    for serve in data["serve"]:
+        assert serve["exit_code"] == 0 and serve["stride"] == stride and serve["torch_threads"] == 1
+        assert serve["ratio_to_limit"] == pytest.approx(
+            serve["points_per_s"] / limit["points_per_s"]
+        )
+        assert 0 < serve["startup_s"] < serve["wall_s"] and serve["model_loaded_s"] is not None
+        assert serve["end_offset_probe_s"] is not None  # its log line was seen
+    assert [ip["kafka_client"] for ip in data["inprocess"]] == ["kafka-python", "confluent"]
+    for inproc in data["inprocess"]:
+        assert inproc["stride"] == stride and inproc["torch_threads"] == 1
+        # every point read; 300 per series, window 128, a window every 4 new points
+        assert inproc["points"] == n
+        assert inproc["windows_scored"] == series * ((n // series - MIN_POINTS) // stride + 1)
+        assert inproc["model_s"] > 0 and inproc["framework_overhead"] is not None
     assert data["config"]["threads"] == [1]
 
     out = tmp_path / "latency.json"
@@ -121,7 +129,8 @@ def test_ingest_and_latency_bench_smoke(tmp_path):
     assert {r["fetch_max_wait_ms"] for r in data["floor"]} == {500, 10}
     assert all(r["points"] > 0 for r in data["floor"])
     text = report.main(["--results", str(tmp_path)])  # both JSON files render
-    assert "| `tsguard serve --stop-at-end` | 4 | 1 |" in text
+    assert "| `tsguard serve --stop-at-end` | kafka-python | 4 | 1 |" in text
+    assert "| `tsguard serve --stop-at-end` | confluent | 4 | 1 |" in text
     assert "| 20 | 10 | 100 |" in text and "Floor (bare consumer, no tsguard)" in text
 
 
