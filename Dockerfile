@@ -42,7 +42,8 @@ COPY pyproject.toml README.md ./
 COPY detector ./detector
 COPY stream ./stream
 COPY training ./training
-RUN pip install -c constraints.txt . && rm -rf /src
+# With the optional librdkafka client: TSGUARD_KAFKA_CLIENT=confluent selects it at run time.
+RUN pip install -c constraints.txt '.[confluent]' && rm -rf /src
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin tsguard
 USER tsguard

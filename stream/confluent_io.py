@@ -156,7 +156,7 @@ class ConfluentConsumer:
             messages = [] if first is None else [first, *self._c.consume(MAX_POLL_RECORDS - 1, 0)]
         except ck.KafkaException as exc:
             raise _error(exc) from None
-        out: dict[TopicPartition, list[Record]] = {}
+        by_partition: dict[tuple[str, int], list[Record]] = {}
         for m in messages:
             err = m.error()
             if err is not None:
@@ -164,14 +164,17 @@ class ConfluentConsumer:
                     raise KafkaError(f"librdkafka: {err.str()}")
                 log.warning("consumer: %s", err.str())
                 continue
-            tp = TopicPartition(m.topic(), m.partition())
-            if tp in self._seeks:
-                continue  # fetched from where the partition was before the seek we owe it
-            records = out.get(tp)
+            key = (m.topic(), m.partition())
+            records = by_partition.get(key)
             if records is None:
-                records = out[tp] = []
-            records.append(Record(tp.topic, tp.partition, m.offset(), m.timestamp()[1],
-                                  m.key(), m.value()))  # fmt: skip
+                records = by_partition[key] = []
+            records.append(Record(*key, m.offset(), m.timestamp()[1], m.key(), m.value()))
+        out: dict[TopicPartition, list[Record]] = {}
+        for key, records in by_partition.items():
+            tp = TopicPartition(*key)
+            # Not from a partition that still owes a seek: fetched from where it was before.
+            if tp not in self._seeks:
+                out[tp] = records
         self._retry_seeks()
         self._delivered.update(out)
         return out

@@ -280,7 +280,7 @@ def test_dockerfile_base_image_is_a_build_argument():
 def test_dockerfile_installs_with_constraints_and_runs_as_non_root():
     ins = dockerfile_instructions()
     runs = " ".join(rest for k, rest in ins if k == "RUN")
-    assert "pip install -c constraints.txt ." in runs
+    assert "pip install -c constraints.txt '.[confluent]'" in runs
     assert re.search(r"pip install -c constraints\.txt .*torch", runs)
     users = [rest for k, rest in ins if k == "USER"]
     assert users and users[-1] not in {"root", "0"}
