@@ -75,25 +75,13 @@ def bare_consume(bootstrap: str, n: int, timeout_s: float = 600.0) -> dict:
         tps = [TopicPartition(TOPIC, p) for p in sorted(parts)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        got = 0
-        decoded_points = 0
-        t = time.perf_counter()
-        deadline = time.monotonic() + timeout_s
-        while got < n and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    obj = orjson.loads(r.value)
-                    decoded_points += 1 if isinstance(obj, dict) else len(obj)
-                got += len(records)
-        seconds = time.perf_counter() - t
+        return _read_and_decode(
+            lambda: [r.value for rs in consumer.poll(timeout_ms=500).values() for r in rs],
+            n,
+            timeout_s,
+        )
     finally:
         consumer.close()
-    return {
-        "messages": got,
-        "points": decoded_points,
-        "seconds": seconds,
-        "points_per_s": got / seconds,
-    }
 
 
 def bare_consume_confluent(bootstrap: str, n: int, timeout_s: float = 600.0) -> dict:
@@ -115,19 +103,26 @@ def bare_consume_confluent(bootstrap: str, n: int, timeout_s: float = 600.0) -> 
     try:
         parts = consumer.list_topics(TOPIC, timeout=10).topics[TOPIC].partitions
         consumer.assign([ck.TopicPartition(TOPIC, p, ck.OFFSET_BEGINNING) for p in sorted(parts)])
-        got = 0
-        decoded_points = 0
-        t = time.perf_counter()
-        deadline = time.monotonic() + timeout_s
-        while got < n and time.monotonic() < deadline:
-            messages = consumer.consume(5000, 0.5)
-            for m in messages:
-                obj = orjson.loads(m.value())
-                decoded_points += 1 if isinstance(obj, dict) else len(obj)
-            got += len(messages)
-        seconds = time.perf_counter() - t
+        return _read_and_decode(
+            lambda: [m.value() for m in consumer.consume(5000, 0.5)], n, timeout_s
+        )
     finally:
         consumer.close()
+
+
+def _read_and_decode(next_values, n: int, timeout_s: float) -> dict:
+    """Time reading n message values (next_values() returns the next batch) + orjson.loads."""
+    got = 0
+    decoded_points = 0
+    t = time.perf_counter()
+    deadline = time.monotonic() + timeout_s
+    while got < n and time.monotonic() < deadline:
+        values = next_values()
+        for value in values:
+            obj = orjson.loads(value)
+            decoded_points += 1 if isinstance(obj, dict) else len(obj)
+        got += len(values)
+    seconds = time.perf_counter() - t
     return {
         "messages": got,
         "points": decoded_points,
