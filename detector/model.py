@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from numba import njit
 
 # Normalised values are clipped to this range before they enter the network: one huge outlier in
 # the context must not blow up activations (the error of a new point is never clipped).
@@ -149,6 +150,71 @@ def impute(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     filled = torch.gather(torch.nan_to_num(x, nan=0.0), 1, last.clamp(min=0))
     filled = torch.where(last >= 0, filled, torch.zeros_like(filled))
     return filled, observed.to(x.dtype)
+
+
+def prepare_numpy(context: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`prepare` for float32 rows on the CPU, in numpy: the same values (tested; bit for bit
+    except where the scale falls back to the mean absolute deviation, whose float32 sum may end
+    an ulp apart, as torch adds in another order).
+
+    The scorer's CPU path. `prepare` is ~25 small torch operators, ~0.4 ms per call before the
+    first window (a live stream scores a few dozen windows per call); this is ~5 us for one
+    window and ~0.6 ms for 1,024 (torch: ~3 ms). numpy sorts the rows (NaNs last), one compiled
+    loop does the rest, row by row.
+    """
+    context = np.ascontiguousarray(context, dtype=np.float32)
+    n, c = context.shape
+    values = np.empty((n, c), np.float32)
+    mask = np.empty((n, c), np.float32)
+    loc = np.empty((n, 1), np.float32)
+    scale = np.empty((n, 1), np.float32)
+    _prepare_rows(
+        context, np.sort(context, axis=1), np.float32(INPUT_CLIP), values, mask, loc, scale
+    )
+    return values, mask, loc, scale
+
+
+@njit(cache=True)
+def _prepare_rows(context, srt_rows, clip, values, mask, loc, scale):  # pragma: no cover - numba
+    # Each step is written as torch computes it in float32 (`nanquartiles`, `normalise`,
+    # `impute`), so that both give the same bits.
+    n, c = context.shape
+    q = np.empty(3, np.float32)
+    fractions = (np.float32(0.25), np.float32(0.5), np.float32(0.75))
+    for i in range(n):
+        row, srt = context[i], srt_rows[i]
+        observed = 0
+        for j in range(c):
+            if not math.isnan(row[j]):
+                observed += 1
+        for k in range(3):
+            rank = max(fractions[k] * np.float32(observed - 1), np.float32(0.0))
+            below, above = int(rank), int(math.ceil(rank))
+            w = rank - np.float32(below)
+            a, b = srt[below], srt[above]
+            # torch.lerp's two-sided formula
+            q[k] = a + w * (b - a) if w < 0.5 else b - (b - a) * (np.float32(1.0) - w)
+        med = q[1]  # NaN when the row has no observed value
+        s = (q[2] - q[0]) / np.float32(1.349)
+        if not s > 0:
+            total = np.float32(0.0)
+            for j in range(c):
+                if not math.isnan(row[j]):
+                    total += abs(row[j] - med)
+            s = np.float32(1.2533) * (total / np.float32(observed)) if observed else np.nan
+        s = max(s, np.float32(1e-6) * abs(med)) if not math.isnan(s) else s
+        if math.isnan(med):
+            med = np.float32(0.0)
+        if not (math.isfinite(s) and s > 0):
+            s = np.float32(1.0)
+        loc[i, 0], scale[i, 0] = med, s
+        last = np.float32(0.0)  # forward fill; leading gaps -> 0 (the median)
+        for j in range(c):
+            if math.isnan(row[j]):
+                values[i, j], mask[i, j] = last, 0.0
+            else:
+                last = min(max((row[j] - med) / s, -clip), clip)
+                values[i, j], mask[i, j] = last, 1.0
 
 
 # ----------------------------------------------------------------------------- the network

@@ -108,11 +108,15 @@ class _Banks(NamedTuple):
 
 def load_kernels() -> None:
     """Compile (the first run on a machine, a few seconds; numba caches the result beside the
-    code or in NUMBA_CACHE_DIR) or load the calibration and episode loops, by scoring one point.
+    code or in NUMBA_CACHE_DIR) or load the calibration and episode loops and the scorer's CPU
+    preprocessing, by running each once.
     `make setup` and the Docker image run it once so that no process compiles them."""
+    from detector.model import prepare_numpy
+
     probe = _Banks.create(CalibrationConfig(), EpisodeConfig(), 1)
     one = np.ones((1, 1))
     probe.score(np.array([probe.allocate()]), one, one[:, :, None], one)
+    prepare_numpy(np.ones((1, 4), np.float32))  # the scorer's CPU preprocessing
 
 
 class MetricsHead:

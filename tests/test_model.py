@@ -21,6 +21,7 @@ from detector.model import (
     nanquartiles,
     normalise,
     prepare,
+    prepare_numpy,
 )
 from detector.scorer import DEFAULT_MODEL_DIR, Scorer, load_scorer, save_model_dir
 
@@ -196,6 +197,67 @@ def test_nanquartiles_equal_torch_nanquantile() -> None:
         want, got = torch.nanquantile(t, quartiles, dim=1), nanquartiles(t)
         assert torch.equal(want.isnan(), got.isnan())
         assert torch.equal(want.nan_to_num(), got.nan_to_num())
+
+
+def _awkward_contexts(rng: np.random.Generator, n: int, c: int) -> np.ndarray:
+    """Rows at many scales and offsets, with gaps, all-missing rows, flat rows (IQR 0: the
+    mean-absolute-deviation fallback), ties, a leading gap and outliers past the input clip."""
+    x = rng.normal(size=(n, c)) * rng.uniform(1e-3, 1e3, (n, 1)) + rng.uniform(-1e4, 1e4, (n, 1))
+    x = x.astype(np.float32)
+    x[rng.random((n, c)) < 0.15] = np.nan
+    x[0] = np.nan
+    x[1] = 7.0
+    x[2, : c - 5] = -3.5  # mostly flat
+    x[3, : c // 2] = np.nan
+    x[4, c // 3] = 1e7
+    x[5] = np.round(x[5] / 50.0)
+    x[6] = 0.0
+    return x
+
+
+def test_prepare_numpy_equals_prepare() -> None:
+    """The scorer's CPU preprocessing is `prepare`'s: bit for bit, except an ulp where the scale
+    falls back to the mean absolute deviation (float32 sums in another order)."""
+    rng = np.random.default_rng(11)
+    for n, c in ((1, TINY.context), (7, 112), (300, 112), (50, 33)):
+        x = _awkward_contexts(rng, max(n, 10), c)[-n:]  # n = 1: a plain row
+        want = [t.numpy() for t in prepare(torch.from_numpy(x))]
+        got = prepare_numpy(x)
+        for a, b in zip(want, got, strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype == np.float32
+            np.testing.assert_allclose(b, a, rtol=1e-6, atol=0)
+        iqr_rows = np.isclose(want[3][:, 0], _iqr_scale(x), rtol=0, atol=0)
+        for a, b in zip(want, got, strict=True):
+            assert np.array_equal(a[iqr_rows], b[iqr_rows])  # no sum involved: the same bits
+
+
+@pytest.mark.parametrize("error_power", [0.0, 0.5])
+def test_cpu_row_errors_equal_the_torch_arithmetic(model_dir: Path, error_power: float) -> None:
+    """The CPU scorer (numpy around the network) gives what `prepare` + the network + the error
+    formula give in torch, for every n_new, with gaps in the windows."""
+    config = json.loads((model_dir / "config.json").read_text())
+    cfg = ModelConfig(**{**TINY.to_dict(), "error_power": error_power})
+    model = _random_model(cfg=cfg).eval()
+    scorer = Scorer(model, config, "cpu")
+    rng = np.random.default_rng(2)
+    rows = np.concatenate([_windows(20, TINY.window, 1, seed=3)[:, :, 0],
+                           _awkward_contexts(rng, 12, TINY.window)])  # fmt: skip
+    rows[rng.random(rows.shape) < 0.1] = np.nan
+    for n_new in (1, 3, TINY.horizon):
+        err, unit = scorer._row_errors(rows, n_new)
+        t = torch.from_numpy(rows)
+        with torch.inference_mode():
+            values, mask, loc, scale = prepare(t[:, TINY.window - n_new - TINY.context : -n_new])
+            forecast, log_b = model(values, mask)
+        want = ((t[:, -n_new:] - loc) / scale - forecast[:, :n_new]).abs()
+        want = (want * torch.exp(-error_power * log_b[:, :n_new])).numpy()
+        np.testing.assert_allclose(err, want, rtol=2e-6, atol=0)  # NaN where a point is missing
+        np.testing.assert_allclose(unit, (scale ** (1.0 - error_power)).numpy(), rtol=2e-6)
+
+
+def _iqr_scale(x: np.ndarray) -> np.ndarray:
+    q25, _, q75 = nanquartiles(torch.from_numpy(x)).numpy()
+    return (q75 - q25) / np.float32(1.349)
 
 
 def test_impute_forward_fills_and_masks() -> None:
