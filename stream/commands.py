@@ -159,10 +159,7 @@ def _settings(args: argparse.Namespace, bootstrap: str):
     if args.kafka_client == "confluent":
         from stream import confluent_io
 
-        if not confluent_io.available():
-            raise UserError(
-                "--kafka-client confluent needs confluent-kafka: pip install 'tsguard[confluent]'"
-            )
+        confluent_io.require()  # before the model loads
     for name in ("stride", "max_batch", "max_series", "max_message_bytes", "partitions"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")

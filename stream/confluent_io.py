@@ -43,11 +43,8 @@ MAX_POLL_RECORDS = 5000
 REQUEST_TIMEOUT_S = 10.0
 
 
-def available() -> bool:
-    return ck is not None
-
-
-def _require() -> None:
+def require() -> None:
+    """UserError unless confluent-kafka is installed."""
     if ck is None:
         raise UserError(
             "--kafka-client confluent needs confluent-kafka: pip install 'tsguard[confluent]'"
@@ -91,7 +88,7 @@ class ConfluentConsumer:
     def __init__(
         self, settings: Settings, group: bool = True, fetch_max_wait_ms: int | None = None
     ):
-        _require()
+        require()
         conf = _config(settings)
         conf.update({
             "enable.auto.commit": False,
@@ -277,7 +274,7 @@ class ConfluentProducer:
     """A librdkafka producer with the KafkaProducer methods the pipeline calls."""
 
     def __init__(self, settings: Settings):
-        _require()
+        require()
         conf = _config(settings)
         conf.update({
             "acks": "all",

@@ -12,6 +12,7 @@ import pytest
 from kafka import OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 
+from detector.errors import UserError
 from stream.kafka_io import end_offsets, ensure_topics, make_consumer, make_producer
 from stream.settings import Settings
 from tests.conftest import produce, read_topic, tsguard
@@ -169,6 +170,24 @@ def test_producer_reports_failed_deliveries_through_errbacks(broker):
     delivery(ck.KafkaError(ck.KafkaError._MSG_TIMED_OUT), None)
     assert len(failures) == 1 and isinstance(failures[0], KafkaError)
     producer.close(timeout=5)
+
+
+def test_security_settings_map_to_librdkafka_and_a_missing_client_is_one_line(monkeypatch):
+    from stream import confluent_io
+    from stream.settings import KafkaSecurity
+
+    sec = KafkaSecurity("SASL_SSL", "SCRAM-SHA-512", "svc", "secret", "/etc/ca.pem")
+    assert confluent_io._security(sec) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "svc",
+        "sasl.password": "secret",
+        "ssl.ca.location": "/etc/ca.pem",
+    }
+    assert confluent_io._security(KafkaSecurity()) == {"security.protocol": "PLAINTEXT"}
+    monkeypatch.setattr(confluent_io, "ck", None)
+    with pytest.raises(UserError, match="needs confluent-kafka"):
+        confluent_io.require()
 
 
 @pytest.mark.slow
