@@ -88,24 +88,21 @@ def bare_consume_confluent(bootstrap: str, n: int, timeout_s: float = 600.0) -> 
     """The limit for the librdkafka client: read and JSON-decode n messages, nothing else."""
     import confluent_kafka as ck
 
+    from stream.confluent_io import fetch_config, take
     from stream.settings import Settings
 
     consumer = ck.Consumer({
         "bootstrap.servers": bootstrap,
         "group.id": f"bench-bare-{uuid.uuid4().hex[:8]}",  # required; never joined (assign only)
         "enable.auto.commit": False,
-        "fetch.wait.max.ms": Settings().fetch_max_wait_ms,  # as stream.confluent_io
         "fetch.max.bytes": 64 * 1024 * 1024,
         "max.partition.fetch.bytes": 2_000_000,
-        "queued.min.messages": 1,
-        "fetch.queue.backoff.ms": 1,
+        **fetch_config(Settings().fetch_max_wait_ms),  # as serve's consumer
     })  # fmt: skip
     try:
         parts = consumer.list_topics(TOPIC, timeout=10).topics[TOPIC].partitions
         consumer.assign([ck.TopicPartition(TOPIC, p, ck.OFFSET_BEGINNING) for p in sorted(parts)])
-        return _read_and_decode(
-            lambda: [m.value() for m in consumer.consume(5000, 0.5)], n, timeout_s
-        )
+        return _read_and_decode(lambda: [m.value() for m in take(consumer, 0.5)], n, timeout_s)
     finally:
         consumer.close()
 

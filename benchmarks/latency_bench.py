@@ -196,21 +196,14 @@ def _floor_reader(
     if client == "confluent":
         import confluent_kafka as ck
 
-        consumer = ck.Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": "floor-reader",
-                "fetch.wait.max.ms": fetch_wait,
-                "queued.min.messages": 1,
-                "fetch.queue.backoff.ms": 1,
-            }
-        )  # as stream.confluent_io; fmt: skip
+        from stream.confluent_io import fetch_config, take
+
+        consumer = ck.Consumer({"bootstrap.servers": bootstrap, "group.id": "floor-reader",
+                                **fetch_config(fetch_wait)})  # fmt: skip
         consumer.assign([ck.TopicPartition(METRICS, p, ck.OFFSET_END) for p in range(partitions)])
 
-        def values():  # as stream.confluent_io: wait for one record, then take what is there
-            first = consumer.poll(0.05)
-            got = [] if first is None else [first, *consumer.consume(4999, 0)]
-            return [m.value() for m in got if m.error() is None]
+        def values():
+            return [m.value() for m in take(consumer, 0.05) if m.error() is None]
     else:
         from kafka import KafkaConsumer, TopicPartition
 

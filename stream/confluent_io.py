@@ -51,6 +51,29 @@ def require() -> None:
         )
 
 
+def fetch_config(fetch_wait_ms: int) -> dict:
+    """The consumer's fetch settings; the benchmarks' bare librdkafka readers use them too."""
+    return {
+        "fetch.wait.max.ms": fetch_wait_ms,
+        # Fetch a partition again only once what was fetched has been handed over, as
+        # kafka-python does. librdkafka's default keeps fetching ahead, and a caught-up consumer
+        # then sends a fetch per round trip: at 5,000 points/s the embedded broker went from 0.5
+        # to 1.3 cores within a minute and the 2-core machine fell behind.
+        "queued.min.messages": 1,
+        "fetch.queue.backoff.ms": 1,
+    }
+
+
+def take(consumer, timeout_s: float, limit: int = MAX_POLL_RECORDS) -> list:
+    """Up to `limit` messages from a librdkafka consumer, waiting up to timeout_s for the first.
+
+    `consume(n, timeout)` waits until n records or the whole timeout: at live rates every poll
+    would take the timeout. This waits for the first record only, then takes what is already
+    fetched, as kafka-python's poll does."""
+    first = consumer.poll(timeout_s)
+    return [] if first is None else [first, *consumer.consume(limit - 1, 0)]
+
+
 def _config(settings: Settings) -> dict:
     conf = {"bootstrap.servers": settings.bootstrap, **_security(settings.security)}
     # librdkafka logs a line per dropped connection at level 6 (info); keep warnings and above.
@@ -96,16 +119,10 @@ class ConfluentConsumer:
             "enable.partition.eof": False,
             "session.timeout.ms": settings.session_timeout_ms,
             "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 5),
-            "fetch.wait.max.ms": fetch_max_wait_ms or settings.fetch_max_wait_ms,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": max(1_048_576, settings.max_message_bytes * 2),
             "receive.message.max.bytes": 64 * 1024 * 1024 + 1_000_000,
-            # Fetch a partition again only once what was fetched has been handed over, as
-            # kafka-python does. librdkafka's default keeps fetching ahead, and a caught-up
-            # consumer then sends a fetch per round trip: at 5,000 points/s the embedded broker
-            # went from 0.5 to 1.3 cores within a minute and the 2-core machine fell behind.
-            "queued.min.messages": 1,
-            "fetch.queue.backoff.ms": 1,
+            **fetch_config(fetch_max_wait_ms or settings.fetch_max_wait_ms),
         })  # fmt: skip
         # The Python client wants a group id even for a consumer that only assigns partitions;
         # one that never subscribes or commits never joins that group.
@@ -146,11 +163,7 @@ class ConfluentConsumer:
     def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
         self._retry_seeks()
         try:
-            # consume(n, timeout) waits until n records or the timeout: at live rates every poll
-            # would take the whole timeout. Wait for the first record only, then take what is
-            # already fetched, as kafka-python's poll does.
-            first = self._c.poll(timeout_ms / 1000)
-            messages = [] if first is None else [first, *self._c.consume(MAX_POLL_RECORDS - 1, 0)]
+            messages = take(self._c, timeout_ms / 1000)
         except ck.KafkaException as exc:
             raise _error(exc) from None
         by_partition: dict[tuple[str, int], list[Record]] = {}
