@@ -12,8 +12,9 @@ Where librdkafka differs, and what is done about it:
 - A seek right after an assignment is refused by librdkafka until the partition's fetcher runs;
   it is owed and retried around every poll, and nothing fetched before it is handed over.
   (Pausing needs no such care: librdkafka drops what it fetched ahead and refetches on resume.)
-- `position()` is unknown until a partition delivered a record; then the committed offset (or
-  the partition's start) is where consumption begins, as kafka-python reports it.
+- librdkafka knows a partition's position only once it delivered a record (a seek makes it
+  unknown again): until then `position()` reports the last seek, else the committed offset (or
+  the partition's start), as kafka-python does.
 - Delivery reports arrive only when the producer is polled: every `send` polls it without
   waiting, and `flush` waits for all of them.
 """
@@ -132,8 +133,10 @@ class ConfluentConsumer:
         except ck.KafkaException as exc:
             raise UserError(f"cannot create the Kafka consumer: {_error(exc)}") from None
         self._listener = None
-        self._delivered: set[TopicPartition] = set()  # partitions with a known position
-        self._seeks: dict[TopicPartition, int] = {}  # seeks librdkafka has not taken yet
+        # librdkafka knows a partition's position only once it delivered a record; until then
+        # the last seek says where it is. `_owed`: seeks librdkafka has not taken yet.
+        self._seeks: dict[TopicPartition, int] = {}
+        self._owed: set[TopicPartition] = set()
 
     # -- group membership
     def subscribe(self, topics: list[str], listener=None) -> None:
@@ -142,8 +145,8 @@ class ConfluentConsumer:
 
     def _on_assign(self, consumer, partitions) -> None:
         consumer.assign(partitions)  # before the listener, so it can pause what it was given
-        self._delivered.clear()
         self._seeks.clear()
+        self._owed.clear()
         if self._listener is not None:
             self._listener.on_partitions_assigned(
                 {TopicPartition(p.topic, p.partition) for p in partitions}
@@ -183,10 +186,10 @@ class ConfluentConsumer:
         for key, records in by_partition.items():
             tp = TopicPartition(*key)
             # Not from a partition that still owes a seek: fetched from where it was before.
-            if tp not in self._seeks:
+            if tp not in self._owed:
                 out[tp] = records
+                self._seeks.pop(tp, None)  # librdkafka knows the position again
         self._retry_seeks()
-        self._delivered.update(out)
         return out
 
     def pause(self, *partitions: TopicPartition) -> None:
@@ -200,19 +203,20 @@ class ConfluentConsumer:
         was assigned, "Erroneous state"): the seek is then owed, retried around every poll, and
         records fetched for the partition before it succeeds are not handed over."""
         self._seeks[partition] = offset
-        self._delivered.add(partition)
+        self._owed.add(partition)
         self._retry_seeks()
 
     def _retry_seeks(self) -> None:
-        for tp, offset in list(self._seeks.items()):
+        for tp in list(self._owed):
             try:
-                self._c.seek(_tp(tp, offset))
+                self._c.seek(_tp(tp, self._seeks[tp]))
             except ck.KafkaException as exc:
                 if exc.args[0].code() != ck.KafkaError._STATE:
+                    self._owed.discard(tp)
                     del self._seeks[tp]
                     raise _error(exc) from None
             else:
-                del self._seeks[tp]
+                self._owed.discard(tp)
 
     def seek_to_beginning(self, partition: TopicPartition) -> None:
         self.seek(partition, ck.OFFSET_BEGINNING)
@@ -249,13 +253,14 @@ class ConfluentConsumer:
         return {tp: high for tp, (_, high) in self._watermarks(partitions, timeout_ms).items()}
 
     def position(self, partition: TopicPartition) -> int:
-        owed = self._seeks.get(partition)
-        if owed is not None and owed >= 0:
-            return owed
-        if partition in self._delivered and owed is None:
-            (got,) = self._c.position([_tp(partition)])
-            if got.offset >= 0:
-                return got.offset
+        sought = self._seeks.get(partition)
+        if sought is not None:
+            if sought >= 0:
+                return sought
+            return self.beginning_offsets([partition])[partition]  # seek_to_beginning
+        (got,) = self._c.position([_tp(partition)])
+        if got.offset >= 0:
+            return got.offset
         committed = self.committed(partition)
         if committed is not None:
             return committed
