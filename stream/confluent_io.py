@@ -28,7 +28,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from detector.errors import UserError
-from stream.settings import KafkaSecurity, Settings
+from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +76,9 @@ def take(consumer, timeout_s: float, limit: int = MAX_POLL_RECORDS) -> list:
 
 
 def _config(settings: Settings) -> dict:
-    conf = {"bootstrap.servers": settings.bootstrap, **_security(settings.security)}
+    conf = {"bootstrap.servers": settings.bootstrap, **settings.security.librdkafka_config()}
     # librdkafka logs a line per dropped connection at level 6 (info); keep warnings and above.
     conf["log_level"] = 4
-    return conf
-
-
-def _security(sec: KafkaSecurity) -> dict:
-    conf = {"security.protocol": sec.protocol}
-    if sec.sasl_mechanism:
-        conf["sasl.mechanism"] = sec.sasl_mechanism
-        conf["sasl.username"] = sec.sasl_username
-        conf["sasl.password"] = sec.sasl_password
-    if sec.ssl_cafile:
-        conf["ssl.ca.location"] = sec.ssl_cafile
     return conf
 
 

@@ -27,7 +27,8 @@ class Topics:
 
 @dataclass(frozen=True)
 class KafkaSecurity:
-    """Passed through to kafka-python unchanged; credentials come from env, never from flags."""
+    """Passed through to the Kafka client unchanged; credentials come from env, never from
+    flags. One mapping per client, side by side, so a new field reaches both."""
 
     protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
@@ -44,6 +45,16 @@ class KafkaSecurity:
         if self.ssl_cafile:
             kw["ssl_cafile"] = self.ssl_cafile
         return kw
+
+    def librdkafka_config(self) -> dict:
+        conf: dict = {"security.protocol": self.protocol}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = self.sasl_password
+        if self.ssl_cafile:
+            conf["ssl.ca.location"] = self.ssl_cafile
+        return conf
 
 
 @dataclass(frozen=True)

@@ -182,14 +182,14 @@ def test_security_settings_map_to_librdkafka_and_a_missing_client_is_one_line(mo
     from stream.settings import KafkaSecurity
 
     sec = KafkaSecurity("SASL_SSL", "SCRAM-SHA-512", "svc", "secret", "/etc/ca.pem")
-    assert confluent_io._security(sec) == {
+    assert sec.librdkafka_config() == {
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "SCRAM-SHA-512",
         "sasl.username": "svc",
         "sasl.password": "secret",
         "ssl.ca.location": "/etc/ca.pem",
     }
-    assert confluent_io._security(KafkaSecurity()) == {"security.protocol": "PLAINTEXT"}
+    assert KafkaSecurity().librdkafka_config() == {"security.protocol": "PLAINTEXT"}
     monkeypatch.setattr(confluent_io, "ck", None)
     with pytest.raises(UserError, match="needs confluent-kafka"):
         confluent_io.require()
