@@ -169,9 +169,10 @@ class Scorer:
         return err.cpu().numpy(), (scale ** (1.0 - p)).cpu().numpy()
 
     def _row_errors_cpu(self, rows: np.ndarray, n_new: int) -> tuple[np.ndarray, np.ndarray]:
-        """_row_errors on the CPU (called from it, inside its inference mode): the same arithmetic with numpy around the network, whose
-        small-array operations cost a few microseconds where torch's cost tens (a live stream
-        scores a few dozen windows per call, so per-call costs weigh)."""
+        """_row_errors on the CPU (called from it, inside its inference mode): the same
+        arithmetic with numpy around the network, whose small-array operations cost a few
+        microseconds where torch's cost tens (a live stream scores a few dozen windows per
+        call, so per-call costs weigh)."""
         c, p, length = self.cfg.context, self.cfg.error_power, self.window_length
         values, mask, loc, scale = prepare_numpy(rows[:, length - n_new - c : length - n_new])
         forecast, log_b = self.model(torch.from_numpy(values), torch.from_numpy(mask))
