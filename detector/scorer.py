@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from detector.api import WindowScores
-from detector.calibration import CalibrationConfig
 from detector.errors import ModelLoadError, UserError
 from detector.model import ModelConfig, PatchForecaster, prepare, prepare_numpy
+
+if TYPE_CHECKING:
+    from detector.detector import DetectorConfig
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 CONFIG_FILE = "config.json"
@@ -99,7 +101,7 @@ class Scorer:
         self.max_new: int = self.cfg.horizon
         self.min_points: int = min(MIN_POINTS, self.window_length)
         self.version: str = str(config["version"])
-        self.calibration = CalibrationConfig.from_dict(config["calibration"])
+        self.calibration = detector_config(config["calibration"])
         self.rows_per_pass = ROWS_PER_PASS[device]
         self._staging: torch.Tensor | None = None  # pinned host buffer, reused (CUDA only)
 
@@ -262,12 +264,24 @@ def read_config(path: Path) -> tuple[dict[str, Any], ModelConfig]:
         cfg = ModelConfig.from_dict(config["architecture"])
         if not isinstance(config["calibration"], dict):
             raise ValueError("calibration must be an object")
-        CalibrationConfig.from_dict(config["calibration"])
+        detector_config(config["calibration"])
         if config["window"] != cfg.window:
             raise ValueError(f"window {config['window']} != architecture.window {cfg.window}")
     except (TypeError, ValueError) as exc:
         raise ModelLoadError(f"{cfg_path}: {exc}") from None
     return config, cfg
+
+
+# Settings of earlier versions that no longer exist (alert damping moved from the score to the
+# episodes); a model directory that still has them loads, and they are ignored.
+_RETIRED_KEYS = ("suppress", "suppress_factor")
+
+
+def detector_config(d: dict) -> DetectorConfig:
+    """The detection settings of a config.json's "calibration" object. Raises ValueError."""
+    from detector.detector import DetectorConfig
+
+    return DetectorConfig.from_dict({k: v for k, v in d.items() if k not in _RETIRED_KEYS})
 
 
 def _read_weights(path: Path, model: PatchForecaster) -> dict[str, torch.Tensor]:
@@ -303,7 +317,7 @@ def save_model_dir(
     model: PatchForecaster,
     *,
     version: str,
-    calibration: CalibrationConfig,
+    calibration: DetectorConfig,
     training: dict[str, Any],
 ) -> None:
     """Write `config.json` + `model.safetensors` (atomic per file: write to .tmp, then rename)."""

@@ -18,8 +18,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from detector.calibration import CalibrationConfig, CalibratorBank
-from detector.episodes import KINDS, EpisodeBank, EpisodeConfig
+from detector.detector import KINDS, Detector
 from stream.codec import InvalidMessage, dead_letter_record, decode_batch, dumps
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -70,8 +69,8 @@ def _digest(*parts: object) -> str:
 
 
 class _SeriesState:
-    """What the detector remembers about a series beyond its window: its row in the calibrator
-    and episode banks of its dimensionality, and what events need."""
+    """What the head remembers about a series beyond its window: its slot in the detector's
+    bank of its dimensionality, and what events need."""
 
     __slots__ = ("dims", "slot", "episode_id", "partition", "mute_until")
 
@@ -83,39 +82,15 @@ class _SeriesState:
         self.mute_until = -np.inf  # points up to this ts rebuild state; their events were published
 
 
-class _Banks(NamedTuple):
-    """Calibration and episode state of every series of one dimensionality, one slot each."""
-
-    calibrators: CalibratorBank
-    episodes: EpisodeBank
-
-    @staticmethod
-    def create(calibration, episodes: EpisodeConfig, dims: int) -> _Banks:
-        return _Banks(CalibratorBank(calibration, dims), EpisodeBank(episodes))
-
-    def score(self, slots: np.ndarray, errors: np.ndarray, values: np.ndarray,
-              times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        """Scores [B, K] of rows of points (see CalibratorBank.score) and their episode
-        transitions (see EpisodeBank.update)."""
-        scores = self.calibrators.score(slots, errors, values, times)
-        return scores, self.episodes.update(slots, scores)
-
-    def allocate(self) -> int:
-        slot = self.calibrators.allocate()
-        self.episodes.reset(slot)
-        return slot
-
-
 def load_kernels() -> None:
     """Compile (the first run on a machine, a few seconds; numba caches the result beside the
-    code or in NUMBA_CACHE_DIR) or load the calibration and episode loops and the scorer's CPU
+    code or in NUMBA_CACHE_DIR) or load the detector's loops and the scorer's CPU
     preprocessing, by running each once.
     `make setup` and the Docker image run it once so that no process compiles them."""
+    from detector.detector import load_kernels as detector_kernels
     from detector.model import prepare_numpy
 
-    probe = _Banks.create(CalibrationConfig(), EpisodeConfig(), 1)
-    one = np.ones((1, 1))
-    probe.score(np.array([probe.allocate()]), one, one[:, :, None], one)
+    detector_kernels()
     prepare_numpy(np.ones((1, 4), np.float32))  # the scorer's CPU preprocessing
 
 
@@ -142,29 +117,25 @@ class MetricsHead:
         load_kernels()  # now rather than in the first batch
 
     def set_scorer(self, scorer) -> None:
-        """Swap the model between batches (hot reload). Series keep their windows; the model's
-        error calibration restarts because the new model's errors live on another scale, but the
-        seasonal profile (days of the series' own values) carries over when the calibration
-        settings are unchanged: it does not depend on the model. Open episodes are closed
-        without an end event."""
+        """Swap the model between batches (hot reload). Series keep their windows; with the same
+        detection settings the detector keeps every signal but the forecast residual, whose
+        tail restarts (the new model's errors live on another scale); other settings start
+        every series afresh. Open episodes are closed without an end event."""
         if scorer.window_length != self.store.length:
             raise ValueError(
                 f"new model window {scorer.window_length} != running window {self.store.length}"
             )
-        old = getattr(self, "scorer", None)
-        self.scorer = scorer
-        self.episode_config = EpisodeConfig(threshold=float(scorer.calibration.threshold))
-        if old is not None and old.calibration == scorer.calibration:
-            for banks in self.banks.values():
-                banks.calibrators.restart_forecast()
-                banks.episodes.close_all()
+        old = getattr(self, "detector", None)
+        if old is not None and old.config == scorer.calibration:
+            old.set_scorer(scorer)
         else:
-            self.banks: dict[int, _Banks] = {}  # by dimensionality
+            self.detector = Detector(scorer)
             self.state.clear()
+        self.scorer = scorer
         for st in self.state.values():
             st.episode_id = ""
         self.metrics.set_model(scorer.version, scorer.device)
-        self.metrics.threshold.set(self.episode_config.threshold)
+        self.metrics.threshold.set(self.detector.threshold)
 
     def reload(self) -> bool:
         """Load the model directory again and swap it in; a model that fails to load or does
@@ -267,17 +238,12 @@ class MetricsHead:
             # The window store evicts the idlest series; drop the state of those it forgot.
             self._forget([n for n in self.state if n not in self.store])
         dims = len(self.store.dims(series))
-        banks = self.banks.get(dims)
-        if banks is None:
-            banks = self.banks[dims] = _Banks.create(
-                self.scorer.calibration, self.episode_config, dims
-            )
-        self.state[series] = _SeriesState(dims, banks.allocate(), partition)
+        self.state[series] = _SeriesState(dims, self.detector.add(dims), partition)
 
     def _forget(self, names: list[str]) -> None:
         for name in names:
             st = self.state.pop(name)
-            self.banks[st.dims].calibrators.release(st.slot)
+            self.detector.remove(st.dims, st.slot)
 
     def finish(self) -> list[Output]:
         return []  # pending windows are drained by the final checkpoint
@@ -331,19 +297,18 @@ class MetricsHead:
         self, dims: int, windows: np.ndarray, ts: np.ndarray, series: list[str]
     ) -> list[Output]:
         stride = self.settings.stride
-        t0 = time.perf_counter()
-        result = self.scorer.score(windows, stride)
-        self.metrics.scoring_seconds.observe(time.perf_counter() - t0)
-        self.metrics.batch_size.observe(len(series))
-        self.metrics.windows_scored.inc(len(series))
-        base = windows.shape[1] - stride
         state = self.state
         # A window whose series was evicted or revoked while it waited is skipped (slot -1).
         slot_list = [st.slot if (st := state.get(name)) is not None else -1 for name in series]
         slots = np.array(slot_list, dtype=np.int64)
+        t0 = time.perf_counter()
+        det = self.detector.score(dims, slots, windows, ts, stride)
+        self.metrics.scoring_seconds.observe(time.perf_counter() - t0)
+        self.metrics.batch_size.observe(len(series))
+        self.metrics.windows_scored.inc(len(series))
+        base = windows.shape[1] - stride
         point_ts = ts[:, base:]
-        # The points themselves feed the calibrators' seasonal profiles.
-        scores, kinds = self.banks[dims].score(slots, result.errors, windows[:, base:], point_ts)
+        scores, kinds = det.scores, det.kinds
         out: list[Output] = []
         version = self.scorer.version
         for i, j in zip(*np.nonzero(kinds), strict=True):  # window, point: in order
@@ -354,7 +319,7 @@ class MetricsHead:
             if t > st.mute_until:
                 score = float(scores[i, j])
                 out.append(
-                    self._event(kind, name, st, ts[i], base + j, score, result.contributions[i, j])
+                    self._event(kind, name, st, ts[i], base + j, score, det.contributions[i, j])
                 )
         # One gauge update per series and batch, in the order of their last windows (the
         # gauge cap is an LRU).
@@ -384,7 +349,7 @@ class MetricsHead:
             "series": series,
             "ts": ts,
             "score": round(score, 6),
-            "threshold": self.episode_config.threshold,
+            "threshold": self.detector.threshold,
             "model_version": version,
             "window": {  # the points the window held: fewer than L while a series is young
                 "start": float(ts_row[observed[0]]),

@@ -6,7 +6,7 @@ import numpy as np
 
 from detector.episodes import END, START, EpisodeBank, EpisodeConfig
 
-CFG = EpisodeConfig(threshold=0.5, hysteresis=0.1, end_after=3)
+CFG = EpisodeConfig(threshold=0.5, hysteresis=0.1, end_after=3, repeat=0)
 
 
 def run(scores: list[float], cfg: EpisodeConfig = CFG) -> list[int]:
@@ -61,3 +61,11 @@ def test_close_all_and_reset_forget_open_episodes() -> None:
     assert bank.update(np.array([0]), np.array([[0.9]])).tolist() == [[START]]
     bank.reset(0)
     assert bank.update(np.array([0]), np.array([[0.9]])).tolist() == [[START]]
+
+
+def test_a_repeat_within_the_damping_window_needs_a_higher_peak() -> None:
+    cfg = EpisodeConfig(threshold=0.5, hysteresis=0.1, end_after=1, repeat=5)
+    # Episode 1 peaks at 0.8; 0.7 three points after its start repeats it (no start); 0.9
+    # beats the peak (start); 0.6 more than 5 points after that start is news again.
+    got = run([0.6, 0.8, 0.1, 0.7, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.6], cfg)
+    assert got == [START, 0, END, 0, 0, START, END, 0, 0, 0, 0, START]

@@ -163,8 +163,8 @@ def test_baselines_rank_an_obvious_spike_near_the_top(name: str) -> None:
 
 
 class _EchoScorer:
-    """A stand-in WindowScorer: the 'error' of a point is its own value, so the harness's
-    windowing can be checked exactly (which point each error belongs to)."""
+    """A stand-in WindowScorer that records the newest points of every window it scores, so
+    the windowing of Detector.run_series can be checked exactly."""
 
     window_length = 8
     max_new = 4
@@ -172,34 +172,37 @@ class _EchoScorer:
     device = "cpu"
 
     def __init__(self, min_points: int = 8) -> None:
-        from detector.calibration import CalibrationConfig
+        from detector.detector import DetectorConfig
 
         self.min_points = min_points
-        self.calibration = CalibrationConfig(warmup=5)
-        self.calls: list[tuple[int, int]] = []
+        # Signals whose queries fit an 8-point window.
+        self.calibration = DetectorConfig(warmup=5, novelty_length=2, novelty_history=8)
+        self.seen: list[np.ndarray] = []
 
     def score(self, windows: np.ndarray, n_new: int):
         assert windows.ndim == 3 and windows.shape[1] == self.window_length
-        self.calls.append((windows.shape[0], n_new))
         errors = windows[:, -n_new:, 0].astype(np.float32)
+        self.seen.append(errors.reshape(-1).copy())
         return SimpleNamespace(errors=errors, contributions=np.ones((*errors.shape, 1)))
 
 
 @pytest.mark.parametrize("min_points", [8, 5])
 @pytest.mark.parametrize(("stride", "n"), [(1, 30), (4, 30), (3, 31), (4, 8), (2, 5), (1, 4)])
-def test_tsguard_detector_scores_every_point_after_min_points_once(stride, n, min_points) -> None:
-    det = TsguardDetector(_EchoScorer(min_points), stride=stride)
+def test_run_series_scores_the_points_the_stream_scores(stride, n, min_points) -> None:
+    """As stream/windows.py: the first window at the series' max(min_points, stride)-th point,
+    then one every `stride` points, each scoring its newest `stride` points, in order."""
+    scorer = _EchoScorer(min_points)
+    det = TsguardDetector(scorer, stride=stride)
     x = np.arange(n, dtype=np.float64)
-    first, errors = det.raw_errors(x)
-    if n < min_points:
-        assert first == n and errors.size == 0
-    else:
-        # Errors line up with the points they belong to, from the first window of min_points
-        # observed points (older slots missing) to the end.
-        assert first == min_points - stride
-        np.testing.assert_array_equal(errors, x[first:])
+    run = det.run(x, 300.0 * x)
+    first = max(min_points, stride) - 1
+    ends = np.arange(first, n, stride)
+    expected = np.concatenate([np.arange(e - stride + 1, e + 1) for e in ends]) if len(ends) else []
+    np.testing.assert_array_equal(np.flatnonzero(run.scored), expected)
+    seen = np.concatenate(scorer.seen) if scorer.seen else np.zeros(0)
+    np.testing.assert_array_equal(seen, x[expected] if len(expected) else seen)
     scores = det.score_series(x, x)
-    assert scores.shape == (n,) and np.all(scores[: min(first, n)] == 0)
+    assert scores.shape == (n,) and np.all(scores[~run.scored] == 0)
 
 
 def test_tsguard_detector_rejects_stride_beyond_the_horizon() -> None:
@@ -218,9 +221,11 @@ def test_tsguard_default_model_flags_a_spike_causally() -> None:
         pytest.skip(f"default model not available: {exc}")
     values, ts = _series(n=900)
     values[700] += 15 * np.std(values[:600])
-    scores = det.score_series(values, ts)
+    scores = det.run(values, ts).scores
     assert np.all((scores >= 0) & (scores <= 1))
     assert scores[700:712].max() >= np.quantile(scores[200:690], 0.99)
     future = values.copy()
     future[751:] = 0.0
-    np.testing.assert_allclose(det.score_series(future, ts)[:751], scores[:751], atol=1e-6)
+    np.testing.assert_allclose(det.run(future, ts).scores[:751], scores[:751], atol=1e-6)
+    onsets = det.score_series(values, ts)  # what NAB sees: the score at episode starts
+    assert onsets[700:712].max() > 0 and np.count_nonzero(onsets) < 10

@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
-from detector.calibration import SEASONAL
+from detector.detector import SIGNALS
 from detector.scorer import load_scorer
 from stream.heads import MetricsHead
 from stream.metrics import Metrics
@@ -104,33 +104,36 @@ def test_discard_pending_drops_windows_unscored(scorer):
     assert (metrics.registry.get_sample_value("tsguard_windows_scored_total") or 0) == 0
 
 
-def test_a_model_reload_keeps_each_series_seasonal_profile(scorer):
-    """The model's error calibration restarts on reload; the time-of-day profile, which does not
-    depend on the model, carries over (same calibration settings)."""
+def test_a_model_reload_keeps_every_signal_but_the_forecast_tail(scorer):
+    """The forecast residual's tail restarts on reload (a new model's errors live on another
+    scale); the other signals (the series' own history) carry over with the same settings."""
     head = MetricsHead(Settings(), scorer, Metrics())
     head.handle(records(n_series=2, n_points=200), 0.0)
     head.drain(0.0)
-    cal = {d: banks.calibrators for d, banks in head.banks.items()}
+    banks = head.detector.banks
     slots = {name: (st.dims, st.slot) for name, st in head.state.items()}
-    profiles = {name: cal[d].profile_mean[s].copy() for name, (d, s) in slots.items()}
-    assert all(cal[d].profile_count[s].sum() > 0 for d, s in slots.values())
-    assert all(cal[d].warmed_up(s) for d, s in slots.values())
-    seasonal = {name: cal[d].tail(s, SEASONAL) for name, (d, s) in slots.items()}
+    forecast, others = SIGNALS.index("forecast"), [g for g in SIGNALS if g != "forecast"]
+    profiles = {n: banks[d].signals["seasonal"].rows.mean[s].copy() for n, (d, s) in slots.items()}
+    assert all(banks[d].signals["seasonal"].rows.count[s].sum() > 0 for d, s in slots.values())
+    assert all(banks[d].tails.warmed_up(s, forecast) for d, s in slots.values())
+    kept = {n: [banks[d].tails.tail(s, SIGNALS.index(g)) for g in others]
+            for n, (d, s) in slots.items()}  # fmt: skip
     head.set_scorer(scorer)  # a reload of the same settings
     for name, (d, s) in slots.items():
-        np.testing.assert_array_equal(cal[d].profile_mean[s], profiles[name])
-        assert cal[d].tail(s, SEASONAL) == seasonal[name]
+        np.testing.assert_array_equal(banks[d].signals["seasonal"].rows.mean[s], profiles[name])
+        assert [banks[d].tails.tail(s, SIGNALS.index(g)) for g in others] == kept[name]
     head.handle(records(n_series=2, n_points=201)[-2:], 0.0)  # one new point per series
     head.drain(0.0)
     for name, st in head.state.items():
         assert (st.dims, st.slot) == slots[name]
-        assert cal[st.dims].tail(st.slot)["n"] <= 1  # the error tail starts over
+        assert banks[st.dims].tails.tail(st.slot, forecast)["n"] <= 1  # starts over
     # Series of a partition given away leave nothing behind; their slots are reused.
     head.forget_partitions({0, 1})
     assert head.state == {} and len(head.store) == 0
     head.handle(records(n_series=2, n_points=1), 0.0)
     assert sorted((st.dims, st.slot) for st in head.state.values()) == sorted(slots.values())
-    assert all(cal[d].tail(s)["n"] == 0 and not cal[d].profile_count[s].any()
+    assert all(banks[d].tails.tail(s, forecast)["n"] == 0
+               and not banks[d].signals["seasonal"].rows.count[s].any()
                for d, s in slots.values())  # fmt: skip
 
 

@@ -31,9 +31,6 @@ from detector.errors import UserError
 log = logging.getLogger("tsguard.evaluate")
 
 DETECTORS = ("tsguard", "windowed-gaussian", "isolation-forest", "pca", "null")
-# Windows per score() call: large enough to amortise Python/torch overhead, small enough that a
-# batch of float32 windows stays a few MB.
-BATCH_WINDOWS = 2048
 
 
 def register_cli(subparsers) -> None:
@@ -94,76 +91,51 @@ def register_cli(subparsers) -> None:
 
 @dataclass
 class TsguardDetector:
-    """The tsguard model as a NAB detector: forecast errors -> per-series online calibration.
+    """tsguard as a NAB detector: the same `Detector` that serves (detector/detector.py), fed
+    each series as the stream feeds it (`Detector.run_series`).
 
-    Windows of the model's length slide over the series; each window scores its newest `stride`
-    points, whose forecasts come from the context before them, so a point's error uses only the
-    past and the point itself. The errors, with the points' values and times (the seasonal
-    profile), go through a fresh `Calibrator` per series in time order; its score in 0..1 is the
-    anomaly score. Points before the scorer's `min_points` score 0, as in the stream.
-    `scorer` is a detector.api.WindowScorer with a `calibration` (see `from_model`).
+    NAB sees the episodes: the score at each episode start and 0 elsewhere, since NAB rewards
+    the first detection in a window and penalises every further one (the continuous score is
+    what `evaluate labelled` ranks). `scorer` is a detector.api.WindowScorer; `config` defaults
+    to the model's own detection settings.
     """
 
     scorer: object
     stride: int = 1
+    config: object = None
     name: str = "tsguard"
 
     def __post_init__(self) -> None:
+        from detector.detector import Detector
+
         max_new = getattr(self.scorer, "max_new", None)
         if self.stride < 1 or (max_new is not None and self.stride > max_new):
             raise UserError(f"--stride must be in 1..{max_new or 'inf'}, got {self.stride}")
+        self.detector = Detector(self.scorer, self.config)
 
     @classmethod
     def from_model(
-        cls, model_dir: str | None = None, device: str = "auto", stride: int = 1
+        cls, model_dir: str | None = None, device: str = "auto", stride: int = 1, config=None
     ) -> TsguardDetector:
         from detector.scorer import load_scorer
 
-        return cls(load_scorer(model_dir, device=device), stride=stride)
+        return cls(load_scorer(model_dir, device=device), stride=stride, config=config)
 
-    def raw_errors(self, values: np.ndarray) -> tuple[int, np.ndarray]:
-        """(first scored index, errors of points first..n-1 in time order).
-
-        As in the stream, a series is scored from its `min_points`-th point on: until the window
-        is full its older slots are missing (NaN), which the model handles like any gap.
-        """
-        length, s = self.scorer.window_length, self.stride
-        pad = length - min(max(self.scorer.min_points, s), length)
-        x = np.r_[np.full(pad, np.nan, np.float32), np.asarray(values, dtype=np.float32)]
-        n = len(x)
-        if n < length:
-            return len(values), np.zeros(0, np.float32)
-        views = np.lib.stride_tricks.sliding_window_view(x, length)  # row r ends at r + L - 1
-        ends = np.arange(length - 1, n, s)
-        chunks = []
-        for b in range(0, len(ends), BATCH_WINDOWS):
-            rows = ends[b : b + BATCH_WINDOWS] - (length - 1)
-            batch = np.ascontiguousarray(views[rows])[:, :, None]
-            chunks.append(self.scorer.score(batch, n_new=s).errors.reshape(-1))
-        rest = n - 1 - ends[-1]  # points after the last full stride
-        if rest:
-            last = np.ascontiguousarray(views[-1:])[:, :, None]
-            chunks.append(self.scorer.score(last, n_new=rest).errors.reshape(-1))
-        return length - s - pad, np.concatenate(chunks)
-
-    def score_series(self, values: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
-        from detector.calibration import Calibrator
-
-        first, errors = self.raw_errors(values)
-        scores = np.zeros(len(values))
-        # NAB's timestamps are naive local times; read as UTC they put each point in its own
-        # time-of-day bin of the seasonal profile, which is all the profile needs.
+    def run(self, values: np.ndarray, timestamps: np.ndarray):
+        """The detector's SeriesRun of one series; timestamps as datetime64 or epoch seconds
+        (NAB's are naive local times, read as UTC: each point still lands in its own
+        time-of-day bin, which is all the seasonal profile needs)."""
         ts = np.asarray(timestamps)
         if np.issubdtype(ts.dtype, np.datetime64):
             seconds = ts.astype("datetime64[ns]").astype(np.int64) / 1e9
         else:
-            seconds = ts.astype(np.float64)  # already epoch seconds
-        # The profile learns from every point, also those before the first full window.
-        cal = Calibrator(self.scorer.calibration)
-        warm = np.full(first, np.nan)
-        cal.update(warm, values[:first], seconds[:first])
-        scores[first:] = cal.update(errors, values[first:], seconds[first:])
-        return scores
+            seconds = ts.astype(np.float64)
+        return self.detector.run_series(np.asarray(values, np.float64), seconds, self.stride)
+
+    def score_series(self, values: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        from detector.detector import onset_scores
+
+        return onset_scores(self.run(values, timestamps))
 
 
 def make_detector(args: argparse.Namespace):

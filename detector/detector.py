@@ -1,0 +1,362 @@
+"""The Detector: windows of many series in, a calibrated score and episodes per point out.
+
+One object owns per-series detection, for `tsguard serve` (stream/heads.py) and for every
+`tsguard evaluate` command alike, so what is measured is what serves:
+
+    windows [B, L, D] --scorer--> forecast residual ---------\
+                     --signals--> seasonal, novelty, range, shift --> one SPOT tail each
+    tail scores [B, K, S] --fusion--> score [B, K] --episodes--> start / end per point
+
+- each signal (detector/signals/) turns the newest points of a window into a raw surprise value;
+- each signal's values go through its own peaks-over-threshold tail (detector/calibration.py),
+  so every signal speaks the same language: -log10 of a tail probability, scaled to 0..1;
+- fusion takes the most surprising signal, with a Bonferroni correction for looking at several
+  (P = S * min_i P_i, i.e. minus log10(S) / tail_decades on the score scale), so the score still
+  reads as a probability and adding a quiet signal does not add false alarms;
+- the score is the gauge and the ranking (it stays high while the anomaly lasts: no damping);
+  episodes (detector/episodes.py) are the alerts, with hysteresis and repeat damping.
+
+State lives in banks, one per dimensionality D: a row per series (a slot) in the tail bank,
+each signal's rows and the episode bank. The stream hands out nothing but windows and slots.
+
+>>> import numpy as np
+>>> from detector.scorer import load_scorer
+>>> det = Detector(load_scorer(device="cpu"))
+>>> x = np.sin(np.arange(3000) * 2 * np.pi / 144) + np.random.default_rng(0).normal(0, 0.05, 3000)
+>>> x[2500] += 3.0
+>>> run = det.run_series(x[:, None], 300.0 * np.arange(3000))
+>>> int(np.argmax(run.scores)), int(np.flatnonzero(run.kinds == START)[0])
+(2500, 2500)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from detector.calibration import TailBank, TailConfig
+from detector.episodes import END, KINDS, START, EpisodeBank, EpisodeConfig
+from detector.signals import SIGNALS, LevelShift, PatternNovelty, RangeExcess, SeasonalProfile
+
+__all__ = ["END", "KINDS", "SIGNALS", "START", "Detection", "Detector", "DetectorConfig",
+           "SeriesRun"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Every setting of detection; stored under "calibration" in a model's config.json. One
+    default configuration serves every collection (README: what was tuned on which data)."""
+
+    signals: tuple[str, ...] = SIGNALS  # which signals take part (an ablation drops some)
+    # The tails (detector/calibration.py).
+    q: float = 0.99
+    short_window: int = 3
+    long_window: int = 500
+    warmup: int = 100
+    tail_decades: float = 10.0
+    quantile_rate: float = 0.2
+    # Time-of-day profile (detector/signals/seasonal.py).
+    seasonal_bins: int = 48
+    seasonal_period_s: float = 86400.0
+    seasonal_alpha: float = 0.05
+    seasonal_min_count: int = 5
+    seasonal_learn_every_s: float = 300.0
+    # Pattern novelty (detector/signals/novelty.py): query length, past points kept.
+    novelty_length: int = 16
+    novelty_history: int = 1024
+    # Range excess (detector/signals/range.py): points over which the bounds relax.
+    range_forget: float = 5000.0
+    # Level shift (detector/signals/shift.py): points in the recent mean.
+    shift_short: int = 8
+    # Episodes (detector/episodes.py): threshold 0.4 is a fused tail probability of 1e-4.
+    threshold: float = 0.4
+    hysteresis: float = 0.05
+    end_after: int = 10
+    repeat: int = 100
+    fusion: str = "fisher"
+    fused_decades: float = 20.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "signals", tuple(self.signals))
+
+    def validate(self) -> None:
+        unknown = set(self.signals) - set(SIGNALS)
+        if unknown or not self.signals:
+            raise ValueError(f"signals must be a non-empty subset of {list(SIGNALS)}")
+        self.tails.validate()
+        if not 0.0 < self.threshold <= 1.0 or not 0.0 <= self.hysteresis < self.threshold:
+            raise ValueError("need 0 < threshold <= 1 and 0 <= hysteresis < threshold")
+        if self.end_after < 1 or self.repeat < 0:
+            raise ValueError("need end_after >= 1 and repeat >= 0")
+        if not (0 <= self.seasonal_bins <= 10_000 and self.seasonal_period_s > 0):
+            raise ValueError("need 0 <= seasonal_bins <= 10000 and seasonal_period_s > 0")
+        if not (0.0 < self.seasonal_alpha <= 1.0 and 1 <= self.seasonal_min_count <= 255):
+            raise ValueError("need 0 < seasonal_alpha <= 1 and 1 <= seasonal_min_count <= 255")
+        if self.seasonal_learn_every_s < 0:
+            raise ValueError("need seasonal_learn_every_s >= 0")
+        if not 2 <= self.novelty_length <= 64 or self.novelty_history < 4 * self.novelty_length:
+            raise ValueError("need 2 <= novelty_length <= 64, novelty_history >= 4 * length")
+        if self.range_forget < 1 or self.shift_short < 1:
+            raise ValueError("need range_forget >= 1 and shift_short >= 1")
+
+    @property
+    def tails(self) -> TailConfig:
+        return TailConfig(self.q, self.short_window, self.long_window, self.warmup,
+                          self.tail_decades, self.quantile_rate)  # fmt: skip
+
+    @property
+    def episodes(self) -> EpisodeConfig:
+        return EpisodeConfig(self.threshold, self.hysteresis, self.end_after, self.repeat)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["signals"] = list(self.signals)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> DetectorConfig:
+        names = {f.name for f in fields(DetectorConfig)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"calibration: unknown keys {sorted(unknown)}")
+        try:
+            cfg = DetectorConfig(**d)
+            cfg.validate()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"calibration: {exc}") from None
+        return cfg
+
+
+class Detection(NamedTuple):
+    """What `Detector.score` returns for B windows, each scored on its newest K points."""
+
+    scores: np.ndarray  # float64 [B, K], 0..1
+    kinds: np.ndarray  # int8 [B, K]: START, END or 0
+    contributions: np.ndarray  # float32 [B, K, D], the model's per-dimension shares
+    signals: np.ndarray  # float64 [B, K, S]: each signal's tail score (NaN: no opinion)
+
+
+class SeriesRun(NamedTuple):
+    """`Detector.run_series` of one series of n points."""
+
+    scores: np.ndarray  # float64 [n]; 0 where the stream scores nothing (a young series)
+    kinds: np.ndarray  # int8 [n]
+    signals: np.ndarray  # float64 [n, S]
+    scored: np.ndarray  # bool [n]: the point was scored
+
+
+@dataclass
+class _Bank:
+    """Every series of one dimensionality: a slot each in the tails, signals and episodes."""
+
+    tails: TailBank
+    signals: dict[str, Any]
+    episodes: EpisodeBank
+    free: list[int] = field(default_factory=list)
+    used: int = 0
+
+    def allocate(self) -> int:
+        if self.free:
+            slot = self.free.pop()
+        else:
+            slot, self.used = self.used, self.used + 1
+        self.tails.reset(slot)
+        for sig in self.signals.values():
+            sig.reset(slot)
+        self.episodes.reset(slot)
+        return slot
+
+    @property
+    def bytes_per_series(self) -> int:
+        rows = [self.tails.rows, self.episodes.rows, *(s.rows for s in self.signals.values())]
+        return sum(r.bytes_per_row for r in rows)
+
+
+class Detector:
+    """Per-series detection for many series at once (see the module docstring).
+
+    `scorer` is a detector.api.WindowScorer; `config` defaults to the model's own (its
+    config.json "calibration")."""
+
+    def __init__(self, scorer, config: DetectorConfig | None = None) -> None:
+        self.config = config if config is not None else scorer.calibration
+        self.config.validate()
+        self.columns = [SIGNALS.index(name) for name in self.config.signals]
+        self.banks: dict[int, _Bank] = {}
+        self.scorer = scorer
+
+    @property
+    def threshold(self) -> float:
+        return self.config.threshold
+
+    @property
+    def window_length(self) -> int:
+        return self.scorer.window_length
+
+    @property
+    def min_points(self) -> int:
+        return self.scorer.min_points
+
+    def set_scorer(self, scorer) -> None:
+        """A new model (hot reload): its errors live on another scale, so the forecast tails
+        restart; every other signal is the series' own history and carries over. Open episodes
+        are closed without an end event."""
+        if scorer.window_length != self.scorer.window_length:
+            raise ValueError(
+                f"new model window {scorer.window_length} != running {self.scorer.window_length}"
+            )
+        self.scorer = scorer
+        for bank in self.banks.values():
+            bank.tails.restart(SIGNALS.index("forecast"))
+            bank.episodes.close_all()
+
+    # -- series ------------------------------------------------------------------------------
+    def add(self, dims: int) -> int:
+        """A new series of `dims` dimensions; returns its slot in the bank of that D."""
+        bank = self.banks.get(dims)
+        if bank is None:
+            bank = self.banks[dims] = self._new_bank(dims)
+        return bank.allocate()
+
+    def remove(self, dims: int, slot: int) -> None:
+        self.banks[dims].free.append(slot)
+
+    def bytes_per_series(self, dims: int = 1) -> int:
+        bank = self.banks.get(dims) or self._new_bank(dims)
+        return bank.bytes_per_series
+
+    def _new_bank(self, dims: int) -> _Bank:
+        c = self.config
+        made = {
+            "seasonal": lambda: SeasonalProfile(
+                dims, c.seasonal_bins, c.seasonal_period_s, c.seasonal_alpha,
+                c.seasonal_min_count, c.seasonal_learn_every_s, c.long_window),
+            "novelty": lambda: PatternNovelty(dims, c.novelty_length, c.novelty_history,
+                                              c.long_window),
+            "range": lambda: RangeExcess(dims, c.range_forget),
+            "shift": lambda: LevelShift(dims, c.shift_short, c.long_window),
+        }  # fmt: skip
+        if c.seasonal_bins == 0:
+            made.pop("seasonal")
+        signals = {name: made[name]() for name in c.signals if name in made}
+        return _Bank(TailBank(c.tails, len(SIGNALS)), signals, EpisodeBank(c.episodes))
+
+    # -- scoring -----------------------------------------------------------------------------
+    def score(self, dims: int, slots: np.ndarray, windows: np.ndarray, times: np.ndarray,
+              n_new: int) -> Detection:  # fmt: skip
+        """Score the newest n_new points of windows [B, L, D] (float32, NaN = missing) at
+        times [B, L] (UTC seconds), row i belonging to series slots[i] of the D bank (-1: skip
+        the row; it scores 0 and changes nothing). Rows of one series come in time order."""
+        bank = self.banks[dims]
+        slots = np.asarray(slots, dtype=np.int64)
+        b = len(slots)
+        raw = np.full((b, n_new, len(SIGNALS)), np.nan)
+        if "forecast" in self.config.signals:
+            result = self.scorer.score(windows, n_new)
+            raw[:, :, 0] = result.errors
+            contributions = result.contributions
+        else:
+            contributions = np.full((b, n_new, dims), 1.0 / dims, np.float32)
+        for name, sig in bank.signals.items():
+            raw[:, :, SIGNALS.index(name)] = sig.raw(slots, windows, times, n_new)
+        tails = bank.tails.score(slots, raw)
+        scores = self.fuse(tails)
+        kinds = bank.episodes.update(slots, scores)
+        return Detection(scores, kinds, contributions, tails)
+
+    def fuse(self, tails: np.ndarray) -> np.ndarray:
+        """One score per point from the signals' tail scores [..., S]: the largest, less
+        log10(signals answering) / tail_decades (P = S * min P); 0 where none answers."""
+        t = tails[..., self.columns]
+        answering = np.isfinite(t).sum(axis=-1)
+        if self.config.fusion == "fisher":
+            # Fisher's method: -2 sum ln P_i ~ chi2(2k) for k independent signals; its
+            # survival function in closed form (even degrees of freedom).
+            y = np.nansum(t, axis=-1) * self.config.tail_decades * math.log(10.0)
+            terms, term = np.zeros_like(y), np.ones_like(y)
+            for i in range(1, len(self.columns)):
+                term = term * y / i
+                terms += np.where(i < answering, term, 0.0)
+            minus_log10p = (y - np.log1p(terms)) / math.log(10.0)
+            score = np.clip(minus_log10p / self.config.fused_decades, 0.0, 1.0)
+            return np.where(answering > 0, score, 0.0)
+        with np.errstate(invalid="ignore"):
+            best = np.where(answering > 0, np.nanmax(np.where(np.isfinite(t), t, -1.0), -1), 0.0)
+        penalty = np.log10(np.maximum(answering, 1)) / self.config.tail_decades
+        return np.clip(best - penalty, 0.0, 1.0)
+
+    # -- one series, as the stream feeds it ------------------------------------------------
+    def run_series(self, values: np.ndarray, timestamps: np.ndarray, stride: int = 1,
+                   batch: int = 2048) -> SeriesRun:  # fmt: skip
+        """Feed one series [n] or [n, D] (NaN = missing) at UTC seconds [n] through a fresh
+        slot exactly as `tsguard serve` does (stream/windows.py): a window of the last L points
+        (missing slots before the series' first point) is taken at the series' min_points-th
+        point and then every `stride` points, and its newest `stride` points are scored. Points
+        no window scores (a young series, the tail of the series after the last full stride)
+        score 0."""
+        x = np.asarray(values, dtype=np.float32)
+        x = x[:, None] if x.ndim == 1 else x
+        n, dims = x.shape
+        ts = np.asarray(timestamps, dtype=np.float64)
+        length = self.window_length
+        out = SeriesRun(np.zeros(n), np.zeros(n, np.int8), np.full((n, len(SIGNALS)), np.nan),
+                        np.zeros(n, bool))  # fmt: skip
+        first = max(self.min_points, stride) - 1
+        if n <= first:
+            return out
+        slot = self.add(dims)
+        try:
+            pad_x = np.concatenate([np.full((length - 1, dims), np.nan, np.float32), x])
+            pad_t = np.concatenate([np.full(length - 1, np.nan), ts])
+            view_x = np.lib.stride_tricks.sliding_window_view(pad_x, length, axis=0)
+            view_t = np.lib.stride_tricks.sliding_window_view(pad_t, length)
+            ends = np.arange(first, n, stride)  # window i ends at point ends[i]
+            for lo in range(0, len(ends), batch):
+                e = ends[lo : lo + batch]
+                # A series' windows come in time order; rows of one call are scored in order.
+                w = np.ascontiguousarray(view_x[e].transpose(0, 2, 1))
+                det = self.score(dims, np.full(len(e), slot), w, view_t[e], stride)
+                idx = (e[:, None] - np.arange(stride - 1, -1, -1)[None, :]).reshape(-1)
+                out.scores[idx] = det.scores.reshape(-1)
+                out.kinds[idx] = det.kinds.reshape(-1)
+                out.signals[idx] = det.signals.reshape(-1, len(SIGNALS))
+                out.scored[idx] = True
+        finally:
+            self.remove(dims, slot)
+        return out
+
+
+def onset_scores(run: SeriesRun) -> np.ndarray:
+    """The score at each episode start, 0 elsewhere: what NAB sees (its scorer rewards the
+    first detection in a window and penalises every other one)."""
+    return np.where(run.kinds == START, run.scores, 0.0)
+
+
+def tail_probability(score: float, tail_decades: float = 10.0) -> float:
+    """The tail probability a score stands for (score 0.4 with 10 decades: 1e-4)."""
+    return math.pow(10.0, -score * tail_decades)
+
+
+class _ProbeScorer:
+    """A stand-in model for load_kernels: zero errors, so only the compiled loops run."""
+
+    window_length, min_points, max_new, version, device = 64, 1, 1, "probe", "cpu"
+    calibration = DetectorConfig()
+
+    def score(self, windows: np.ndarray, n_new: int):
+        from detector.api import WindowScores
+
+        b, _, d = windows.shape
+        return WindowScores(np.zeros((b, n_new), np.float32), np.ones((b, n_new, d), np.float32))
+
+
+def load_kernels() -> None:
+    """Compile (or load from numba's cache) every loop of the detector by scoring one window of
+    each signal once, univariate and multivariate."""
+    det = Detector(_ProbeScorer())
+    for dims in (1, 2):
+        w = np.ones((1, det.window_length, dims), np.float32)
+        det.score(dims, np.array([det.add(dims)]), w, np.ones((1, det.window_length)), 1)

@@ -1,0 +1,53 @@
+"""Per-series state as a struct of numpy arrays, one row per slot.
+
+Every bank of per-series state (calibration tails, signals, episodes) keeps its rows here, so
+growing, resetting and measuring them is written once. Slots are handed out by the owner (the
+`Detector`); a bank only grows to hold the slot it is given.
+
+>>> rows = SlotRows(2, level=((3,), np.float64, 0.0), seen=((), np.int32, 0))
+>>> rows.reset(5)  # grows to hold slot 5
+>>> rows.level.shape, rows.bytes_per_row
+((6, 3), 28)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class SlotRows:
+    """Named arrays, each [capacity, *shape], with an initial value a reset writes."""
+
+    def __init__(self, capacity: int, **fields: tuple[tuple[int, ...], type, float]) -> None:
+        self._init = {name: init for name, (_, _, init) in fields.items()}
+        for name, (shape, dtype, _) in fields.items():
+            setattr(self, name, np.empty((capacity, *shape), dtype=dtype))
+        self._capacity = capacity
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def bytes_per_row(self) -> int:
+        return sum(getattr(self, name)[0].nbytes for name in self._init)
+
+    def reset(self, slot: int) -> None:
+        """Slot `slot` starts afresh (the arrays grow by doubling to hold it)."""
+        if slot >= self._capacity:
+            self._grow(max(slot + 1, 2 * self._capacity))
+        for name, init in self._init.items():
+            getattr(self, name)[slot] = init
+
+    def reset_field(self, name: str) -> None:
+        """Every row's `name` back to its initial value (e.g. forget one signal's tail)."""
+        getattr(self, name)[...] = self._init[name]
+
+    def _grow(self, capacity: int) -> None:
+        for name in self._init:
+            a = getattr(self, name)
+            # Unwritten rows cost address space, not resident memory (reset() fills a row).
+            grown = np.empty((capacity, *a.shape[1:]), dtype=a.dtype)
+            grown[: self._capacity] = a
+            setattr(self, name, grown)
+        self._capacity = capacity
