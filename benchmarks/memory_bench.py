@@ -1,10 +1,10 @@
 """Memory: resident bytes per tracked series, against the window's own bytes, and resident memory
 staying flat past the `--max-series` cap. No broker: fake records go straight into the real
-`MetricsHead.handle` (windows, calibration and episode rows per series), as the pipeline calls it.
+`MetricsHead.handle` (windows and the detector's rows per series), as the pipeline calls it.
 
 1. per series: n distinct series (default 10k, 100k, 1M), each in a fresh process; RSS (psutil)
    after the head is built vs after every series is tracked, divided by n. "warm" also feeds each
-   series' calibration 20 points with values and times, as the head does (its rows are then
+   series' detector rows (tails, signals, episodes) 20 points, as the head does (its rows are then
    written: fixed-size arrays, the same size after any number of points). The window's own bytes
    are L*D*4 (float32 values) + L*8 (float64 timestamps).
 2. cap: 1M distinct series streamed through heads capped at --caps (default 10k, 100k); RSS
@@ -64,20 +64,29 @@ def records(lo: int, hi: int, topic: str) -> list[Record]:
     return out
 
 
-WARM_ERRORS = 20  # points fed to each series' calibration, so that its rows are written
+WARM_ERRORS = 20  # points fed to each series' detector rows, so that they are written
 
 
 def warm_state(head, rng: np.random.Generator) -> None:
-    """Score a few errors per series with their points' values and times through the head's
-    banks, as the head does, so every row the series owns is written (resident)."""
-    seconds = 1_700_000_000.0 + 300.0 * np.arange(WARM_ERRORS)
+    """Feed a few points per series through the detector's tails, signals and episodes (not
+    the model: its output does not change the state's size), so every row the series owns is
+    written (resident)."""
+    from detector.detector import SIGNALS
+
+    det = head.detector
+    bank = det.banks[1]
     slots = np.array([st.slot for st in head.state.values()], dtype=np.int64)
-    banks = head.banks[1]
+    length = det.window_length
+    seconds = 1_700_000_000.0 + 300.0 * np.arange(length)
     for lo in range(0, len(slots), CHUNK):
         part = slots[lo : lo + CHUNK]
-        shape = (len(part), WARM_ERRORS)
-        banks.score(part, rng.gamma(2.0, 0.5, shape), rng.normal(50.0, 5.0, (*shape, 1)),
-                    np.broadcast_to(seconds, shape))  # fmt: skip
+        windows = rng.normal(50.0, 5.0, (len(part), length, 1)).astype(np.float32)
+        times = np.broadcast_to(seconds, (len(part), length))
+        raw = np.full((len(part), WARM_ERRORS, len(SIGNALS)), np.nan)
+        raw[:, :, 0] = rng.gamma(2.0, 0.5, (len(part), WARM_ERRORS))
+        for name, sig in bank.signals.items():
+            raw[:, :, SIGNALS.index(name)] = sig.raw(part, windows, times, WARM_ERRORS)
+        bank.episodes.update(part, det.fuse(bank.tails.score(part, raw)))
 
 
 def child_per_series(n: int) -> dict:
@@ -118,15 +127,16 @@ def breakdown(head) -> dict[str, int]:
     sizeof = sys.getsizeof
     n = len(state)
     bank = store._banks[1]
-    banks = head.banks[1]
+    detector_bank = head.detector.banks[1]
     return {
         "series_name_str": sizeof(name),
         "store_index_dict_share": sizeof(store._series) // n,
         "store_series_record": sizeof(store._series[name]) + sizeof(store._series[name].slot),
         "state_dict_share": sizeof(state) // n,
         "series_state": _deep_size(st),
-        "calibration_rows": banks.calibrators.bytes_per_series,
-        "episode_row": banks.episodes.state[0].nbytes,
+        "tail_rows": detector_bank.tails.bytes_per_series,
+        **{f"{name}_rows": sig.rows.bytes_per_row for name, sig in detector_bank.signals.items()},
+        "episode_row": detector_bank.episodes.bytes_per_series,
         "bank_bookkeeping_arrays": bank.pos.itemsize * 3 + bank.last_ts.itemsize,
         "window_values_float32": store.length * 4,
         "window_ts_float64": store.length * 8,

@@ -17,6 +17,8 @@ Changes from the paper, so that a tail's state is a few fixed-size numbers (unde
   Means are cumulative for the first `long_window` points, then exponential, so the tail follows
   slow changes (the paper's DSPOT);
 - x is the mean of the last `short_window` raw values, which damps single-point noise;
+- as in the paper's Algorithm 1, a value that raises an alarm (score >= `alarm`) is not
+  learned as a peak; it still moves the running quantile, so a lasting new regime is absorbed;
 - the score is the tail probability on a log scale, score = clip(-log10 P / tail_decades, 0, 1)
   (as Numenta's log-likelihood does), so a threshold reads as a probability: 0.4 with
   tail_decades=10 is P = 1e-4. Below u the score rises linearly from 0 to u's score
@@ -79,6 +81,7 @@ class TailConfig:
     warmup: int = 100  # values before scores leave 0
     tail_decades: float = 10.0  # -log10(tail probability) that maps to score 1
     quantile_rate: float = 0.2  # step of the running quantile, in running mean values
+    alarm: float = 0.4  # a value scoring this (P <= 1e-4) is an alarm: not learned as a peak
 
     def validate(self) -> None:
         # q below the warm-up fit's 80% quantile would put the first u under the fitted tail.
@@ -92,7 +95,7 @@ class TailConfig:
             raise ValueError("quantile_rate must be in (0, 1]")
 
     def constants(self) -> np.ndarray:
-        """The kernel's view of the config: float64 [9], indexed by the _K* constants."""
+        """The kernel's view of the config: float64 [10], indexed by the _K* constants."""
         one_mq = 1.0 - self.q
         return np.array([
             one_mq, -math.log10(one_mq), 1.0 / self.tail_decades,
@@ -103,11 +106,12 @@ class TailConfig:
             # The warm-up fit puts u where its exponential tail through the 80% quantile
             # reaches 1 - q: u = u0 + m ln(0.2 / (1 - q)).
             math.log((1.0 - _INIT_QUANTILE) / one_mq),
+            self.alarm,
         ], dtype=np.float64)  # fmt: skip
 
 
 (_K_ONE_MQ, _K_MINUS_LOG10_1MQ, _K_INV_DECADES, _K_STEP_SCALE, _K_PEAK_MEMORY, _K_WARMUP,
- _K_LONG, _K_SHORT, _K_INIT_STRETCH) = range(9)  # fmt: skip
+ _K_LONG, _K_SHORT, _K_INIT_STRETCH, _K_ALARM) = range(10)  # fmt: skip
 
 
 class TailBank:
@@ -207,7 +211,9 @@ def _tail_step(st, heap, e, k):
     u += k[_K_STEP_SCALE] * mean_err * alpha * ((1.0 if x > u else 0.0) - k[_K_ONE_MQ])
     if u < 0.0:
         u = 0.0
-    if x > u:
+    # An alarm is not a peak (SPOT, Algorithm 1): one huge anomaly would otherwise widen the
+    # tail and deafen it to the next one for hundreds of points.
+    if x > u and raw < k[_K_ALARM]:
         n_peaks += 1.0
         peak_mean += ((x - u) - peak_mean) / min(n_peaks, k[_K_PEAK_MEMORY])
     st[_U], st[_MEAN_ERR], st[_N_PEAKS], st[_PEAK_MEAN] = u, mean_err, n_peaks, peak_mean

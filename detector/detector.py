@@ -10,9 +10,9 @@ One object owns per-series detection, for `tsguard serve` (stream/heads.py) and 
 - each signal (detector/signals/) turns the newest points of a window into a raw surprise value;
 - each signal's values go through its own peaks-over-threshold tail (detector/calibration.py),
   so every signal speaks the same language: -log10 of a tail probability, scaled to 0..1;
-- fusion takes the most surprising signal, with a Bonferroni correction for looking at several
-  (P = S * min_i P_i, i.e. minus log10(S) / tail_decades on the score scale), so the score still
-  reads as a probability and adding a quiet signal does not add false alarms;
+- fusion combines the signals' tail probabilities into one (`fuse`: the better of Bonferroni's
+  min-P and Fisher's method), so the score still reads as a probability: one sure signal is
+  enough, and several that agree a little add up;
 - the score is the gauge and the ranking (it stays high while the anomaly lasts: no damping);
   episodes (detector/episodes.py) are the alerts, with hysteresis and repeat damping.
 
@@ -68,7 +68,7 @@ class DetectorConfig:
     novelty_length: int = 16
     novelty_history: int = 1024
     # Range excess (detector/signals/range.py): points over which the bounds relax.
-    range_forget: float = 5000.0
+    range_forget: float = 20000.0
     # Level shift (detector/signals/shift.py): points in the recent mean.
     shift_short: int = 8
     # Episodes (detector/episodes.py): threshold 0.4 is a fused tail probability of 1e-4.
@@ -76,8 +76,7 @@ class DetectorConfig:
     hysteresis: float = 0.05
     end_after: int = 10
     repeat: int = 100
-    fusion: str = "fisher"
-    fused_decades: float = 20.0
+    fused_decades: float = 20.0  # -log10 of the fused probability that maps to score 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "signals", tuple(self.signals))
@@ -268,25 +267,9 @@ class Detector:
         return Detection(scores, kinds, contributions, tails)
 
     def fuse(self, tails: np.ndarray) -> np.ndarray:
-        """One score per point from the signals' tail scores [..., S]: the largest, less
-        log10(signals answering) / tail_decades (P = S * min P); 0 where none answers."""
-        t = tails[..., self.columns]
-        answering = np.isfinite(t).sum(axis=-1)
-        if self.config.fusion == "fisher":
-            # Fisher's method: -2 sum ln P_i ~ chi2(2k) for k independent signals; its
-            # survival function in closed form (even degrees of freedom).
-            y = np.nansum(t, axis=-1) * self.config.tail_decades * math.log(10.0)
-            terms, term = np.zeros_like(y), np.ones_like(y)
-            for i in range(1, len(self.columns)):
-                term = term * y / i
-                terms += np.where(i < answering, term, 0.0)
-            minus_log10p = (y - np.log1p(terms)) / math.log(10.0)
-            score = np.clip(minus_log10p / self.config.fused_decades, 0.0, 1.0)
-            return np.where(answering > 0, score, 0.0)
-        with np.errstate(invalid="ignore"):
-            best = np.where(answering > 0, np.nanmax(np.where(np.isfinite(t), t, -1.0), -1), 0.0)
-        penalty = np.log10(np.maximum(answering, 1)) / self.config.tail_decades
-        return np.clip(best - penalty, 0.0, 1.0)
+        """One score per point from the signals' tail scores [..., S] (see the module
+        docstring); 0 where no signal answers."""
+        return fuse(tails[..., self.columns], self.config.tail_decades, self.config.fused_decades)
 
     # -- one series, as the stream feeds it ------------------------------------------------
     def run_series(self, values: np.ndarray, timestamps: np.ndarray, stride: int = 1,
@@ -327,6 +310,34 @@ class Detector:
         finally:
             self.remove(dims, slot)
         return out
+
+
+def fuse(tails: np.ndarray, tail_decades: float, fused_decades: float) -> np.ndarray:
+    """Fuse tail scores [..., S] (score = -log10 P / tail_decades, NaN = no opinion) into one.
+
+    Two combinations of the k answering signals' tail probabilities, each a valid test:
+    Bonferroni's k * min P (one signal is sure: a spike only the forecaster sees) and
+    Fisher's method, -2 sum ln P ~ chi2(2k) (several signals agree a little: a level shift
+    that the forecast, the profile and the level all notice). The fused P is twice the
+    smaller (the Bonferroni bound for taking the better of two tests), and the score is
+    -log10 P / fused_decades, clipped to 0..1: larger than tail_decades, so points where many
+    signals agree do not all tie at 1.
+    """
+    finite = np.isfinite(tails)
+    k = finite.sum(axis=-1)
+    t = np.where(finite, tails, 0.0)
+    ln10 = math.log(10.0)
+    bonferroni = t.max(axis=-1) * tail_decades - np.log10(np.maximum(k, 1))
+    # Fisher's chi2(2k) survival in closed form: exp(-y) * sum_{i<k} y^i / i!, y = -sum ln P.
+    y = t.sum(axis=-1) * tail_decades * ln10
+    terms, term = np.zeros_like(y), np.ones_like(y)
+    for i in range(1, tails.shape[-1]):
+        term = term * y / i
+        terms += np.where(i < k, term, 0.0)
+    fisher = (y - np.log1p(terms)) / ln10
+    minus_log10p = np.maximum(bonferroni, fisher) - np.where(k > 1, math.log10(2.0), 0.0)
+    score = np.clip(minus_log10p / fused_decades, 0.0, 1.0)
+    return np.where(k > 0, score, 0.0)
 
 
 def onset_scores(run: SeriesRun) -> np.ndarray:

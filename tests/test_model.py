@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from detector.api import WindowScores
-from detector.calibration import CalibrationConfig, Calibrator
+from detector.calibration import TailBank, TailConfig
+from detector.detector import DetectorConfig
 from detector.errors import ModelLoadError
 from detector.model import (
     ModelConfig,
@@ -46,7 +47,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         out,
         _random_model(),
         version="test-1",
-        calibration=CalibrationConfig(),
+        calibration=DetectorConfig(),
         training={"data": "none"},
     )
     return out
@@ -91,7 +92,7 @@ def test_scorer_attributes(scorer: Scorer) -> None:
     assert scorer.window_length == TINY.window
     assert scorer.version == "test-1"
     assert scorer.device == "cpu"
-    assert scorer.calibration == CalibrationConfig()
+    assert scorer.calibration == DetectorConfig()
     assert 0 < scorer.calibration.threshold <= 1
 
 
@@ -127,7 +128,9 @@ def test_scaling_and_shifting_leave_calibrated_scores_unchanged(
     for x in (series, a * series.astype(np.float64) + b):
         view = np.lib.stride_tricks.sliding_window_view(x, scorer.window_length)
         errs = scorer.score(view[:, :, None].astype(np.float32), 1).errors[:, 0]
-        cal_scores.append(Calibrator(CalibrationConfig(warmup=50)).update(errs))
+        tail = TailBank(TailConfig(warmup=50), signals=1)
+        tail.reset(0)
+        cal_scores.append(tail.score(np.array([0]), errs.reshape(1, -1, 1))[0, :, 0])
     np.testing.assert_allclose(cal_scores[1], cal_scores[0], atol=0.02)
 
 

@@ -194,7 +194,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from detector.calibration import CalibrationConfig
+    from detector.detector import DetectorConfig
     from detector.model import INPUT_CLIP, ModelConfig, PatchForecaster, laplace_nll, prepare
     from detector.scorer import resolve_device, save_model_dir
     from training.datasets import cut_windows, load_series, synthetic_series
@@ -389,7 +389,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     training_desc["parameters"] = sum(p.numel() for p in model.parameters())
     out = Path(cfg.out)
     save_model_dir(
-        out, model.cpu(), version=version, calibration=CalibrationConfig(), training=training_desc
+        out, model.cpu(), version=version, calibration=DetectorConfig(), training=training_desc
     )
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _plot(history, out / "loss.png")

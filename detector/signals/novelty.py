@@ -62,7 +62,9 @@ class PatternNovelty:
         points of each window [B, L, D]; then the ring learns those points."""
         w = np.asarray(windows)
         if w.shape[1] < self.length + n_new - 1:
-            raise ValueError(f"windows of {w.shape[1]} points are too short for length {self.length}")
+            raise ValueError(
+                f"windows of {w.shape[1]} points are too short for length {self.length}"
+            )
         out = np.full((w.shape[0], n_new), np.nan)
         if w.shape[0]:
             r = self.rows

@@ -29,7 +29,7 @@ from detector.rows import SlotRows
 
 
 class RangeExcess:
-    def __init__(self, dims: int, forget: float = 5000.0, tolerance: float = 0.05,
+    def __init__(self, dims: int, forget: float = 20000.0, tolerance: float = 0.05,
                  capacity: int = 64) -> None:  # fmt: skip
         self.dims, self.forget, self.tolerance = dims, forget, tolerance
         self.rows = SlotRows(
