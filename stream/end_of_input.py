@@ -35,7 +35,8 @@ class EndOfInput:
         self.targets = targets
         self.timeout_s = timeout_s
         self.started = started  # time.monotonic() when the job started
-        self._last_wait_log: float | None = None
+        self._waited: set[TopicPartition] = set()  # as last logged
+        self._last_wait_log = 0.0
         log.info("stop-at-end targets: %s", {_name(tp): end for tp, end in sorted(targets.items())})
 
     def clip(self, tp: TopicPartition, records: list) -> tuple[list, int]:
@@ -61,13 +62,12 @@ class EndOfInput:
         )
 
     def waiting(self, left: dict[TopicPartition, int], now: float) -> None:
-        """Say which partitions the job waits for: the first time, then every WAIT_LOG_EVERY_S."""
-        if self._last_wait_log is None or now - self._last_wait_log >= WAIT_LOG_EVERY_S:
-            self._last_wait_log = now
-            log.info(
-                "stop-at-end: waiting for the group to commit %s",
-                self.describe(left),
-            )
+        """Say which partitions the job waits for: when they change (the first time included),
+        and every WAIT_LOG_EVERY_S while they do not."""
+        waited = set(left)
+        if waited != self._waited or now - self._last_wait_log >= WAIT_LOG_EVERY_S:
+            self._waited, self._last_wait_log = waited, now
+            log.info("stop-at-end: waiting for the group to commit %s", self.describe(left))
 
     def timed_out(self, now: float) -> bool:
         return self.timeout_s is not None and now - self.started >= self.timeout_s
