@@ -151,8 +151,9 @@ def serve_run(
     start, end = proc.started, proc.exited
     assert end is not None
     model = proc.first(r"model .* on ")
+    serving = proc.first(r"serving .* \(group")
     assigned = proc.first(r"assigned \[")
-    targets = proc.first(r"stop-at-end targets")
+    targets = proc.first(r"stop-at-end targets")  # recorded before the join
     reached = proc.first(r"reached the end")
     flushed = proc.first(r"final checkpoint")
     processing = end - (assigned or start)
@@ -165,15 +166,15 @@ def serve_run(
         "startup_s": (assigned or start) - start,
         "model_loaded_s": (model - start) if model else None,
         "group_join_s": (assigned - model) if assigned and model else None,
-        "end_offset_probe_s": (targets - assigned) if targets and assigned else None,
+        "end_offset_probe_s": (targets - serving) if targets and serving else None,
         "drain_and_close_s": (end - reached) if reached else None,
         "processing_s": processing,
         "points_per_s_wall": n / (end - start),
         "points_per_s": n / processing,
-        # Steady: from the end offsets known to the last outputs flushed, as the bare consumer is
-        # timed from its first poll to its last record (no join, probe, shutdown or exit).
-        "steady_s": (flushed - targets) if flushed and targets else None,
-        "points_per_s_steady": n / (flushed - targets) if flushed and targets else None,
+        # Steady: from the assignment (the end offsets are known before it) to the last outputs
+        # flushed, as the bare consumer is timed from its first poll to its last record.
+        "steady_s": (flushed - assigned) if flushed and assigned else None,
+        "points_per_s_steady": n / (flushed - assigned) if flushed and assigned else None,
         "last_scrape_before_exit_s": (end - scraper.latest_at) if final else None,
         "windows_scored_at_last_scrape": final.get("tsguard_windows_scored_total"),
         "scoring_seconds_sum_at_last_scrape": final.get("tsguard_scoring_seconds_sum"),
@@ -211,7 +212,7 @@ def inprocess_run(
         assigned_at.append(time.perf_counter())
 
     watcher = threading.Thread(target=watch, daemon=True)
-    probe_log = _LogTimes("stream.pipeline")
+    probe_log = _LogTimes("stream.pipeline", "stream.end_of_input")
     profiler = cProfile.Profile() if args.profile else None
     t = time.perf_counter()
     watcher.start()
@@ -234,9 +235,9 @@ def inprocess_run(
     points = sample("tsguard_points_total") or 0.0
     pipeline_s = end - start
     targets = probe_log.first("stop-at-end targets")
-    probe_s = (targets - start) if targets else 0.0
+    probe_s = (targets - t) if targets else 0.0  # recorded before the join
     flushed = probe_log.first("final checkpoint")
-    steady_s = (flushed or end) - (targets or start)
+    steady_s = (flushed or end) - start
     out = {
         "kafka_client": client,
         "stride": stride,
@@ -271,15 +272,17 @@ def inprocess_run(
 
 
 class _LogTimes(logging.Handler):
-    """perf_counter time of each record logged by one logger (INFO and up) while attached."""
+    """perf_counter time of each record logged by the named loggers (INFO and up) while
+    attached."""
 
-    def __init__(self, name: str):
+    def __init__(self, *names: str):
         super().__init__(logging.INFO)
         self.times: list[tuple[float, str]] = []
-        self.logger = logging.getLogger(name)
-        self.saved_level = self.logger.level
-        self.logger.setLevel(logging.INFO)
-        self.logger.addHandler(self)
+        self.loggers = [logging.getLogger(name) for name in names]
+        self.saved_levels = [logger.level for logger in self.loggers]
+        for logger in self.loggers:
+            logger.setLevel(logging.INFO)
+            logger.addHandler(self)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.times.append((time.perf_counter(), record.getMessage()))
@@ -288,8 +291,9 @@ class _LogTimes(logging.Handler):
         return next((t for t, msg in self.times if text in msg), None)
 
     def close(self) -> None:
-        self.logger.removeHandler(self)
-        self.logger.setLevel(self.saved_level)
+        for logger, level in zip(self.loggers, self.saved_levels, strict=True):
+            logger.removeHandler(self)
+            logger.setLevel(level)
         super().close()
 
 

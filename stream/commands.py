@@ -23,7 +23,16 @@ def register_cli(sub) -> None:
     p.add_argument(
         "--stop-at-end",
         action="store_true",
-        help="exit 0 once every assigned partition reaches the end offset it had at start",
+        help="backfill/replay job: exit 0 once the group's committed offset of every partition "
+        "of the input topics reaches the end offset recorded at start, whoever processed it",
+    )
+    p.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with --stop-at-end: exit 1 after S seconds, naming the partitions not done "
+        "(default: wait as long as it takes)",
     )
     p.set_defaults(handler=serve)
 
@@ -160,6 +169,11 @@ def _settings(args: argparse.Namespace, bootstrap: str):
         from stream import confluent_io
 
         confluent_io.require()  # before the model loads
+    stop_timeout = getattr(args, "stop_timeout", None)
+    if stop_timeout is not None and not getattr(args, "stop_at_end", False):
+        raise UserError("--stop-timeout needs --stop-at-end")
+    if stop_timeout is not None and not stop_timeout > 0:
+        raise UserError(f"--stop-timeout must be a positive number of seconds, got {stop_timeout}")
     for name in ("stride", "max_batch", "max_series", "max_message_bytes", "partitions"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -173,7 +187,8 @@ def _settings(args: argparse.Namespace, bootstrap: str):
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_series=args.max_series,
         max_message_bytes=args.max_message_bytes, max_series_gauges=args.max_series_gauges,
         metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
-        stop_at_end=getattr(args, "stop_at_end", False), log_window_s=args.log_window,
+        stop_at_end=getattr(args, "stop_at_end", False), stop_timeout_s=stop_timeout,
+        log_window_s=args.log_window,
     )  # fmt: skip
 
 
@@ -260,6 +275,8 @@ def _on_signals(pipeline) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from stream.end_of_input import StopTimeout
+
     with _broker_for(args.bootstrap) as bootstrap:
         settings = _settings(args, bootstrap)
         pipeline, metrics = build_service(settings)
@@ -268,7 +285,11 @@ def serve(args: argparse.Namespace) -> int:
         log.info(
             "serving %s from %s (group %s)", ",".join(pipeline.heads), bootstrap, settings.group_id
         )
-        return pipeline.run()
+        try:
+            return pipeline.run()
+        except StopTimeout as exc:
+            print(f"tsguard: error: {exc}", file=sys.stderr)
+            return 1
 
 
 def broker(args: argparse.Namespace) -> int:

@@ -218,6 +218,13 @@ class ConfluentConsumer:
             raise _error(exc) from None
         return got.offset if got.offset >= 0 else None
 
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        try:
+            meta = self._c.list_topics(topic, timeout=REQUEST_TIMEOUT_S).topics.get(topic)
+        except ck.KafkaException as exc:
+            raise _error(exc) from None
+        return set(meta.partitions) if meta is not None and meta.error is None else set()
+
     def commit(self, offsets: dict) -> None:
         try:
             self._c.commit(

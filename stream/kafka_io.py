@@ -75,7 +75,7 @@ def ensure_topics(settings: Settings, topics: list[str], timeout_s: float = 20.0
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(request_timeout_ms=5000, **_common(settings))
+            admin = make_admin(settings)
             break
         except (KafkaError, OSError):
             if time.monotonic() > deadline:
@@ -123,3 +123,25 @@ def end_offsets(
         return result
     finally:
         probe.close()
+
+
+def input_partitions(consumer: KafkaConsumer, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of the given topics, from the cluster's metadata."""
+    return sorted(
+        TopicPartition(topic, p) for topic in topics for p in consumer.partitions_for_topic(topic)
+    )
+
+
+def make_admin(settings: Settings) -> KafkaAdminClient:
+    return KafkaAdminClient(request_timeout_ms=5000, **_common(settings))
+
+
+def group_committed(
+    admin: KafkaAdminClient, group_id: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The consumer group's committed offset of each partition (0 where none), whichever member
+    committed it: one offset fetch from the group coordinator, over the admin client's own
+    connection, whichever client the service consumes with. (Asked through a kafka-python
+    consumer that is joining the group, the fetch held its join back on the embedded broker.)"""
+    got = admin.list_group_offsets({group_id: partitions}).get(group_id, {})
+    return {tp: max(0, got[tp].offset) if tp in got else 0 for tp in partitions}

@@ -15,6 +15,7 @@ most every COMMIT_EVERY_S rather than after every poll.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -22,8 +23,16 @@ import time
 from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
 from kafka.errors import KafkaError
 
+from stream.end_of_input import EndOfInput, StopTimeout
 from stream.heads import Head, Output
-from stream.kafka_io import end_offsets, make_consumer, make_producer
+from stream.kafka_io import (
+    end_offsets,
+    group_committed,
+    input_partitions,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
 from stream.metrics import Metrics
 from stream.settings import Settings
 
@@ -35,6 +44,8 @@ MODEL_CHECK_EVERY_S = 2.0
 # Flush + commit is a blocking round trip on this thread; events do not wait for it (the
 # producer sends them within its linger), only the committed offset does.
 COMMIT_EVERY_S = 0.2
+# --stop-at-end: how often to ask whether this member's partitions, then the group's, are done.
+END_CHECK_EVERY_S = 0.5
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -60,7 +71,9 @@ class Pipeline:
         self.metrics = metrics
         self.stop_event = threading.Event()
         self.assigned: set[TopicPartition] = set()
-        self.end_targets: dict[TopicPartition, int] | None = None
+        self.end: EndOfInput | None = None  # --stop-at-end: set when run() starts
+        self._admin = None  # --stop-at-end: reads the group's committed offsets
+        self._last_end_check = 0.0
         self._to_forget: set[TopicPartition] = set()
         self._to_rebuild: set[TopicPartition] = set()
         self._send_failed: Exception | None = None
@@ -83,7 +96,6 @@ class Pipeline:
     def note_assignment(self, assigned: set[TopicPartition]) -> None:
         lost, gained = self.assigned - assigned, assigned - self.assigned
         self.assigned = assigned
-        self.end_targets = None
         self._to_forget |= lost
         self._to_forget -= assigned
         self._to_rebuild = (self._to_rebuild | gained) & assigned
@@ -145,17 +157,25 @@ class Pipeline:
         self._send_failed = None
 
     def run(self) -> int:
-        """Consume until stopped (or, with stop_at_end, until the end offsets seen at start)."""
+        """Consume until stopped, or with stop_at_end until the group has committed the end
+        offsets recorded here of every input partition (raises StopTimeout past stop_timeout_s,
+        after the final checkpoint)."""
         try:
+            if self.settings.stop_at_end:
+                self.end = self._record_end_offsets()
+            timed_out = None
             while not self.stop_event.is_set():
                 self.step()
-                if self.settings.stop_at_end and self._reached_end():
-                    log.info("reached the end of every assigned partition")
-                    break
+                if self.end is not None:
+                    done, timed_out = self._end_reached()
+                    if done or timed_out is not None:
+                        break
             for head in self.heads.values():
                 self._send(head.finish())
             self.checkpoint(force=True)
             log.info("final checkpoint: outputs flushed, offsets committed")
+            if timed_out is not None:
+                raise timed_out
             return 0
         finally:
             self.close()
@@ -177,8 +197,13 @@ class Pipeline:
         # partitions, handle took 29 us of main-thread CPU per point, against ~2 in bulk).
         by_topic: dict[str, list] = {}
         for tp, records in polled.items():
-            by_topic.setdefault(tp.topic, []).extend(records)
-            self._consumed[tp] = records[-1].offset + 1
+            consumed = records[-1].offset + 1
+            if self.end is not None:
+                # A job handles its input up to the end offsets recorded at start, no further.
+                records, consumed = self.end.clip(tp, records)
+            if records:
+                by_topic.setdefault(tp.topic, []).extend(records)
+            self._consumed[tp] = consumed
         outputs: list[Output] = []
         for topic, records in by_topic.items():
             self.metrics.messages.labels(topic).inc(len(records))
@@ -281,16 +306,65 @@ class Pipeline:
     def _on_send_error(self, exc: Exception) -> None:
         self._send_failed = exc  # may run on the producer's IO thread
 
-    def _reached_end(self) -> bool:
-        if not self.assigned:
-            return False
-        if self.end_targets is None:
-            self.end_targets = end_offsets(self.consumer, sorted(self.assigned), self.settings)
-            log.info(
-                "stop-at-end targets: %s",
-                {f"{t.topic}[{t.partition}]": o for t, o in self.end_targets.items()},
-            )
-        return all(self.consumer.position(tp) >= end for tp, end in self.end_targets.items())
+    def _record_end_offsets(self) -> EndOfInput:
+        """--stop-at-end: the end offset of every partition of every input topic, now."""
+        started = time.monotonic()
+        partitions = input_partitions(self.consumer, list(self.heads))
+        targets = end_offsets(self.consumer, partitions, self.settings)
+        return EndOfInput(targets, self.settings.stop_timeout_s, started)
+
+    def _end_reached(self) -> tuple[bool, StopTimeout | None]:
+        """--stop-at-end, at most every END_CHECK_EVERY_S: (done, timeout error). Done once the
+        group's committed offset of every input partition has reached its end offset, whoever
+        committed it; until this member's own partitions are consumed to theirs, not asked."""
+        now = time.monotonic()
+        if now - self._last_end_check < END_CHECK_EVERY_S:
+            return False, None
+        self._last_end_check = now
+        end = self.end
+        own_done = all(self._consumed_to_end(tp) for tp in sorted(self.assigned))
+        left = None
+        if own_done:
+            try:
+                left = end.left(self._group_committed())
+            except KafkaError as exc:
+                self.metrics.kafka_errors.labels("committed").inc()
+                log.warning("cannot read the group's committed offsets (will retry): %s", exc)
+        if left == {}:
+            log.info("reached the end of every input partition: the group committed them all")
+            return True, None
+        if left is not None:
+            if any(tp in self.assigned for tp in left):
+                # Consumed to the end but not committed: a head may hold the commit for state it
+                # publishes later (an open log summary window); publish it now, then commit.
+                for head in self.heads.values():
+                    self._send(head.finish())
+                self.checkpoint(force=True)
+            else:
+                end.waiting(left, now)
+        if end.timed_out(now):
+            if left is None:  # name only what is not done, as the group sees it
+                with contextlib.suppress(KafkaError):
+                    left = end.left(self._group_committed())
+            if left == {}:
+                return True, None
+            return False, end.timeout_error(left)
+        return False, None
+
+    def _group_committed(self) -> dict[TopicPartition, int]:
+        if self._admin is None:
+            self._admin = make_admin(self.settings)
+        return group_committed(self._admin, self.settings.group_id, sorted(self.end.targets))
+
+    def _consumed_to_end(self, tp: TopicPartition) -> bool:
+        target = self.end.targets.get(tp, 0)
+        if max(self._consumed.get(tp, 0), self._floor.get(tp, 0)) >= target:
+            return True
+        if tp in self._consumed and self.consumer.position(tp) >= target:
+            # Only offsets without records (transaction markers) lay between: nothing to handle.
+            self._consumed[tp] = target
+            return True
+        return False
 
     def _update_lag(self) -> None:
         if not self.assigned:
@@ -315,3 +389,6 @@ class Pipeline:
             self.consumer.close(autocommit=False)
         except KafkaError as exc:
             log.warning("closing the consumer: %s", exc)
+        if self._admin is not None:
+            with contextlib.suppress(KafkaError):
+                self._admin.close()

@@ -86,5 +86,6 @@ class Settings:
     metrics_port: int = 9109
     metrics_addr: str = "0.0.0.0"
     stop_at_end: bool = False
+    stop_timeout_s: float | None = None  # --stop-at-end: fail when not done within this
     rebuild_messages: int = 50_000  # per partition, read back on assignment to rebuild windows
     log_window_s: float = 60.0

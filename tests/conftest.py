@@ -42,10 +42,16 @@ def stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
             proc.wait()
 
 
-def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
+def produce(
+    bootstrap: str,
+    topic: str,
+    messages: list[tuple[bytes | None, bytes | None]],
+    partition: int | None = None,
+) -> None:
+    """Send and flush; `partition` None: the partition the key hashes to."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     for key, value in messages:
-        producer.send(topic, key=key, value=value)
+        producer.send(topic, key=key, value=value, partition=partition)
     producer.flush()
     producer.close()
 
