@@ -88,7 +88,7 @@ class LabelSet:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    unknown_below: float = 0.4  # confidence under which the label is "unknown"
+    unknown_below: float = 0.0  # confidence under which the label is "unknown" (0: never)
     sentence_weight: float = 0.7  # w in score = w * sentence + (1 - w) * word
     use_words: bool = True  # the word score (off = sentence score only)
     cache_size: int = 50_000  # templates whose probabilities are kept
@@ -114,6 +114,7 @@ class TemplateText(NamedTuple):
 
     sentence: str
     words: tuple[str, ...]
+    raw: str = ""  # the masked template as first seen (the severity head's lexical cues)
 
 
 def as_input(text: str) -> TemplateText:
