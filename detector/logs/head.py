@@ -511,6 +511,24 @@ class LogHead:
             out.append(value)
         return out
 
+    def _error_class(self, records: list[LogRecord], mined: list[MinedLine]) -> list[bool]:
+        """Per line, whether it is error-class (its stated level, else its template's severity
+        label): the summaries lead with these. All False when the labels are not the levels."""
+        if self.severity_columns is None or not records:
+            return [False] * len(records)
+        texts = [self._input(m) for m in mined]
+        distinct = list(dict.fromkeys(texts))
+        error_column = self.severity_columns[0]
+        judged = {
+            t: int(np.argmax(row)) == error_column
+            for t, row in zip(distinct, self.probabilities(distinct), strict=True)
+        }
+        out = []
+        for record, text in zip(records, texts, strict=True):
+            stated = STATED_LEVELS.get(record.level.lower()) if record.level else None
+            out.append(stated == "error" if stated is not None else judged[text])
+        return out
+
     def observe(
         self,
         records: list[LogRecord],
@@ -526,11 +544,13 @@ class LogHead:
         n = len(records)
         scopes = [None] * n if scopes is None else scopes
         positions = [None] * n if positions is None else positions
-        for record, m, scope, position in zip(
-            records, self._mine(records), scopes, positions, strict=True
+        mined = self._mine(records)
+        errors = self._error_class(records, mined)
+        for record, m, scope, position, error in zip(
+            records, mined, scopes, positions, errors, strict=True
         ):
             out.extend(
-                add(record.source, record.ts, m.template_id, record.message, scope, position)
+                add(record.source, record.ts, m.template_id, record.message, scope, position, error)
             )
         self._since_prune += len(records)
         if self._since_prune >= _PRUNE_EVERY:
