@@ -64,6 +64,12 @@ def register_cli(subparsers) -> None:
         "labels are error/warning/info (default: the shipped one)",
     )
     c.add_argument(
+        "--examples",
+        metavar="FILE",
+        help='few-shot: labelled lines (JSON lines {"label", "message"} or CSV with label '
+        "and message columns) that become prototypes beside the label descriptions",
+    )
+    c.add_argument(
         "--zero-shot",
         action="store_true",
         help="score error/warning/info zero-shot too, instead of with the trained severity head",
@@ -251,6 +257,7 @@ def _classify(args: argparse.Namespace) -> int:
             unknown_below=args.unknown_below,
             severity_head=not args.zero_shot,
             severity_model=args.severity_model,
+            examples=args.examples,
             device=_device(args.device),
         )
     )

@@ -11,8 +11,8 @@ import pytest
 
 import training.severity as training
 from detector.errors import UserError
-from detector.logs.headers import LogFormat
 from detector.logs.head import LogHead, LogHeadConfig, LogRecord, parse_log_value
+from detector.logs.headers import LogFormat
 from detector.logs.severity import (
     CLASSES,
     LEXICAL_NAMES,
@@ -57,14 +57,30 @@ def _parse(line: str, log_format: LogFormat | None = None) -> LogRecord:
             "WARN",
             "dfs.DataNode$PacketResponder",
         ),
-        ("03-17 16:13:38.811  1702  2395 E WindowManager: bad token", "bad token", "E",
-         "WindowManager"),  # fmt: skip
-        ("[Sun Dec 04 04:47:44 2005] [error] mod_jk child in error state 6",
-         "mod_jk child in error state 6", "error", None),  # fmt: skip
-        ("Jun 14 15:16:01 combo sshd(pam_unix)[19939]: authentication failure; uid=0",
-         "authentication failure; uid=0", None, "sshd(pam_unix)"),  # fmt: skip
-        ("<11>Oct 11 22:14:15 mymachine su[12]: 'su root' failed", "'su root' failed", "err",
-         "su"),  # fmt: skip
+        (
+            "03-17 16:13:38.811  1702  2395 E WindowManager: bad token",
+            "bad token",
+            "E",
+            "WindowManager",
+        ),  # fmt: skip
+        (
+            "[Sun Dec 04 04:47:44 2005] [error] mod_jk child in error state 6",
+            "mod_jk child in error state 6",
+            "error",
+            None,
+        ),  # fmt: skip
+        (
+            "Jun 14 15:16:01 combo sshd(pam_unix)[19939]: authentication failure; uid=0",
+            "authentication failure; uid=0",
+            None,
+            "sshd(pam_unix)",
+        ),  # fmt: skip
+        (
+            "<11>Oct 11 22:14:15 mymachine su[12]: 'su root' failed",
+            "'su root' failed",
+            "err",
+            "su",
+        ),  # fmt: skip
         (
             "- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 "
             "R02-M1-N0-C:J12-U11 RAS KERNEL INFO instruction cache parity error corrected",
@@ -199,3 +215,45 @@ def test_cli_log_format_errors_are_one_line(tmp_path, capsys) -> None:
     assert main(["logs", "classify", "--log-format", "<Date> <Level>", str(f)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tsguard: error: --log-format")
+
+
+# ----------------------------------------------------------------------------- few-shot
+
+
+def test_examples_become_prototypes(tmp_path) -> None:
+    jsonl = tmp_path / "ex.jsonl"
+    jsonl.write_text(
+        '{"label": "payments", "message": "charge 42 declined by issuer"}\n'
+        '{"label": "auth", "message": "token for user 7 expired"}\n'
+    )
+    head = LogHead(
+        LogHeadConfig(labels="payments,auth", examples=str(jsonl)), encoder=HashEncoder()
+    )
+    out = head.classify(
+        [
+            LogRecord("a", NOW, "charge 9001 declined by issuer"),
+            LogRecord("a", NOW, "token for user 12 expired"),
+        ]
+    )
+    assert [o["label"] for o in out] == ["payments", "auth"]
+    # With the severity head: an example the template repeats decides (cosine 1 here).
+    csv_file = tmp_path / "ex.csv"
+    csv_file.write_text("label,message\nerror,quota of tenant 5 nearly used up\n")
+    head = LogHead(LogHeadConfig(examples=str(csv_file)), encoder=HashEncoder())
+    (o,) = head.classify([LogRecord("a", NOW, "quota of tenant 77 nearly used up")])
+    assert o["label"] == "error" and o["confidence"] >= 0.99
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"label": "nope", "message": "x"}\n', "is not one of"),
+        ('{"label": "error"}\n', "non-empty string"),
+        ("not json\n", "not a JSON object"),
+    ],
+)
+def test_bad_examples_are_one_clear_error(tmp_path, text, message) -> None:
+    f = tmp_path / "ex.jsonl"
+    f.write_text(text)
+    with pytest.raises(UserError, match=message):
+        LogHead(LogHeadConfig(examples=str(f)), encoder=HashEncoder())

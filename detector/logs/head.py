@@ -26,7 +26,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Collection, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from detector.logs.classifier import (
     LabelSet,
     TemplateText,
     ZeroShotClassifier,
+    load_examples,
     load_label_set,
 )
 from detector.logs.encoder import CachedEncoder, TextEncoder
@@ -64,6 +65,8 @@ from detector.logs.templates import (
 
 UNKNOWN_SOURCE = "unknown"
 MAX_SOURCE_CHARS = 256
+# A user example this close (cosine of template embeddings) to a template decides its label.
+PROTOTYPE_MATCH = 0.9
 _PRUNE_EVERY = 10_000  # lines between prunes of the summarizer's template history
 
 
@@ -89,6 +92,7 @@ class LogHeadConfig:
     unknown_below: float = 0.0  # confidence under which the label is "unknown" (0: never)
     severity_head: bool = True  # the trained head for error/warning/info label sets
     severity_model: str | None = None  # its directory (None: the shipped one)
+    examples: str | None = None  # few-shot: a JSON lines or CSV file of labelled lines
     window_s: float = 300.0  # summary window (tumbling, per source)
     highlights: int = 3
     max_templates: int = 2000  # per source (Drain clusters, LRU)
@@ -346,6 +350,18 @@ class LogHead:
 
         self.config = config = config or LogHeadConfig()
         self.label_set = config.label_set or load_label_set(config.labels)
+        examples = load_examples(config.examples, self.label_set) if config.examples else {}
+        self._prototypes: tuple[np.ndarray, np.ndarray] | None = None
+        self._prototype_texts = [(text, name) for name, texts in examples.items() for text in texts]
+        if examples:
+            # Prototypes beside the descriptions: the zero-shot classifier scores them as phrases.
+            self.label_set = replace(
+                self.label_set,
+                labels=tuple(
+                    replace(label, examples=label.examples + tuple(examples.get(label.name, ())))
+                    for label in self.label_set.labels
+                ),
+            )
         if not 0.0 <= config.unknown_below <= 1.0:
             raise ValueError("unknown_below must be in [0, 1]")
         base = encoder if encoder is not None else shared_encoder(config.device)
@@ -368,6 +384,11 @@ class LogHead:
                 None if config.severity_model is None else Path(config.severity_model)
             )
         self._severity_probs: OrderedDict[TemplateText, np.ndarray] = OrderedDict()
+        if self.severity is not None and self._prototype_texts:
+            names = self.label_set.names
+            vecs = self.encoder.encode([text for text, _ in self._prototype_texts])
+            owners = np.asarray([names.index(name) for _, name in self._prototype_texts])
+            self._prototypes = (vecs, owners)
         self.miner = TemplateMiner(
             TemplateConfig(max_templates=config.max_templates, max_sources=config.max_sources)
         )
@@ -445,18 +466,11 @@ class LogHead:
         if not self.config.template_cache:  # every line scored, its embedding computed again
             if not texts:
                 return np.zeros((0, len(self.label_set.names)))
-            emb = self.encoder.encode([t.sentence for t in texts])
-            p = self.severity.probabilities(features(emb, [t.raw or t.sentence for t in texts]))
-            rows = np.empty_like(p)
-            rows[:, self.severity_columns] = p
-            return rows
+            return self._severity_rows(texts)
         cache = self._severity_probs
         todo = list(dict.fromkeys(t for t in texts if t not in cache))
         if todo:
-            emb = self.encoder.encode([t.sentence for t in todo])
-            p = self.severity.probabilities(features(emb, [t.raw or t.sentence for t in todo]))
-            rows = np.empty_like(p)
-            rows[:, self.severity_columns] = p
+            rows = self._severity_rows(todo)
             for text, row in zip(todo, rows, strict=True):
                 cache[text] = row
             while len(cache) > 50_000:
@@ -464,6 +478,26 @@ class LogHead:
         if not texts:
             return np.zeros((0, len(self.label_set.names)))
         return np.stack([cache[t] if t in cache else self.probabilities([t])[0] for t in texts])
+
+    def _severity_rows(self, texts: list[TemplateText]) -> np.ndarray:
+        """The trained head's probabilities in label set order, pulled towards a user example
+        that the template nearly repeats (cosine c >= PROTOTYPE_MATCH: row = c * that label +
+        (1 - c) * row)."""
+        assert self.severity is not None
+        emb = self.encoder.encode([t.sentence for t in texts])
+        p = self.severity.probabilities(features(emb, [t.raw or t.sentence for t in texts]))
+        rows = np.empty_like(p)
+        rows[:, self.severity_columns] = p
+        if self._prototypes is not None:
+            vecs, owners = self._prototypes
+            sims = emb @ vecs.T
+            best = sims.argmax(axis=1)
+            for i, j in enumerate(best):
+                c = float(sims[i, j])
+                if c >= PROTOTYPE_MATCH:
+                    rows[i] *= 1.0 - c
+                    rows[i, owners[j]] += c
+        return rows
 
     def _stated(self, record: LogRecord) -> Classification | None:
         """The level a severity line states in its header, as a decision with confidence 1."""

@@ -36,7 +36,10 @@ LEXICAL_CUES: tuple[tuple[str, str], ...] = (
     ("level_error", _W + r"(?:error|err|errors|fatal|critical|crit|severe|emerg|emergency)" + _E),
     ("level_warn", _W + r"(?:warn|warning|warnings)" + _E),
     ("level_info", _W + r"(?:info|notice|debug|trace|verbose)" + _E),
-    ("exception_name", r"[A-Za-z](?:Exception|Error|Fault)\b|Traceback|stack ?trace|\bat [\w$.]+\("),
+    (
+        "exception_name",
+        r"[A-Za-z](?:Exception|Error|Fault)\b|Traceback|stack ?trace|\bat [\w$.]+\(",
+    ),
     ("signal_name", r"\bSIG[A-Z]{2,}\b|\bsignal\b"),
     ("fail", _W + r"fail(?:s|ed|ure|ures|ing)?" + _E),
     ("refused", r"refus|denied|deny|forbidden|unauthori[sz]ed|rejected|not permitted|blocked"),
