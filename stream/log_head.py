@@ -38,7 +38,10 @@ class LogsHead:
         self.settings = settings
         self.topic = settings.topics.logs
         self.metrics = metrics
-        self.head = LogHead(LogHeadConfig(window_s=settings.log_window_s))
+        self.head = LogHead(
+            LogHeadConfig(window_s=settings.log_window_s, corrections=settings.log_corrections)
+        )
+        metrics.log_corrections.set(self.head.corrections)
         self._parse = parse_log_value
         # Load the embedding model and embed the labels now, not inside the first poll.
         self.head.prepare()
@@ -69,6 +72,8 @@ class LogsHead:
         classes, summaries = self.head.process(parsed, partitions, offsets)
         for record, key, result in zip(parsed, keys, classes, strict=True):
             self.metrics.log_lines.labels(result["label"]).inc()
+            if result.get("corrected"):
+                self.metrics.log_corrected_lines.inc()
             out.append(Output(topics.log_classes, key or record.source.encode(), dumps(result)))
         out.extend(self._summaries(summaries))
         return out

@@ -70,6 +70,12 @@ def register_cli(subparsers) -> None:
         "and message columns) that become prototypes beside the label descriptions",
     )
     c.add_argument(
+        "--corrections",
+        metavar="FILE",
+        help='label corrections, JSON lines {"source", "message", "label"}: every line of that '
+        "message's template in that source gets that label",
+    )
+    c.add_argument(
         "--zero-shot",
         action="store_true",
         help="score error/warning/info zero-shot too, instead of with the trained severity head",
@@ -258,6 +264,7 @@ def _classify(args: argparse.Namespace) -> int:
             severity_head=not args.zero_shot,
             severity_model=args.severity_model,
             examples=args.examples,
+            corrections=args.corrections,
             device=_device(args.device),
         )
     )

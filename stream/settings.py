@@ -88,3 +88,4 @@ class Settings:
     stop_at_end: bool = False
     rebuild_messages: int = 50_000  # per partition, read back on assignment to rebuild windows
     log_window_s: float = 60.0
+    log_corrections: str | None = None  # JSON lines {"source", "message", "label"} (serve)

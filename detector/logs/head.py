@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 
 from detector.api import TS_MAX, TS_MIN
+from detector.errors import UserError
 from detector.logs.classifier import (
     Classification,
     ClassifierConfig,
@@ -93,6 +94,7 @@ class LogHeadConfig:
     severity_head: bool = True  # the trained head for error/warning/info label sets
     severity_model: str | None = None  # its directory (None: the shipped one)
     examples: str | None = None  # few-shot: a JSON lines or CSV file of labelled lines
+    corrections: str | None = None  # JSON lines {"source", "message", "label"}: they override
     window_s: float = 300.0  # summary window (tumbling, per source)
     highlights: int = 3
     max_templates: int = 2000  # per source (Drain clusters, LRU)
@@ -325,6 +327,33 @@ def parse_log_value(
     return _raw_record(key_source, text, now, log_format)
 
 
+def load_corrections(path: str) -> list[tuple[int, str, str, str]]:
+    """(line number, source, message, label) from a JSON lines file of
+    {"source", "message", "label"} (the tsguard.log-feedback value)."""
+    file = Path(path)
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"corrections file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read corrections file {path}: {exc}") from None
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise UserError(f"{path}:{i}: not a JSON object") from None
+        fields = [
+            obj.get(k) if isinstance(obj, dict) else None for k in ("source", "message", "label")
+        ]
+        if not all(isinstance(f, str) and f.strip() for f in fields):
+            raise UserError(f"{path}:{i}: needs non-empty strings 'source', 'message' and 'label'")
+        out.append((i, *fields))
+    return out
+
+
 def _widens(old: str, new: str) -> bool:
     """Whether Drain's template `new` is `old` with some tokens turned into <*>."""
     a, b = old.split(), new.split()
@@ -384,6 +413,9 @@ class LogHead:
                 None if config.severity_model is None else Path(config.severity_model)
             )
         self._severity_probs: OrderedDict[TemplateText, np.ndarray] = OrderedDict()
+        # (source, template id) -> (label, template text when corrected)
+        self._corrections: dict[tuple[str, int], tuple[str, str]] = {}
+        self.corrected_lines = 0
         if self.severity is not None and self._prototype_texts:
             names = self.label_set.names
             vecs = self.encoder.encode([text for text, _ in self._prototype_texts])
@@ -408,6 +440,12 @@ class LogHead:
         self._last: tuple[list[LogRecord], list[MinedLine]] | None = None
         self.lines = 0
         self._since_prune = 0
+        if config.corrections:
+            for where, source, message, label in load_corrections(config.corrections):
+                try:
+                    self.correct(source, message, label)
+                except ValueError as exc:
+                    raise UserError(f"{config.corrections}:{where}: {exc}") from None
 
     # -- mining (once per record, shared by classify and observe) --
 
@@ -499,6 +537,33 @@ class LogHead:
                     rows[i, owners[j]] += c
         return rows
 
+    def correct(self, source: str, message: str, label: str) -> None:
+        """From now on, lines of `message`'s template in `source` get `label` (an operator's
+        correction). Raises ValueError for a label outside the label set."""
+        if label not in self.label_set.names:
+            raise ValueError(f"label {label!r} is not one of {self.label_set.names}")
+        record = parse_log_value(message.encode(), source.encode(), 0.0)
+        mined = self.miner.add(source, record.text[: self.config.max_line_chars])
+        self._corrections[(source, mined.template_id)] = (label, mined.template)
+
+    @property
+    def corrections(self) -> int:
+        """Corrections in force."""
+        return len(self._corrections)
+
+    def _corrected(self, mined: MinedLine) -> Classification | None:
+        entry = self._corrections.get((mined.source, mined.template_id))
+        if entry is None:
+            return None
+        label, template = entry
+        if template != mined.template:
+            if not _widens(template, mined.template):  # the id was reused: another template
+                del self._corrections[(mined.source, mined.template_id)]
+                return None
+            self._corrections[(mined.source, mined.template_id)] = (label, mined.template)
+        scores = {name: 1.0 if name == label else 0.0 for name in self.label_set.names}
+        return Classification(label=label, confidence=1.0, scores=scores)
+
     def _stated(self, record: LogRecord) -> Classification | None:
         """The level a severity line states in its header, as a decision with confidence 1."""
         if self.severity_columns is None or record.level is None:
@@ -530,8 +595,12 @@ class LogHead:
             texts = [TemplateText(embedding_text(m) or m, prose_words(m)) for m in masked]
             decisions = list(map(self.classifier.decide, self.probabilities(texts)))
         out = []
-        for record, c in zip(records, decisions, strict=True):
-            c = self._stated(record) or c
+        mined_lines = self._mine(records) if self._corrections else [None] * len(records)
+        for record, c, m in zip(records, decisions, mined_lines, strict=True):
+            fixed = self._corrected(m) if m is not None else None
+            if fixed is not None:
+                self.corrected_lines += 1
+            c = fixed or self._stated(record) or c
             value = {
                 "source": record.source,
                 "ts": record.ts,
@@ -542,6 +611,8 @@ class LogHead:
             }
             if record.content is not None:
                 value["header"] = {"level": record.level, "component": record.component}
+            if fixed is not None:
+                value["corrected"] = True
             out.append(value)
         return out
 
