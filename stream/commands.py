@@ -233,9 +233,10 @@ def build_service(settings):
         log.info("model %s on %s (window %d)", scorer.version, scorer.device, scorer.window_length)
         heads.append(MetricsHead(settings, scorer, metrics))
     if "logs" in settings.heads:
-        from stream.log_head import LogsHead
+        from stream.log_head import LogFeedbackHead, LogsHead
 
-        heads.append(LogsHead(settings, metrics))
+        logs_head = LogsHead(settings, metrics)
+        heads += [logs_head, LogFeedbackHead(settings, metrics, logs_head)]
     ensure_topics(settings, settings.topics.all())
     return Pipeline(settings, heads, metrics), metrics
 

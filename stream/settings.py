@@ -13,6 +13,7 @@ class Topics:
     logs: str = "tsguard.logs"
     log_classes: str = "tsguard.log-classes"
     log_summaries: str = "tsguard.log-summaries"
+    log_feedback: str = "tsguard.log-feedback"  # label corrections, keyed by source
 
     def all(self) -> list[str]:
         return [
@@ -22,6 +23,7 @@ class Topics:
             self.logs,
             self.log_classes,
             self.log_summaries,
+            self.log_feedback,
         ]
 
 

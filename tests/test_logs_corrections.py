@@ -83,3 +83,38 @@ def test_serve_counts_corrections_in_metrics(tmp_path, monkeypatch) -> None:
     head.handle(records, 0.0)
     assert metrics.registry.get_sample_value("tsguard_log_corrections") == 1.0
     assert metrics.registry.get_sample_value("tsguard_log_corrected_lines_total") == 2.0
+
+
+def test_feedback_topic_records_correct_the_logs_head(tmp_path, monkeypatch) -> None:
+    import detector.logs.encoder as encoder_module
+    from stream.log_head import LogFeedbackHead
+
+    monkeypatch.setattr(encoder_module, "shared_encoder", lambda device="cpu": HashEncoder())
+    metrics = Metrics()
+    settings = Settings()
+    logs = LogsHead(settings, metrics)
+    feedback = LogFeedbackHead(settings, metrics, logs)
+    # Offsets 0-1 are read back after a restart (below the committed offset 2): they apply.
+    feedback.replay_until[0] = 2
+    values = [
+        orjson.dumps({"message": "cache node 1 evicted 5 keys", "label": "error"}),
+        b"not json",
+        orjson.dumps({"message": "job 1 started", "label": "bogus"}),
+    ]
+    out = feedback.handle(
+        [
+            SimpleNamespace(
+                value=v, key=b"api", topic=settings.topics.log_feedback, partition=0, offset=i
+            )
+            for i, v in enumerate(values)
+        ],
+        0.0,
+    )
+    assert [o.topic for o in out] == [settings.topics.dead_letter]  # only the new bad record
+    assert feedback.replay_until == {}
+    assert metrics.registry.get_sample_value("tsguard_log_corrections") == 1.0
+    lines = [
+        SimpleNamespace(value=LINES[0], key=b"api", partition=0, offset=0, timestamp=None),
+    ]
+    (cls,) = [o for o in logs.handle(lines, 0.0) if o.topic == settings.topics.log_classes]
+    assert orjson.loads(cls.value)["label"] == "error"
