@@ -89,6 +89,12 @@ def _parse(line: str, log_format: LogFormat | None = None) -> LogRecord:
             None,
         ),
         ("ERROR: could not open the database", "could not open the database", "ERROR", None),
+        (
+            "W1206 04:59:41.123456  1234 server.cc:88] queue 7 is 90% full",
+            "queue 7 is 90% full",
+            "W",
+            "server.cc:88",
+        ),  # fmt: skip
     ],
 )
 def test_headers_are_split_from_the_content(line, content, level, component) -> None:

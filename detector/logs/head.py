@@ -50,6 +50,7 @@ from detector.logs.headers import (
     LogFormat,
     parse_after_timestamp,
     parse_embedded_level,
+    parse_glog,
     parse_pri,
 )
 from detector.logs.severity import CLASSES as SEVERITY_CLASSES
@@ -243,7 +244,7 @@ def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None
     elif _LEVEL_FIRST_RE.match(body):
         header = parse_after_timestamp(body, False)
     if header is None:
-        header = parse_embedded_level(body)
+        header = parse_glog(body) or parse_embedded_level(body)
     if header is None:
         if pri_level is None:
             return LogRecord(source, now if ts is None else ts, text)

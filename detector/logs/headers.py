@@ -10,6 +10,7 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
   optional `component:` (or a short component followed by two or more spaces);
 - syslog (BSD): `Jun 14 15:16:01 host program[pid]: content`, and RFC 5424 / a leading `<PRI>`,
   whose severity is the level;
+- glog / abseil (`I1206 04:59:41.123456  1234 file.cc:12] content`);
 - a line that starts with a level word and a colon or brackets (`ERROR: disk full`);
 - otherwise an upper-case level word among a line's first ten tokens after a token with a digit
   (BGL `... R02-M1-N0 RAS KERNEL INFO content`, ZooKeeper `... - INFO  [thread:Class@774] - content`,
@@ -75,6 +76,21 @@ def parse_after_timestamp(rest: str, syslog: bool) -> Header | None:
         if m and m.group("content").strip():
             return Header(m.group("content").strip(), None, m.group("component"), m.group("host"))
     return None
+
+
+_GLOG = re.compile(
+    r"(?P<level>[IWEF])\d{4} \d{2}:\d{2}:\d{2}(?:\.\d+)?\s+\d+ (?P<component>[\w.\-]+:\d+)\] "
+    r"(?P<content>.*)$",
+    re.DOTALL,
+)
+
+
+def parse_glog(line: str) -> Header | None:
+    """glog / abseil: `I1206 04:59:41.123456  1234 file.cc:12] content`."""
+    m = _GLOG.match(line)
+    if m is None or not m.group("content").strip():
+        return None
+    return Header(m.group("content").strip(), m.group("level"), m.group("component"))
 
 
 def parse_pri(line: str) -> tuple[str, str] | None:
