@@ -10,7 +10,7 @@ and the model card `models/severity/README.md`), shipped as safetensors (weights
 feature list, classes, temperature, training provenance); never a pickle. The temperature was
 fitted on out-of-fold logits (each system scored by a model that never saw it).
 
-A line whose header states its level (`head.parse_header`) is reported as that level with
+A line whose header states its level (`headers.py`) is reported as that level with
 confidence 1; the head only judges lines that do not say.
 """
 
