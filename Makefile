@@ -3,7 +3,7 @@ VENV ?= .venv
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench default-model
+.PHONY: setup demo test lint bench default-model severity-model
 
 setup: $(STAMP)
 
@@ -29,3 +29,8 @@ bench: setup
 
 default-model: setup
 	PYTHON=$(VENV)/bin/python bash scripts/train_default_model.sh
+
+# The log severity head (detector/logs/models/severity): needs ../shared/data/loghub; prints the
+# leave-one-system-out F1 it was calibrated on.
+severity-model: setup
+	$(VENV)/bin/python -m training.severity

@@ -139,6 +139,12 @@ def _service_options(p: argparse.ArgumentParser) -> None:  # fmt: skip
     p.add_argument("--session-timeout-ms", type=int, default=10000)
     p.add_argument("--log-window", type=float, default=60.0, help="seconds per log summary window")
     p.add_argument(
+        "--log-corrections",
+        metavar="FILE",
+        help='log label corrections, JSON lines {"source", "message", "label"}: the label of '
+        "that message's template in that source from then on (re-read at every start)",
+    )
+    p.add_argument(
         "--rebuild-messages",
         type=int,
         default=50_000,
@@ -188,7 +194,7 @@ def _settings(args: argparse.Namespace, bootstrap: str):
         max_message_bytes=args.max_message_bytes, max_series_gauges=args.max_series_gauges,
         metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
         stop_at_end=getattr(args, "stop_at_end", False), stop_timeout_s=stop_timeout,
-        log_window_s=args.log_window,
+        log_window_s=args.log_window, log_corrections=getattr(args, "log_corrections", None),
     )  # fmt: skip
 
 
@@ -241,9 +247,10 @@ def build_service(settings):
         log.info("model %s on %s (window %d)", scorer.version, scorer.device, scorer.window_length)
         heads.append(MetricsHead(settings, scorer, metrics))
     if "logs" in settings.heads:
-        from stream.log_head import LogsHead
+        from stream.log_head import LogFeedbackHead, LogsHead
 
-        heads.append(LogsHead(settings, metrics))
+        logs_head = LogsHead(settings, metrics)
+        heads += [logs_head, LogFeedbackHead(settings, metrics, logs_head)]
     ensure_topics(settings, settings.topics.all())
     return Pipeline(settings, heads, metrics), metrics
 

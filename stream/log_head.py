@@ -14,6 +14,7 @@ point (a window that had lines before it comes out again with only the lines aft
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 
@@ -38,7 +39,10 @@ class LogsHead:
         self.settings = settings
         self.topic = settings.topics.logs
         self.metrics = metrics
-        self.head = LogHead(LogHeadConfig(window_s=settings.log_window_s))
+        self.head = LogHead(
+            LogHeadConfig(window_s=settings.log_window_s, corrections=settings.log_corrections)
+        )
+        metrics.log_corrections.set(self.head.corrections)
         self._parse = parse_log_value
         # Load the embedding model and embed the labels now, not inside the first poll.
         self.head.prepare()
@@ -69,6 +73,8 @@ class LogsHead:
         classes, summaries = self.head.process(parsed, partitions, offsets)
         for record, key, result in zip(parsed, keys, classes, strict=True):
             self.metrics.log_lines.labels(result["label"]).inc()
+            if result.get("corrected"):
+                self.metrics.log_corrected_lines.inc()
             out.append(Output(topics.log_classes, key or record.source.encode(), dumps(result)))
         out.extend(self._summaries(summaries))
         return out
@@ -121,3 +127,77 @@ def _arrival(record, wall: float) -> float:
     ):
         return ts / 1000.0
     return wall
+
+
+class LogFeedbackHead:
+    """tsguard.log-feedback -> corrections of the logs head (no outputs).
+
+    A record is keyed by source, its value {"message", "label"} (or {"source", "message",
+    "label"}): from then on, that message's template in that source gets that label. Keyed like
+    tsguard.logs and with as many partitions, the member that owns a source's lines owns its
+    corrections. A restart re-reads them: this head rebuilds its state, so on assignment the
+    pipeline reads back up to `rebuild_messages` records of each partition before the committed
+    offset, and a correction applies whether it is read back or new."""
+
+    rebuilds_state = True
+
+    def __init__(self, settings: Settings, metrics: Metrics, logs: LogsHead):
+        self.settings = settings
+        self.topic = settings.topics.log_feedback
+        self.metrics = metrics
+        self.logs = logs
+        self.replay_until: dict[int, int] = {}
+
+    def handle(self, records: list, now: float) -> list[Output]:
+        out: list[Output] = []
+        for rec in records:
+            try:
+                source, message, label = _feedback(rec.value, rec.key)
+                self.logs.head.correct(source, message, label)
+            except ValueError as exc:
+                if rec.offset < self.replay_until.get(rec.partition, -1):
+                    continue  # read back to rebuild: its dead letter went out the first time
+                error = InvalidMessage("invalid_log", f"log feedback: {exc}")
+                out.append(dead_letter(self.settings, self.metrics, rec, error))
+        for rec in records[::-1]:
+            if rec.offset + 1 >= self.replay_until.get(rec.partition, math.inf):
+                del self.replay_until[rec.partition]  # rebuilt: back to the steady state
+        self.metrics.log_corrections.set(self.logs.head.corrections)
+        return out
+
+    def has_pending(self) -> bool:
+        return False
+
+    def commit_holds(self) -> dict[int, int]:
+        return {}
+
+    def due(self, now: float) -> bool:
+        return False
+
+    def drain_in_parts(self, now: float) -> Iterator[list[Output]]:
+        yield []
+
+    def discard_pending(self) -> None:
+        """Nothing pending."""
+
+    def finish(self) -> list[Output]:
+        return []
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Corrections stay: a source's correction is still right if its partition comes back."""
+
+
+def _feedback(value: bytes | None, key: bytes | None) -> tuple[str, str, str]:
+    import orjson
+
+    try:
+        obj = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        raise ValueError("invalid JSON") from None
+    if not isinstance(obj, dict):
+        raise ValueError("JSON value is not an object")
+    source = obj.get("source") or (key.decode("utf-8", errors="replace") if key else None)
+    message, label = obj.get("message"), obj.get("label")
+    if not all(isinstance(f, str) and f.strip() for f in (source, message, label)):
+        raise ValueError("needs a source (or key), a message and a label")
+    return source, message, label

@@ -52,9 +52,33 @@ def register_cli(subparsers) -> None:
     c.add_argument(
         "--unknown-below",
         type=_probability,
-        default=0.4,
+        default=0.0,
         metavar="P",
-        help="label 'unknown' when the top probability is below P (default 0.4)",
+        help="opt into abstention: label 'unknown' when the top probability is below P "
+        "(default: every line gets one of the labels)",
+    )
+    c.add_argument(
+        "--severity-model",
+        metavar="DIR",
+        help="the trained severity head (severity.safetensors + severity.json) used when the "
+        "labels are error/warning/info (default: the shipped one)",
+    )
+    c.add_argument(
+        "--examples",
+        metavar="FILE",
+        help='few-shot: labelled lines (JSON lines {"label", "message"} or CSV with label '
+        "and message columns) that become prototypes beside the label descriptions",
+    )
+    c.add_argument(
+        "--corrections",
+        metavar="FILE",
+        help='label corrections, JSON lines {"source", "message", "label"}: every line of that '
+        "message's template in that source gets that label",
+    )
+    c.add_argument(
+        "--zero-shot",
+        action="store_true",
+        help="score error/warning/info zero-shot too, instead of with the trained severity head",
     )
     _common(c)
     c.set_defaults(handler=_classify)
@@ -101,6 +125,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="cpu",
         choices=("cpu", "cuda", "auto"),
         help="device for the embedding model (default cpu)",
+    )
+    p.add_argument(
+        "--log-format",
+        metavar="FORMAT",
+        help="loghub-style line format, e.g. '<Date> <Time> <Level> <Component>: <Content>': "
+        "templates are mined on <Content>; lines that do not match fall back to the detected "
+        "headers (syslog, log4j/logback, ISO time + level, journald JSON)",
     )
     p.add_argument(
         "--strict",
@@ -179,6 +210,11 @@ def _run(args: argparse.Namespace, emit) -> int:
     fd, owned = _open_input(args.file)
     source = args.source or ("stdin" if args.file == "-" else Path(args.file).name.split(".")[0])
     key = source.encode()
+    log_format = None
+    if args.log_format is not None:
+        from detector.logs.headers import LogFormat
+
+        log_format = LogFormat(args.log_format)
     skipped = 0
     out = sys.stdout.buffer
     try:
@@ -189,7 +225,7 @@ def _run(args: argparse.Namespace, emit) -> int:
                 if not raw.strip():
                     continue  # blank lines separate nothing in a log file
                 try:
-                    records.append(parse_log_value(raw.rstrip(b"\r"), key, now))
+                    records.append(parse_log_value(raw.rstrip(b"\r"), key, now, log_format))
                 except ValueError as exc:
                     if args.strict:
                         raise UserError(f"{args.file}:{number}: {exc}") from None
@@ -222,7 +258,15 @@ def _classify(args: argparse.Namespace) -> int:
 
     labels = args.label_set or args.labels or "severity"
     head = LogHead(
-        LogHeadConfig(labels=labels, unknown_below=args.unknown_below, device=_device(args.device))
+        LogHeadConfig(
+            labels=labels,
+            unknown_below=args.unknown_below,
+            severity_head=not args.zero_shot,
+            severity_model=args.severity_model,
+            examples=args.examples,
+            corrections=args.corrections,
+            device=_device(args.device),
+        )
     )
 
     def emit(records, out) -> None:

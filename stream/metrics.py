@@ -108,6 +108,12 @@ class Metrics:
         self.log_summaries = Counter(
             "tsguard_log_summaries", "Log window summaries published", registry=r
         )
+        self.log_corrections = Gauge(
+            "tsguard_log_corrections", "Log label corrections in force", registry=r
+        )
+        self.log_corrected_lines = Counter(
+            "tsguard_log_corrected_lines", "Log lines labelled by a correction", registry=r
+        )
         for reason in INVALID_REASONS:
             self.invalid.labels(reason)
             self.dead_letter.labels(reason)

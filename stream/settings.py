@@ -13,6 +13,7 @@ class Topics:
     logs: str = "tsguard.logs"
     log_classes: str = "tsguard.log-classes"
     log_summaries: str = "tsguard.log-summaries"
+    log_feedback: str = "tsguard.log-feedback"  # label corrections, keyed by source
 
     def all(self) -> list[str]:
         return [
@@ -22,6 +23,7 @@ class Topics:
             self.logs,
             self.log_classes,
             self.log_summaries,
+            self.log_feedback,
         ]
 
 
@@ -89,3 +91,4 @@ class Settings:
     stop_timeout_s: float | None = None  # --stop-at-end: fail when not done within this
     rebuild_messages: int = 50_000  # per partition, read back on assignment to rebuild windows
     log_window_s: float = 60.0
+    log_corrections: str | None = None  # JSON lines {"source", "message", "label"} (serve)

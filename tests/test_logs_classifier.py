@@ -46,8 +46,9 @@ def _records(lines: list[str], source: str = "app") -> list[LogRecord]:
     return [LogRecord(source, 1_700_000_000.0 + i, line) for i, line in enumerate(lines)]
 
 
-def test_obvious_lines_get_their_severity(encoder) -> None:
-    head = LogHead(LogHeadConfig(unknown_below=0.0), encoder=encoder)
+def test_obvious_lines_get_their_severity_zero_shot(encoder) -> None:
+    # The zero-shot path (the trained head off): what any other label set gets.
+    head = LogHead(LogHeadConfig(unknown_below=0.0, severity_head=False), encoder=encoder)
     out = head.classify(
         _records(
             [

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from detector.errors import UserError
-from detector.logs.head import LogHead, LogHeadConfig, LogRecord
+from detector.logs.head import LogHead, LogHeadConfig, LogRecord, parse_log_value
 from detector.logs.summarizer import mmr_select
 
-SUMMARY_KEYS = {"source", "window", "lines", "templates", "highlights", "summary"}
+SUMMARY_KEYS = {"source", "window", "lines", "templates", "leads", "highlights", "summary"}
 
 
 class HashEncoder:
@@ -243,3 +243,32 @@ def test_a_line_without_a_timestamp_is_filed_under_its_kafka_timestamp() -> None
     assert _arrival(SimpleNamespace(timestamp=10**16, timestamp_type=0), wall=5.0) == 5.0
     line = b"2023-11-14T22:13:21Z worker started"  # a timestamp of its own wins
     assert parse_log_value(line, b"app", _arrival(record, 5.0)).ts == 1_700_000_001.0
+
+
+# ----------------------------------------------------------------------------- what leads
+
+
+def test_summary_leads_with_new_rising_and_error_lines_not_routine_ones() -> None:
+    head = _head(window_s=60, highlights=2)
+    routine = "Received block blk_{} of size 512 from 10.0.0.1"
+    chatty = "heartbeat from node {} ok"
+    for w in range(3):  # three quiet windows: routine lines, two heartbeats, no error
+        batch = [_rec(w * 60 + i * 0.1, routine.format(i)) for i in range(50)]
+        batch += [_rec(w * 60 + 10 + i, chatty.format(i)) for i in range(2)]
+        head.observe(batch)
+    burst = [_rec(180 + i * 0.1, routine.format(i)) for i in range(50)]
+    burst += [_rec(190 + i * 0.1, chatty.format(i)) for i in range(30)]  # 2 -> 30: rising
+    # A line that states its level (no timestamp of its own: it arrives at 195).
+    burst.append(parse_log_value(b"ERROR: connection pool exhausted", b"app", 195.0))
+    head.observe(burst)
+    (summary,) = head.flush()
+    assert summary["window"]["start"] == 180
+    leads = {lead["template"]: lead["why"] for lead in summary["leads"]}
+    assert leads == {
+        "connection pool exhausted": ["error", "new"],
+        "heartbeat from node <NUM> ok": ["rising"],
+    }
+    # The routine template is the most frequent, yet listed after the flagged ones.
+    assert [t["template"] for t in summary["templates"]][-1].startswith("Received block")
+    assert summary["summary"].split("; ")[1].startswith('error and new: "connection pool')
+    assert summary["highlights"][0].endswith("connection pool exhausted")

@@ -88,7 +88,7 @@ class LabelSet:
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    unknown_below: float = 0.4  # confidence under which the label is "unknown"
+    unknown_below: float = 0.0  # confidence under which the label is "unknown" (0: never)
     sentence_weight: float = 0.7  # w in score = w * sentence + (1 - w) * word
     use_words: bool = True  # the word score (off = sentence score only)
     cache_size: int = 50_000  # templates whose probabilities are kept
@@ -114,6 +114,7 @@ class TemplateText(NamedTuple):
 
     sentence: str
     words: tuple[str, ...]
+    raw: str = ""  # the masked template as first seen (the severity head's lexical cues)
 
 
 def as_input(text: str) -> TemplateText:
@@ -221,6 +222,57 @@ def load_label_set(spec: str) -> LabelSet:
     labels = tuple(Label(name=n) for n in names)
     _check_labels(labels, "--labels")
     return LabelSet(name="custom", labels=labels)
+
+
+def load_examples(path: str, label_set: LabelSet) -> dict[str, list[str]]:
+    """Few-shot examples: a JSON lines file of {"label", "message"} objects, or a CSV file with
+    `label` and `message` columns. Returns, per label, the examples as the encoder sees a
+    template (header split off, variables masked, words only)."""
+    import csv
+
+    import orjson
+
+    from detector.logs.templates import embedding_text, mask_variables
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"examples file not found: {path}")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read examples file {path}: {exc}") from exc
+    pairs: list[tuple[int, object, object]] = []
+    if file.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        if rows and not {"label", "message"} <= set(rows[0]):
+            raise UserError(f"{path}: a CSV of examples needs 'label' and 'message' columns")
+        pairs = [(i + 2, r["label"], r["message"]) for i, r in enumerate(rows)]
+    else:
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise UserError(f"{path}:{i}: not a JSON object") from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{path}:{i}: not a JSON object")
+            pairs.append((i, obj.get("label"), obj.get("message")))
+    from detector.logs.head import parse_log_value
+
+    out: dict[str, list[str]] = {}
+    for where, label, message in pairs:
+        if not isinstance(label, str) or label not in label_set.names:
+            raise UserError(f"{path}:{where}: label {label!r} is not one of {label_set.names}")
+        if not isinstance(message, str) or not message.strip():
+            raise UserError(f"{path}:{where}: 'message' must be a non-empty string")
+        record = parse_log_value(message.encode(), None, 0.0)
+        words = embedding_text(mask_variables(record.text))
+        if words:
+            out.setdefault(label, []).append(words)
+    if not out:
+        raise UserError(f"{path}: no examples")
+    return out
 
 
 def _parse_yaml(text: str, where: str, default_name: str) -> LabelSet:

@@ -26,20 +26,35 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Collection, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
+import numpy as np
 import orjson
 
 from detector.api import TS_MAX, TS_MIN
+from detector.errors import UserError
 from detector.logs.classifier import (
+    Classification,
     ClassifierConfig,
     LabelSet,
     TemplateText,
     ZeroShotClassifier,
+    load_examples,
     load_label_set,
 )
 from detector.logs.encoder import CachedEncoder, TextEncoder
+from detector.logs.headers import (
+    LEVEL_WORDS,
+    LogFormat,
+    parse_after_timestamp,
+    parse_embedded_level,
+    parse_glog,
+    parse_pri,
+)
+from detector.logs.severity import CLASSES as SEVERITY_CLASSES
+from detector.logs.severity import STATED_LEVELS, SeverityModel, features, severity_mapping
 from detector.logs.summarizer import SummaryConfig, WindowSummarizer
 from detector.logs.templates import (
     MinedLine,
@@ -52,6 +67,8 @@ from detector.logs.templates import (
 
 UNKNOWN_SOURCE = "unknown"
 MAX_SOURCE_CHARS = 256
+# A user example this close (cosine of template embeddings) to a template decides its label.
+PROTOTYPE_MATCH = 0.9
 _PRUNE_EVERY = 10_000  # lines between prunes of the summarizer's template history
 
 
@@ -60,13 +77,25 @@ class LogRecord:
     source: str
     ts: float  # epoch seconds
     message: str
+    content: str | None = None  # the message without its header (None: no header parsed)
+    level: str | None = None  # the level the line states, as written
+    component: str | None = None  # the header's component (logger, program, tag)
+
+    @property
+    def text(self) -> str:
+        """What gets mined and classified: the content, or the line without its timestamp."""
+        return self.content if self.content is not None else strip_timestamp(self.message)
 
 
 @dataclass(frozen=True)
 class LogHeadConfig:
     labels: str = "severity"  # shipped set name, .yaml/.toml file, or "a,b,c"
     label_set: LabelSet | None = None  # a ready LabelSet (overrides `labels`)
-    unknown_below: float = 0.4  # confidence under which the label is "unknown"
+    unknown_below: float = 0.0  # confidence under which the label is "unknown" (0: never)
+    severity_head: bool = True  # the trained head for error/warning/info label sets
+    severity_model: str | None = None  # its directory (None: the shipped one)
+    examples: str | None = None  # few-shot: a JSON lines or CSV file of labelled lines
+    corrections: str | None = None  # JSON lines {"source", "message", "label"}: they override
     window_s: float = 300.0  # summary window (tumbling, per source)
     highlights: int = 3
     max_templates: int = 2000  # per source (Drain clusters, LRU)
@@ -98,6 +127,7 @@ _SLASH_RE = re.compile(r"^(\d{2})/(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})\b")  #
 _MMDD_RE = re.compile(r"^(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?\b")  # Android
 
 
+_LEVEL_FIRST_RE = re.compile(r"\[?(?i:" + LEVEL_WORDS + r")(?:\]|:)\s")
 _TS_PREFIX_RE = re.compile(
     "(?:"
     + "|".join(
@@ -189,7 +219,64 @@ def _parse_ts(raw: object, now: float) -> float:
     return ts
 
 
-def parse_log_value(value: bytes | None, key: bytes | None, now: float) -> LogRecord:
+def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None) -> LogRecord:
+    """A raw line with its header parsed (see detector/logs/headers.py)."""
+    if log_format is not None:
+        fields = log_format.parse(text)
+        if fields is not None:
+            stamp = " ".join(fields[k] for k in ("Date", "Time", "Timestamp") if k in fields)
+            ts = parse_line_timestamp(stamp, now) if stamp else None
+            if ts is None:
+                ts = parse_line_timestamp(text, now)
+            content = fields["Content"] or text
+            return LogRecord(source, now if ts is None else ts, text, content,
+                             fields.get("Level") or None, fields.get("Component") or None)  # fmt: skip
+    pri_level = None
+    body = text
+    pri = parse_pri(text)
+    if pri is not None:
+        pri_level, body = pri
+    ts = parse_line_timestamp(body, now)
+    m = _TS_PREFIX_RE.match(body)
+    header = None
+    if m and m.end() < len(body):
+        header = parse_after_timestamp(body[m.end() :], bool(_SYSLOG_RE.match(body)))
+    elif _LEVEL_FIRST_RE.match(body):
+        header = parse_after_timestamp(body, False)
+    if header is None:
+        header = parse_glog(body) or parse_embedded_level(body)
+    if header is None:
+        if pri_level is None:
+            return LogRecord(source, now if ts is None else ts, text)
+        return LogRecord(source, now if ts is None else ts, text, strip_timestamp(body), pri_level)
+    return LogRecord(source, now if ts is None else ts, text, header.content,
+                     header.level or pri_level, header.component)  # fmt: skip
+
+
+_JOURNALD_LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+
+
+def _journald(obj: dict, key_source: str) -> LogRecord:
+    """A journald JSON record (`journalctl -o json`): MESSAGE, PRIORITY, SYSLOG_IDENTIFIER."""
+    message = obj.get("MESSAGE")
+    if not isinstance(message, str) or not message.strip():
+        raise ValueError("MESSAGE must be a non-empty string")
+    priority = str(obj.get("PRIORITY", ""))
+    level = _JOURNALD_LEVELS[int(priority)] if priority.isdigit() and int(priority) < 8 else None
+    component = obj.get("SYSLOG_IDENTIFIER") or obj.get("_SYSTEMD_UNIT")
+    stamp = obj.get("__REALTIME_TIMESTAMP")
+    if not (isinstance(stamp, str) and stamp.isdigit()):
+        raise ValueError("__REALTIME_TIMESTAMP must be microseconds since the epoch")
+    ts = _parse_ts(int(stamp) / 1e6, 0.0)
+    source = obj.get("_HOSTNAME") if key_source == UNKNOWN_SOURCE else key_source
+    source = source if isinstance(source, str) and source else key_source
+    return LogRecord(source[:MAX_SOURCE_CHARS], ts, message, message, level,
+                     component if isinstance(component, str) else None)  # fmt: skip
+
+
+def parse_log_value(
+    value: bytes | None, key: bytes | None, now: float, log_format: LogFormat | None = None
+) -> LogRecord:
     """Decode one tsguard.logs value: a JSON object {"source", "ts", "message"} or a raw line.
 
     source: the object's, else the key, else "unknown"; ts: the object's (epoch seconds or ISO
@@ -216,6 +303,8 @@ def parse_log_value(value: bytes | None, key: bytes | None, now: float) -> LogRe
             raise ValueError("invalid JSON") from None
         if not isinstance(obj, dict):
             raise ValueError("JSON value is not an object")
+        if "message" not in obj and "MESSAGE" in obj:
+            return _journald(obj, key_source)
         message = obj.get("message")
         if not isinstance(message, str):
             raise ValueError("message must be a string")
@@ -226,9 +315,44 @@ def parse_log_value(value: bytes | None, key: bytes | None, now: float) -> LogRe
             source = key_source
         if not isinstance(source, str) or not source:
             raise ValueError("source must be a non-empty string")
-        return LogRecord(source[:MAX_SOURCE_CHARS], _parse_ts(obj.get("ts"), now), message)
-    ts = parse_line_timestamp(text, now)
-    return LogRecord(key_source, now if ts is None else ts, text)
+        level = obj.get("level")
+        if level is not None and not isinstance(level, str):
+            raise ValueError("level must be a string")
+        return LogRecord(
+            source[:MAX_SOURCE_CHARS],
+            _parse_ts(obj.get("ts"), now),
+            message,
+            None if level is None else message,
+            level or None,
+        )
+    return _raw_record(key_source, text, now, log_format)
+
+
+def load_corrections(path: str) -> list[tuple[int, str, str, str]]:
+    """(line number, source, message, label) from a JSON lines file of
+    {"source", "message", "label"} (the tsguard.log-feedback value)."""
+    file = Path(path)
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"corrections file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read corrections file {path}: {exc}") from None
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise UserError(f"{path}:{i}: not a JSON object") from None
+        fields = [
+            obj.get(k) if isinstance(obj, dict) else None for k in ("source", "message", "label")
+        ]
+        if not all(isinstance(f, str) and f.strip() for f in fields):
+            raise UserError(f"{path}:{i}: needs non-empty strings 'source', 'message' and 'label'")
+        out.append((i, *fields))
+    return out
 
 
 def _widens(old: str, new: str) -> bool:
@@ -244,11 +368,30 @@ def _widens(old: str, new: str) -> bool:
 class LogHead:
     """Zero-shot classification and window summaries over log records (see module docstring)."""
 
-    def __init__(self, config: LogHeadConfig | None = None, encoder: TextEncoder | None = None):
+    def __init__(
+        self,
+        config: LogHeadConfig | None = None,
+        encoder: TextEncoder | None = None,
+        severity: SeverityModel | None = None,
+    ):
+        """`severity`: a ready severity model (else the configured or shipped one is loaded when
+        the label set is error/warning/info)."""
         from detector.logs.encoder import shared_encoder
 
         self.config = config = config or LogHeadConfig()
         self.label_set = config.label_set or load_label_set(config.labels)
+        examples = load_examples(config.examples, self.label_set) if config.examples else {}
+        self._prototypes: tuple[np.ndarray, np.ndarray] | None = None
+        self._prototype_texts = [(text, name) for name, texts in examples.items() for text in texts]
+        if examples:
+            # Prototypes beside the descriptions: the zero-shot classifier scores them as phrases.
+            self.label_set = replace(
+                self.label_set,
+                labels=tuple(
+                    replace(label, examples=label.examples + tuple(examples.get(label.name, ())))
+                    for label in self.label_set.labels
+                ),
+            )
         if not 0.0 <= config.unknown_below <= 1.0:
             raise ValueError("unknown_below must be in [0, 1]")
         base = encoder if encoder is not None else shared_encoder(config.device)
@@ -263,6 +406,22 @@ class LogHead:
                 cache_size=50_000 if config.template_cache else 0,
             ),
         )
+        # Label set column of each severity class, when the label set is the three levels.
+        self.severity_columns = severity_mapping(self.label_set.names)
+        self.severity: SeverityModel | None = None
+        if self.severity_columns is not None and config.severity_head:
+            self.severity = severity or SeverityModel.load(
+                None if config.severity_model is None else Path(config.severity_model)
+            )
+        self._severity_probs: OrderedDict[TemplateText, np.ndarray] = OrderedDict()
+        # (source, template id) -> (label, template text when corrected)
+        self._corrections: dict[tuple[str, int], tuple[str, str]] = {}
+        self.corrected_lines = 0
+        if self.severity is not None and self._prototype_texts:
+            names = self.label_set.names
+            vecs = self.encoder.encode([text for text, _ in self._prototype_texts])
+            owners = np.asarray([names.index(name) for _, name in self._prototype_texts])
+            self._prototypes = (vecs, owners)
         self.miner = TemplateMiner(
             TemplateConfig(max_templates=config.max_templates, max_sources=config.max_sources)
         )
@@ -282,6 +441,12 @@ class LogHead:
         self._last: tuple[list[LogRecord], list[MinedLine]] | None = None
         self.lines = 0
         self._since_prune = 0
+        if config.corrections:
+            for where, source, message, label in load_corrections(config.corrections):
+                try:
+                    self.correct(source, message, label)
+                except ValueError as exc:
+                    raise UserError(f"{config.corrections}:{where}: {exc}") from None
 
     # -- mining (once per record, shared by classify and observe) --
 
@@ -289,7 +454,7 @@ class LogHead:
         if self._last is not None and self._last[0] is records:
             return self._last[1]
         limit = self.config.max_line_chars
-        mined = [self.miner.add(r.source, strip_timestamp(r.message[:limit])) for r in records]
+        mined = [self.miner.add(r.source, r.text[:limit]) for r in records]
         self._last = (records, mined)
         self.lines += len(records)
         return mined
@@ -313,7 +478,7 @@ class LogHead:
             template = mined.template
             entry = (
                 template,
-                TemplateText(embedding_text(template) or template, prose_words(template)),
+                TemplateText(embedding_text(template) or template, prose_words(template), template),
             )
             self._texts[key] = entry
             if len(self._texts) > 100_000:
@@ -327,7 +492,90 @@ class LogHead:
     def prepare(self) -> None:
         """Load the embedding model and embed the label phrases now (startup work that the
         first classify would otherwise do)."""
-        self.classifier.prepare()
+        if self.severity is None:
+            self.classifier.prepare()
+        else:
+            self.encoder.encode(["load the model"])
+
+    def probabilities(self, texts: list[TemplateText]) -> np.ndarray:
+        """(n, labels) probabilities in the label set's order: the trained severity head for the
+        three levels, the zero-shot classifier for any other label set."""
+        if self.severity is None:
+            return self.classifier.probabilities(texts)
+        if not self.config.template_cache:  # every line scored, its embedding computed again
+            if not texts:
+                return np.zeros((0, len(self.label_set.names)))
+            return self._severity_rows(texts)
+        cache = self._severity_probs
+        todo = list(dict.fromkeys(t for t in texts if t not in cache))
+        if todo:
+            rows = self._severity_rows(todo)
+            for text, row in zip(todo, rows, strict=True):
+                cache[text] = row
+            while len(cache) > 50_000:
+                cache.popitem(last=False)
+        if not texts:
+            return np.zeros((0, len(self.label_set.names)))
+        return np.stack([cache[t] if t in cache else self.probabilities([t])[0] for t in texts])
+
+    def _severity_rows(self, texts: list[TemplateText]) -> np.ndarray:
+        """The trained head's probabilities in label set order, pulled towards a user example
+        that the template nearly repeats (cosine c >= PROTOTYPE_MATCH: row = c * that label +
+        (1 - c) * row)."""
+        assert self.severity is not None
+        emb = self.encoder.encode([t.sentence for t in texts])
+        p = self.severity.probabilities(features(emb, [t.raw or t.sentence for t in texts]))
+        rows = np.empty_like(p)
+        rows[:, self.severity_columns] = p
+        if self._prototypes is not None:
+            vecs, owners = self._prototypes
+            sims = emb @ vecs.T
+            best = sims.argmax(axis=1)
+            for i, j in enumerate(best):
+                c = float(sims[i, j])
+                if c >= PROTOTYPE_MATCH:
+                    rows[i] *= 1.0 - c
+                    rows[i, owners[j]] += c
+        return rows
+
+    def correct(self, source: str, message: str, label: str) -> None:
+        """From now on, lines of `message`'s template in `source` get `label` (an operator's
+        correction). Raises ValueError for a label outside the label set."""
+        if label not in self.label_set.names:
+            raise ValueError(f"label {label!r} is not one of {self.label_set.names}")
+        record = parse_log_value(message.encode(), source.encode(), 0.0)
+        mined = self.miner.add(source, record.text[: self.config.max_line_chars])
+        self._corrections[(source, mined.template_id)] = (label, mined.template)
+
+    @property
+    def corrections(self) -> int:
+        """Corrections in force."""
+        return len(self._corrections)
+
+    def _corrected(self, mined: MinedLine) -> Classification | None:
+        entry = self._corrections.get((mined.source, mined.template_id))
+        if entry is None:
+            return None
+        label, template = entry
+        if template != mined.template:
+            if not _widens(template, mined.template):  # the id was reused: another template
+                del self._corrections[(mined.source, mined.template_id)]
+                return None
+            self._corrections[(mined.source, mined.template_id)] = (label, mined.template)
+        scores = {name: 1.0 if name == label else 0.0 for name in self.label_set.names}
+        return Classification(label=label, confidence=1.0, scores=scores)
+
+    def _stated(self, record: LogRecord) -> Classification | None:
+        """The level a severity line states in its header, as a decision with confidence 1."""
+        if self.severity_columns is None or record.level is None:
+            return None
+        level = STATED_LEVELS.get(record.level.lower())
+        if level is None:
+            return None
+        column = self.severity_columns[SEVERITY_CLASSES.index(level)]
+        names = self.label_set.names
+        scores = {name: 1.0 if i == column else 0.0 for i, name in enumerate(names)}
+        return Classification(label=names[column], confidence=1.0, scores=scores)
 
     def classify(self, records: list[LogRecord]) -> list[dict]:
         """One tsguard.log-classes value per record (embeddings batched, cached per template)."""
@@ -338,27 +586,53 @@ class LogHead:
             texts = [self._input(m) for m in mined]
             # A batch repeats few templates many times: decide each distinct one once.
             distinct = list(dict.fromkeys(texts))
-            rows = self.classifier.probabilities(distinct)
+            rows = self.probabilities(distinct)
             decided = dict(zip(distinct, map(self.classifier.decide, rows), strict=True))
             decisions = [decided[text] for text in texts]
         else:
             # The uncached path: each line's own masked words, embedded every time.
             limit = self.config.max_line_chars
-            masked = [mask_variables(strip_timestamp(r.message[:limit])) for r in records]
+            masked = [mask_variables(r.text[:limit]) for r in records]
             texts = [TemplateText(embedding_text(m) or m, prose_words(m)) for m in masked]
-            decisions = list(map(self.classifier.decide, self.classifier.probabilities(texts)))
+            decisions = list(map(self.classifier.decide, self.probabilities(texts)))
         out = []
-        for record, c in zip(records, decisions, strict=True):
-            out.append(
-                {
-                    "source": record.source,
-                    "ts": record.ts,
-                    "message": record.message,
-                    "label": c.label,
-                    "confidence": c.confidence,
-                    "scores": dict(c.scores),  # each output owns its dict
-                }
-            )
+        mined_lines = self._mine(records) if self._corrections else [None] * len(records)
+        for record, c, m in zip(records, decisions, mined_lines, strict=True):
+            fixed = self._corrected(m) if m is not None else None
+            if fixed is not None:
+                self.corrected_lines += 1
+            c = fixed or self._stated(record) or c
+            value = {
+                "source": record.source,
+                "ts": record.ts,
+                "message": record.message,
+                "label": c.label,
+                "confidence": c.confidence,
+                "scores": dict(c.scores),  # each output owns its dict
+            }
+            if record.content is not None:
+                value["header"] = {"level": record.level, "component": record.component}
+            if fixed is not None:
+                value["corrected"] = True
+            out.append(value)
+        return out
+
+    def _error_class(self, records: list[LogRecord], mined: list[MinedLine]) -> list[bool]:
+        """Per line, whether it is error-class (its stated level, else its template's severity
+        label): the summaries lead with these. All False when the labels are not the levels."""
+        if self.severity_columns is None or not records:
+            return [False] * len(records)
+        texts = [self._input(m) for m in mined]
+        distinct = list(dict.fromkeys(texts))
+        error_column = self.severity_columns[0]
+        judged = {
+            t: int(np.argmax(row)) == error_column
+            for t, row in zip(distinct, self.probabilities(distinct), strict=True)
+        }
+        out = []
+        for record, text in zip(records, texts, strict=True):
+            stated = STATED_LEVELS.get(record.level.lower()) if record.level else None
+            out.append(stated == "error" if stated is not None else judged[text])
         return out
 
     def observe(
@@ -376,11 +650,13 @@ class LogHead:
         n = len(records)
         scopes = [None] * n if scopes is None else scopes
         positions = [None] * n if positions is None else positions
-        for record, m, scope, position in zip(
-            records, self._mine(records), scopes, positions, strict=True
+        mined = self._mine(records)
+        errors = self._error_class(records, mined)
+        for record, m, scope, position, error in zip(
+            records, mined, scopes, positions, errors, strict=True
         ):
             out.extend(
-                add(record.source, record.ts, m.template_id, record.message, scope, position)
+                add(record.source, record.ts, m.template_id, record.message, scope, position, error)
             )
         self._since_prune += len(records)
         if self._since_prune >= _PRUNE_EVERY:

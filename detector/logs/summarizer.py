@@ -11,8 +11,12 @@ lines, are rebuilt from that partition alone after a restart, and `holds()` tell
 position of a line in a window still open (the offset a commit must not pass). Without a scope
 (the CLI) there is one window per source.
 
-A summary has the line count, the templates with counts and whether each is new compared with the
-source's history (first seen in this window), highlights and a short text.
+A summary leads with what matters, not with the most frequent routine lines: its templates are
+listed flagged ones first, where a template is flagged when it is new (first seen in this window
+for this source), rising (its count is at least RISE_FACTOR times its average count per window
+before, plus RISE_MIN; the average is an exponential moving average over the source's windows) or
+error-class (lines the severity head or the line's own header calls error). `leads` names the
+flagged templates with why, the text starts with them, and the highlights are their lines first.
 
 Highlights: maximal marginal relevance (Carbonell & Goldstein, SIGIR 1998) over the window's
 distinct templates, on their sentence embeddings. Relevance mixes centrality (cosine to the
@@ -41,6 +45,8 @@ class SummaryConfig:
     centrality_weight: float = 0.5  # relevance = w * centrality + (1 - w) * novelty
     max_summary_templates: int = 50  # templates listed per summary (the text counts them all)
     most_frequent: int = 3  # templates named in the text
+    leads: int = 5  # flagged templates named in `leads` and the text
+    rate_alpha: float = 0.3  # weight of the last window in a template's average count
 
 
 @dataclass
@@ -51,6 +57,7 @@ class _Window:
     counts: dict[int, int] = field(default_factory=dict)  # template id -> lines
     example: dict[int, str] = field(default_factory=dict)  # template id -> first raw line
     new: set[int] = field(default_factory=set)
+    errors: dict[int, int] = field(default_factory=dict)  # template id -> error-class lines
     first: int | None = None  # position of its first line (the Kafka offset), if given
 
 
@@ -58,8 +65,11 @@ class _Window:
 class _SourceState:
     windows: dict[Hashable, _Window] = field(default_factory=dict)  # scope -> open window
     seen: set[int] = field(default_factory=set)  # template ids from earlier windows
+    rate: dict[int, float] = field(default_factory=dict)  # template id -> average count/window
 
 
+RISE_FACTOR = 3.0  # a count this many times the template's usual count per window is rising
+RISE_MIN = 5  # ... plus this many lines, so that 0 -> 2 is not a rise
 TemplateLookup = Callable[[str, int], str | None]
 Encode = Callable[[Sequence[str]], np.ndarray]
 
@@ -130,11 +140,13 @@ class WindowSummarizer:
         message: str,
         scope: Hashable = None,
         position: int | None = None,
+        error: bool = False,
     ) -> list[dict]:
         """Count one mined line; returns the summary of the window it closed, if any.
 
         `scope` keeps separate windows for the same source (the Kafka partition); `position`
-        (the offset) of a window's first line is what `holds()` reports while it is open."""
+        (the offset) of a window's first line is what `holds()` reports while it is open;
+        `error`: the line is error-class."""
         state = self._sources.get(source)
         if state is None:
             state = self._sources[source] = _SourceState()
@@ -155,6 +167,8 @@ class WindowSummarizer:
             window.example[template_id] = message
             if template_id not in state.seen:
                 window.new.add(template_id)
+        if error:
+            window.errors[template_id] = window.errors.get(template_id, 0) + 1
         return out
 
     def advance(self, watermark: float) -> list[dict]:
@@ -196,6 +210,7 @@ class WindowSummarizer:
         """Drop history of templates the miner evicted, and of sources beyond max_sources."""
         for source, state in list(self._sources.items()):
             state.seen = {t for t in state.seen if keep(source, t)}
+            state.rate = {t: r for t, r in state.rate.items() if t in state.seen}
         idle = [s for s, st in self._sources.items() if not st.windows]
         while len(self._sources) > max_sources and idle:
             del self._sources[idle.pop(0)]
@@ -204,19 +219,45 @@ class WindowSummarizer:
 
     def _close(self, source: str, state: _SourceState, scope: Hashable) -> dict:
         window = state.windows.pop(scope)
-        ids = sorted(window.counts, key=lambda t: (-window.counts[t], t))
+        rising = {
+            t
+            for t, n in window.counts.items()
+            if t not in window.new and n >= RISE_FACTOR * state.rate.get(t, 0.0) + RISE_MIN
+        }
+        flagged = window.new | rising | set(window.errors)
+        ids = sorted(
+            window.counts,
+            key=lambda t: (t not in flagged, -window.errors.get(t, 0), -window.counts[t], t),
+        )
         texts = {}
         for t in ids:
             text = self.template_of(source, t)
             texts[t] = text if text is not None else window.example[t]
-        highlights = self._highlights(source, state, window, ids, texts)
+        leads = []
+        for t in [t for t in ids if t in flagged][: self.config.leads]:
+            why = [w for w, on in (("error", t in window.errors), ("new", t in window.new),
+                                   ("rising", t in rising)) if on]  # fmt: skip
+            lead = {"template": texts[t], "count": window.counts[t], "why": why}
+            if t in rising:
+                lead["usual"] = round(state.rate.get(t, 0.0), 2)
+            leads.append(lead)
+        highlights = self._highlights(source, state, window, ids, texts, flagged)
         state.seen.update(window.counts)
+        a = self.config.rate_alpha
+        for t in set(state.rate) | set(window.counts):
+            state.rate[t] = (1.0 - a) * state.rate.get(t, 0.0) + a * window.counts.get(t, 0)
         listed = ids[: self.config.max_summary_templates]
         templates = [
-            {"template": texts[t], "count": window.counts[t], "new": t in window.new}
+            {
+                "template": texts[t],
+                "count": window.counts[t],
+                "new": t in window.new,
+                "rising": t in rising,
+                "errors": window.errors.get(t, 0),
+            }
             for t in listed
         ]
-        summary = self._text(source, window, ids, texts, highlights)
+        summary = self._text(source, window, ids, texts, leads)
         if self.abstractive is not None:
             summary = self.abstractive(
                 summary + " Highlights: " + " | ".join(highlights) if highlights else summary
@@ -226,6 +267,7 @@ class WindowSummarizer:
             "window": {"start": window.start, "end": window.end},
             "lines": window.lines,
             "templates": templates,
+            "leads": leads,
             "highlights": highlights,
             "summary": summary,
         }
@@ -237,10 +279,29 @@ class WindowSummarizer:
         window: _Window,
         ids: list[int],
         texts: dict[int, str],
+        flagged: set[int],
     ) -> list[str]:
+        """The flagged templates' lines first (in `ids` order), then MMR over the rest."""
         k = self.config.highlights
         if k <= 0 or not ids:
             return []
+        first = [t for t in ids if t in flagged][:k]
+        rest = [t for t in ids if t not in flagged]
+        if len(first) == k or not rest:
+            return [window.example[t] for t in first]
+        return [window.example[t] for t in first] + self._mmr(
+            source, state, window, rest, texts, k - len(first)
+        )
+
+    def _mmr(
+        self,
+        source: str,
+        state: _SourceState,
+        window: _Window,
+        ids: list[int],
+        texts: dict[int, str],
+        k: int,
+    ) -> list[str]:
         if len(ids) <= 1:
             return [window.example[ids[0]]]
         words = [embedding_text(texts[t]) or texts[t] for t in ids]
@@ -267,22 +328,25 @@ class WindowSummarizer:
         window: _Window,
         ids: list[int],
         texts: dict[int, str],
-        highlights: list[str],
+        leads: list[dict],
     ) -> str:
         n_new = len(window.new)
         parts = [
             f"{source}, {_fmt_window(window.start, window.end)}: {window.lines:,} "
-            f"line{'s' if window.lines != 1 else ''}",
+            f"line{'s' if window.lines != 1 else ''}"
+        ]
+        for lead in leads[:3]:
+            what = " and ".join(lead["why"])
+            usual = f", usually {lead['usual']:g}" if "usual" in lead else ""
+            parts.append(f'{what}: "{_short(lead["template"])}" ({lead["count"]:,}{usual})')
+        parts += [
             f"{len(ids):,} template{'s' if len(ids) != 1 else ''}",
             f"{n_new:,} new template{'s' if n_new != 1 else ''}",
         ]
-        top = ids[: self.config.most_frequent]
+        top = sorted(ids, key=lambda t: (-window.counts[t], t))[: self.config.most_frequent]
         if top:
             parts.append(
                 "most frequent: "
                 + ", ".join(f'"{_short(texts[t])}" ({window.counts[t]:,})' for t in top)
             )
-        new_ids = [t for t in ids if t in window.new and t not in top][:2]
-        if new_ids and len(ids) > 1:
-            parts.append("new: " + ", ".join(f'"{_short(texts[t])}"' for t in new_ids))
         return "; ".join(parts) + "."

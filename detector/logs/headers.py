@@ -1,0 +1,162 @@
+"""Log line headers: split a raw line into its header fields (level, component, host) and content.
+
+Templates are mined on the content only: a header mined as if it were the message gives templates
+such as `- <NUM> <NUM> <*> <NUM>-<NUM>-<NUM>-<NUM> <*> RAS KERNEL <*> <*> <*>`. Recognised without
+configuration (after a leading timestamp that `head.strip_timestamp` knows):
+
+- level-first layouts: log4j / logback / Python logging / Spark / HDFS / Android / Windows CBS /
+  Apache, i.e. optional pid and tid numbers, an optional `[thread]`, a level word (`ERROR`, `warn`,
+  `[notice]`, or a one-letter Android level after pid and tid), an optional `[thread]`, then an
+  optional `component:` (or a short component followed by two or more spaces);
+- syslog (BSD): `Jun 14 15:16:01 host program[pid]: content`, and RFC 5424 / a leading `<PRI>`,
+  whose severity is the level;
+- glog / abseil (`I1206 04:59:41.123456  1234 file.cc:12] content`);
+- a line that starts with a level word and a colon or brackets (`ERROR: disk full`);
+- otherwise an upper-case level word among a line's first ten tokens after a token with a digit
+  (BGL `... R02-M1-N0 RAS KERNEL INFO content`, ZooKeeper `... - INFO  [thread:Class@774] - content`,
+  OpenStack `file.log 2017-05-16 00:00:00.008 25746 INFO nova.compute [req-..] content`): what
+  follows, without leading `[...]` groups and dashes, is the content.
+
+journald JSON records are read in `head.parse_log_value`. Anything else is a loghub-style format,
+`LogFormat('<Date> <Time> <Level> <Component>: <Content>')`: each `<Field>` matches lazily, the
+last one greedily, spaces match any run of spaces.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from detector.errors import UserError
+
+LEVEL_WORDS = (
+    "EMERG|EMERGENCY|ALERT|CRIT|CRITICAL|ERR|ERROR|FATAL|SEVERE|WARN|WARNING|NOTICE|INFO|"
+    "INFORMATION|DEBUG|TRACE|VERBOSE|FINE|FINER|FINEST"
+)
+_AFTER_TS = re.compile(
+    r"(?P<ids>(?:\d+\s+){0,2})"
+    r"(?:\[[^\]]{0,64}\]\s*)?"
+    r"(?:\[(?P<blevel>(?i:" + LEVEL_WORDS + r"))\]|(?P<level>(?i:" + LEVEL_WORDS + r")|[VDIWEF]))"
+    r"(?=[\s:])[:\s]\s*"
+    r"(?:\[[^\]]{0,64}\]\s*)?"
+    r"(?:(?P<component>[\w.$\-/()#@]{1,128}?)(?:\[\d+\])?:\s+"
+    r"|(?P<wcomponent>[A-Za-z][\w.\-]{0,31})\s{2,})?"
+    r"(?P<content>.*)$",
+    re.DOTALL,
+)
+_SYSLOG_BODY = re.compile(
+    r"(?P<host>[\w.\-]+)\s+(?P<component>[\w.\-/()@]{1,128}?)(?:\[\d+\])?:\s+(?P<content>.*)$",
+    re.DOTALL,
+)
+_PRI = re.compile(r"<(?P<pri>\d{1,3})>(?:1\s+)?")
+_PRI_LEVEL = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+
+
+@dataclass(frozen=True)
+class Header:
+    content: str  # the message without its header
+    level: str | None = None  # as written ("INFO", "notice", "W")
+    component: str | None = None
+    host: str | None = None
+
+
+def parse_after_timestamp(rest: str, syslog: bool) -> Header | None:
+    """Header fields of a line whose timestamp has been stripped (`rest`), or None."""
+    m = _AFTER_TS.match(rest)
+    if m:
+        level = m.group("blevel") or m.group("level")
+        # A single letter is a level only in the Android layout (after pid and tid).
+        if len(level) > 1 or (m.group("ids").split() and level.isupper()):
+            component = m.group("component") or m.group("wcomponent")
+            content = m.group("content").strip()
+            if content:
+                return Header(content, level, component)
+    if syslog:
+        m = _SYSLOG_BODY.match(rest)
+        if m and m.group("content").strip():
+            return Header(m.group("content").strip(), None, m.group("component"), m.group("host"))
+    return None
+
+
+_GLOG = re.compile(
+    r"(?P<level>[IWEF])\d{4} \d{2}:\d{2}:\d{2}(?:\.\d+)?\s+\d+ (?P<component>[\w.\-]+:\d+)\] "
+    r"(?P<content>.*)$",
+    re.DOTALL,
+)
+
+
+def parse_glog(line: str) -> Header | None:
+    """glog / abseil: `I1206 04:59:41.123456  1234 file.cc:12] content`."""
+    m = _GLOG.match(line)
+    if m is None or not m.group("content").strip():
+        return None
+    return Header(m.group("content").strip(), m.group("level"), m.group("component"))
+
+
+def parse_pri(line: str) -> tuple[str, str] | None:
+    """(level, rest of the line) for a line with a leading syslog `<PRI>`, else None."""
+    m = _PRI.match(line)
+    if not m or int(m.group("pri")) > 191:
+        return None
+    return _PRI_LEVEL[int(m.group("pri")) % 8], line[m.end() :]
+
+
+_CAPS_LEVEL = re.compile(
+    r"(?:EMERG|ALERT|CRIT|CRITICAL|ERROR|ERR|FATAL|SEVERE|WARN|WARNING|NOTICE|INFO|DEBUG|TRACE)"
+)
+_LEADING_NOISE = re.compile(r"(?:\[(?:[^\[\]]|\[[^\[\]]*\]){0,300}\]\s*|-\s+)*")
+# A header token: has a digit or punctuation, or is upper case (`RAS`, `KERNEL`); a plain word
+# such as `Took` means the line's prose has begun and a level word after it is content.
+_PLAIN_WORD = re.compile(r"[A-Za-z]*[a-z][A-Za-z]*")
+_DOTTED_COMPONENT = re.compile(r"([\w$-]+(?:\.[\w$-]+)+):?\s+")
+
+
+def parse_embedded_level(line: str) -> Header | None:
+    """An upper-case level word inside a header of unknown layout (see the module docstring)."""
+    tokens = line.split(None, 10)
+    digit_seen = False
+    for i, token in enumerate(tokens[:10]):
+        if digit_seen and _CAPS_LEVEL.fullmatch(token) and i + 1 < len(tokens):
+            rest = line.split(None, i + 1)[i + 1]
+            rest = rest[_LEADING_NOISE.match(rest).end() :]
+            component = None
+            m = _DOTTED_COMPONENT.match(rest)
+            if m:
+                component, rest = m.group(1), rest[m.end() :]
+                rest = rest[_LEADING_NOISE.match(rest).end() :]
+            rest = rest.strip()
+            return Header(rest, token, component) if rest else None
+        if _PLAIN_WORD.fullmatch(token):
+            return None
+        digit_seen = digit_seen or any(c.isdigit() for c in token)
+    return None
+
+
+_FIELD_RE = re.compile(r"<(\w+)>")
+
+
+class LogFormat:
+    """A loghub-style line format: `<Date> <Time> <Level> <Component>: <Content>`."""
+
+    def __init__(self, spec: str) -> None:
+        parts = _FIELD_RE.split(spec)
+        fields = parts[1::2]
+        if "Content" not in fields:
+            raise UserError(f"--log-format {spec!r}: needs a <Content> field")
+        if len(set(fields)) != len(fields):
+            raise UserError(f"--log-format {spec!r}: a field appears twice")
+        pattern = ""
+        for i, part in enumerate(parts):
+            if i % 2 == 0:
+                pattern += r"\s+".join(re.escape(chunk) for chunk in part.split(" "))
+            else:
+                last = i == len(parts) - 2
+                pattern += f"(?P<{part}>.*)" if last else f"(?P<{part}>.*?)"
+        self.spec = spec
+        self.fields = tuple(fields)
+        self._re = re.compile("^" + pattern + "$", re.DOTALL)
+
+    def parse(self, line: str) -> dict[str, str] | None:
+        """The line's fields, or None when the line does not have this format."""
+        m = self._re.match(line)
+        return None if m is None else {k: v.strip() for k, v in m.groupdict().items()}
