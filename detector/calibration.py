@@ -18,7 +18,8 @@ Changes from the paper, so that a tail's state is a few fixed-size numbers (unde
   slow changes (the paper's DSPOT);
 - x is the mean of the last `short_window` raw values, which damps single-point noise;
 - as in the paper's Algorithm 1, a value that raises an alarm (score >= `alarm`) is not
-  learned as a peak; it still moves the running quantile, so a lasting new regime is absorbed;
+  learned as a peak; it moves the running quantile ten times slower than an ordinary value,
+  so an anomaly's score stays high while it lasts and a lasting new regime is still absorbed;
 - the score is the tail probability on a log scale, score = clip(-log10 P / tail_decades, 0, 1)
   (as Numenta's log-likelihood does), so a threshold reads as a probability: 0.4 with
   tail_decades=10 is P = 1e-4. Below u the score rises linearly from 0 to u's score
@@ -204,6 +205,10 @@ def _tail_step(st, heap, e, k):
     if n == 1.0:  # no warm-up at all: the first error is the first quantile estimate
         u = x
     alpha = 1.0 / min(n, k[_K_LONG])
+    if raw >= k[_K_ALARM]:
+        # An alarm moves the quantile ten times slower: a shift stays visible for a while,
+        # and a lasting new regime is still absorbed in the end.
+        alpha *= 0.1
     mean_err += alpha * (abs(x - u) - mean_err)
     # Robbins-Monro quantile step: up by (1-q)-weighted steps when x exceeds u, down otherwise,
     # so u settles where P(x > u) = 1 - q. The step follows the error scale, so this works for

@@ -216,6 +216,8 @@ def test_tail_follows_the_spot_formulas(warmup: int) -> None:
                     want = min(x / u, 1.0) * base
             n += 1
             alpha = 1 / min(n, cfg.long_window)
+            if want >= cfg.alarm:  # an alarm moves the quantile ten times slower
+                alpha *= 0.1
             mean_err += alpha * (abs(x - u) - mean_err)
             u += cfg.quantile_rate * mean_err * alpha / (1 - cfg.q) * ((x > u) - (1 - cfg.q))
             u = max(u, 0.0)

@@ -26,20 +26,27 @@ def scorer():
     return load_scorer(None, "cpu")
 
 
-def _series(n: int, seed: int = 0) -> np.ndarray:
+STEP = 300.0  # 5-minute points: a day is 288 of them
+N, SPIKE, SHIFT = 3000, 2000, slice(2400, 2600)
+
+
+def _series(n: int = N, seed: int = 0) -> np.ndarray:
+    """Ten days of a daily cycle with noise, a spike and a level shift that lasts 200 points."""
     rng = np.random.default_rng(seed)
     t = np.arange(n)
-    x = 50 + 10 * np.sin(2 * np.pi * t / 96) + rng.normal(0, 0.5, n)
-    x[700] += 25.0  # a spike
-    x[1000:1200] += 12.0  # a level shift that lasts
+    x = 50 + 10 * np.sin(2 * np.pi * t / 288) + rng.normal(0, 0.5, n)
+    x[SPIKE] += 25.0
+    x[SHIFT] += 12.0
     return x
+
+
+def _times(n: int = N) -> np.ndarray:
+    return T0 + STEP * np.arange(n)
 
 
 @pytest.mark.integration
 def test_serve_on_the_broker_and_evaluate_give_the_same_scores_and_events(broker, scorer):
-    n = 1400
-    values = _series(n)
-    ts = T0 + 60.0 * np.arange(n)
+    values, ts = _series(), _times()
     produce(broker.bootstrap, "tsguard.metrics",
             [point("s1", float(t), float(v)) for t, v in zip(ts, values, strict=True)])  # fmt: skip
     proc = tsguard("serve", "--bootstrap", broker.bootstrap, "--stop-at-end", "--metrics-port",
@@ -52,37 +59,42 @@ def test_serve_on_the_broker_and_evaluate_give_the_same_scores_and_events(broker
                  round(float(run.scores[i]), 6)) for i in np.flatnonzero(run.kinds)]  # fmt: skip
     got = sorted((e["ts"], e["kind"], e["score"]) for e in served)
     assert got == [(float(t), k, s) for t, k, s in expected]
-    assert any(k == "start" and 700 <= index[t] <= 702 for t, k, _ in got)  # the spike
-    assert any(k == "start" and 1000 <= index[t] <= 1010 for t, k, _ in got)  # the shift
+    assert any(k == "start" and index[t] == SPIKE for t, k, _ in got)
+    assert any(k == "start" and SHIFT.start <= index[t] <= SHIFT.start + 5 for t, k, _ in got)
 
 
-def test_fusion_is_fishers_method(scorer):
+def test_fusion_is_the_better_of_bonferroni_and_fisher(scorer):
     det = Detector(scorer)
     cfg = det.config
     rng = np.random.default_rng(0)
-    tails = rng.uniform(0, 0.6, (200, len(SIGNALS)))
+    tails = rng.uniform(0, 0.6, (300, len(SIGNALS)))
+    tails[:100:3, 1:] = 0.0  # one sure signal alone: Bonferroni wins
     tails[:20, 2] = np.nan  # a signal without an opinion is left out, not counted as calm
+    tails[20:30, 1:] = np.nan  # one signal answering: its own probability
     got = det.fuse(tails)
     for row, score in zip(tails, got, strict=True):
         p = 10.0 ** (-cfg.tail_decades * row[np.isfinite(row)])
-        want = -math.log10(combine_pvalues(p, method="fisher").pvalue) / cfg.fused_decades
-        assert score == pytest.approx(min(1.0, want), abs=1e-9)
+        fisher = combine_pvalues(p, method="fisher").pvalue
+        fused = min(1.0, 2 * min(len(p) * p.min(), fisher)) if len(p) > 1 else p[0]
+        want = -math.log10(fused) / cfg.fused_decades
+        assert score == pytest.approx(min(1.0, max(0.0, want)), abs=1e-9)
     assert det.fuse(np.full((1, len(SIGNALS)), np.nan))[0] == 0.0
+    # Several signals that agree a little outweigh one that is a little surer alone.
+    agree, alone = np.full((1, 5), 0.2), np.array([[0.3, 0.0, 0.0, 0.0, 0.0]])
+    assert det.fuse(agree)[0] > det.fuse(alone)[0]
 
 
 def test_the_score_stays_high_while_a_level_shift_lasts_and_alerts_once(scorer):
-    x = _series(1400)
-    run = Detector(scorer).run_series(x, T0 + 60.0 * np.arange(len(x)))
+    run = Detector(scorer).run_series(_series(), _times())
     threshold = scorer.calibration.threshold
-    assert np.median(run.scores[1005:1100]) >= threshold  # the gauge keeps saying so
-    assert np.median(run.scores[400:690]) < threshold / 2
-    starts = np.flatnonzero(run.kinds[1000:1200] == START)
-    assert len(starts) == 1 and starts[0] < 10  # one page for the whole shift
+    assert np.median(run.scores[SHIFT.start + 5 : SHIFT.stop]) >= threshold  # the gauge says so
+    assert np.median(run.scores[1500:1990]) < threshold / 2
+    starts = np.flatnonzero(run.kinds[SHIFT] == START)
+    assert len(starts) == 1 and starts[0] < 5  # one page for the whole shift
 
 
 def test_each_signal_alone_and_any_subset_runs(scorer):
-    x = _series(1400)
-    t = T0 + 60.0 * np.arange(len(x))
+    x, t = _series(), _times()
     for name in SIGNALS:
         run = Detector(scorer, replace(scorer.calibration, signals=(name,))).run_series(x, t)
         assert np.isfinite(run.scores).all() and (run.scores >= 0).all()
@@ -94,18 +106,17 @@ def test_state_per_series_is_bounded(scorer):
     det = Detector(scorer)
     # The issue's budget: 8 KiB per univariate series beyond its window.
     assert det.bytes_per_series(1) <= 8 * 1024
-    x = _series(3000)
     before = det.bytes_per_series(1)
-    det.run_series(x, T0 + 60.0 * np.arange(len(x)))
+    det.run_series(_series(), _times())
     assert det.bytes_per_series(1) == before  # fixed-size rows, whatever the points seen
 
 
 def test_multivariate_series_score_and_name_their_dimensions(scorer):
     rng = np.random.default_rng(1)
-    x = np.stack([_series(1400), rng.normal(0, 1, 1400), 1000 + rng.normal(0, 10, 1400)], -1)
-    x[900, 1] += 12.0  # the small dimension's spike is heard
-    run = Detector(scorer).run_series(x, T0 + 60.0 * np.arange(1400))
-    assert run.scores[900:903].max() >= scorer.calibration.threshold
+    x = np.stack([_series(), rng.normal(0, 1, N), 1000 + rng.normal(0, 10, N)], -1)
+    x[1500, 1] += 12.0  # the small dimension's spike is heard
+    run = Detector(scorer).run_series(x, _times())
+    assert run.scores[1500] >= scorer.calibration.threshold
 
 
 def test_config_round_trips_and_rejects_bad_settings():
