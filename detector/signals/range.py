@@ -4,7 +4,7 @@ Numenta's HTM detector for NAB adds a spatial rule to its learned model: a value
 running minimum or maximum by more than a few percent of the range is anomalous whatever the
 model says (Ahmad et al., "Unsupervised real-time anomaly detection for streaming data",
 Neurocomputing 2017; NAB's numenta detector, spatial tolerance 5%). Here the excess is
-continuous: max(0, x - hi, lo - x) / (hi - lo), in units of the range, so a tail can learn how
+continuous: max(0, x - hi, lo - x) / (hi - lo) less the 5% tolerance, in units of the range, so a tail can learn how
 often a series leaves its range. The bounds widen at once to take a new extreme and drift back
 toward the running mean by 1/`forget` of the gap per point, so one old outlier does not blind
 the rule forever. Several dimensions: the largest excess (each is already unit-free).
@@ -15,7 +15,7 @@ the rule forever. Several dimensions: the largest excess (each is already unit-f
 >>> x = np.r_[np.tile([0.0, 1.0], 20), 3.0][None, :, None]
 >>> raw = sig.raw(np.array([0]), x, None, n_new=41)
 >>> round(float(raw[0, 10]), 3), round(float(raw[0, -1]), 3)
-(0.0, 2.001)
+(0.0, 1.95)
 """
 
 from __future__ import annotations

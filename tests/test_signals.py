@@ -1,0 +1,149 @@
+"""The detector's signals: each is causal (a prefix's raw values do not depend on what follows),
+gives the same values however the stream is cut into windows, keeps fixed-size state, and
+notices what it is for."""
+
+from __future__ import annotations
+
+import doctest
+
+import numpy as np
+import pytest
+
+import detector.signals.novelty
+import detector.signals.range
+import detector.signals.seasonal
+import detector.signals.shift
+from detector.signals import LevelShift, PatternNovelty, RangeExcess, SeasonalProfile
+
+L = 64  # window length fed to the signals here
+DAY = 288  # 5-minute points
+
+
+def _make(name: str, dims: int = 1):
+    return {
+        "seasonal": lambda: SeasonalProfile(dims),
+        "novelty": lambda: PatternNovelty(dims, length=8, history=256),
+        "range": lambda: RangeExcess(dims),
+        "shift": lambda: LevelShift(dims),
+    }[name]()
+
+
+def _stream(n: int, dims: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    x = 10 + 5 * np.sin(2 * np.pi * t / DAY)[:, None] + rng.normal(0, 0.3, (n, dims))
+    x[rng.random((n, dims)) < 0.02] = np.nan
+    return x.astype(np.float32), 1.7e9 + 300.0 * t
+
+
+def _feed(sig, x: np.ndarray, ts: np.ndarray, stride: int, slot: int = 0) -> np.ndarray:
+    """Windows as the stream takes them: one every `stride` points, scoring the newest."""
+    n = len(x)
+    pad_x = np.concatenate([np.full((L - 1, x.shape[1]), np.nan, np.float32), x])
+    pad_t = np.concatenate([np.full(L - 1, np.nan), ts])
+    out = np.full(n, np.nan)
+    for end in range(stride - 1, n, stride):
+        w = pad_x[end : end + L][None]
+        raw = sig.raw(np.array([slot]), w, pad_t[end : end + L][None], stride)
+        out[end - stride + 1 : end + 1] = raw[0]
+    return out
+
+
+@pytest.mark.parametrize("name", ["seasonal", "novelty", "range", "shift"])
+@pytest.mark.parametrize("dims", [1, 3])
+def test_causal_and_the_same_whatever_the_stride(name: str, dims: int) -> None:
+    x, ts = _stream(4 * DAY, dims)
+    n = 4 * DAY - (4 * DAY) % 8
+    base = _make(name, dims)
+    base.reset(0)
+    full = _feed(base, x[:n], ts[:n], 1)
+    assert np.isfinite(full).sum() > n // 2 and (full[np.isfinite(full)] >= 0).all()
+    for stride in (2, 8):
+        sig = _make(name, dims)
+        sig.reset(0)
+        np.testing.assert_allclose(_feed(sig, x[:n], ts[:n], stride), full, rtol=1e-9)
+    cut = n // 2
+    sig = _make(name, dims)
+    sig.reset(0)
+    np.testing.assert_allclose(_feed(sig, x[:cut], ts[:cut], 1), full[:cut], rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["seasonal", "novelty", "range", "shift"])
+def test_rows_are_fixed_size_and_a_skipped_row_changes_nothing(name: str) -> None:
+    sig = _make(name)
+    sig.reset(0)
+    sig.reset(3)  # grows
+    before = {k: getattr(sig.rows, k).copy() for k in sig.rows._init}
+    x, ts = _stream(200)
+    sig.raw(np.array([-1]), x[None, :L], ts[None, :L], 1)
+    for k, a in before.items():
+        np.testing.assert_array_equal(getattr(sig.rows, k), a)
+    assert sig.rows.bytes_per_row < 8 * 1024
+
+
+def test_seasonal_profile_flags_a_daily_jump_that_does_not_come() -> None:
+    """A series that jumps from 10 to 30 between 12:00 and 14:00 every day; on the last day
+    it does not: only a profile of the time of day can tell."""
+    n = 6 * DAY
+    t = np.arange(n) % DAY
+    level = np.where((t >= 144) & (t < 168), 30.0, 10.0)
+    level[5 * DAY + 144 : 5 * DAY + 168] = 10.0  # the jump that does not come
+    x = (level + np.random.default_rng(0).normal(0, 0.5, n)).astype(np.float32)[:, None]
+    sig = SeasonalProfile(1)
+    sig.reset(0)
+    raw = _feed(sig, x, 1.7e9 - 1.7e9 % 86400 + 300.0 * np.arange(n), 1)
+    missed = raw[5 * DAY + 144 : 5 * DAY + 168]
+    usual = raw[4 * DAY : 5 * DAY]
+    assert np.nanmin(missed) > 5 * np.nanquantile(usual, 0.99)
+
+
+def test_seasonal_profile_memory_is_in_days_whatever_the_sampling_rate() -> None:
+    """A 1-second metric: the profile learns one point per 5 minutes, so a level that has held
+    for ten minutes is not yet 'what this series reads at this hour'."""
+    sig = SeasonalProfile(1)
+    sig.reset(0)
+    seconds = 1800.0 * 944_444 + np.arange(3600.0)  # an hour from a bin boundary
+    x = np.where(np.arange(3600) < 3000, 10.0, 50.0).astype(np.float32)[:, None]
+    for lo in range(0, 3600, L):
+        w = x[lo : lo + L][None]
+        sig.raw(np.array([0]), w, seconds[lo : lo + L][None], w.shape[1])
+    assert sig.rows.count[0].sum() == 12  # one learned point per 300 s
+    assert sig.rows.mean[0].max() < 25.0
+
+
+def test_novelty_a_repeat_is_not_news() -> None:
+    """A burst shape the series never had is novel; the same shape again soon after is not."""
+    rng = np.random.default_rng(1)
+    x = np.sin(2 * np.pi * np.arange(1200) / 40) + rng.normal(0, 0.05, 1200)
+    burst = np.array([0.0, 2.0, -2.0, 2.0, -2.0, 0.0])
+    x[600:606] += burst
+    x[800:806] += burst
+    sig = PatternNovelty(1, length=8, history=512)
+    sig.reset(0)
+    raw = _feed(sig, x.astype(np.float32)[:, None], np.arange(1200.0), 1)
+    first, again, usual = raw[600:614].max(), raw[800:814].max(), np.nanquantile(raw[300:590], 0.99)
+    assert first > 5 * usual
+    assert again < first / 3
+
+
+def test_a_new_level_leaves_the_range_and_the_shift_keeps_hearing_it() -> None:
+    rng = np.random.default_rng(2)
+    x = np.r_[rng.normal(0, 1, 1000), rng.normal(8, 1, 200)].astype(np.float32)[:, None]
+    t = np.arange(1200.0)
+    rng_sig, shift = RangeExcess(1), LevelShift(1)
+    rng_sig.reset(0)
+    shift.reset(0)
+    excess = _feed(rng_sig, x, t, 1)
+    assert excess[1000] > 0.5 and (excess[500:1000] < 0.1).all()  # the range's new edge
+    gap = _feed(shift, x, t, 1)
+    assert np.median(gap[1010:1200]) > 3 * np.quantile(gap[500:1000], 0.99)  # lasts
+
+
+@pytest.mark.parametrize(
+    "module",
+    [detector.signals.seasonal, detector.signals.novelty, detector.signals.range,
+     detector.signals.shift],
+)  # fmt: skip
+def test_docstring_examples(module) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
