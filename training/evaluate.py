@@ -88,6 +88,10 @@ def register_cli(subparsers) -> None:
     )
     n.set_defaults(handler=run_nab)
 
+    from training.labelled import register_labelled
+
+    register_labelled(sub)
+
 
 # ----------------------------------------------------------------------------- tsguard detector
 
@@ -122,27 +126,31 @@ class TsguardDetector:
         return cls(load_scorer(model_dir, device=device), stride=stride)
 
     def raw_errors(self, values: np.ndarray) -> tuple[int, np.ndarray]:
-        """(first scored index, errors of points first..n-1 in time order).
+        """(first scored index, errors of points first..n-1 in time order); values [n] or [n, D]
+        (D > 1: D-dim windows, the scorer's RMS error over dimensions).
 
         As in the stream, a series is scored from its `min_points`-th point on: until the window
         is full its older slots are missing (NaN), which the model handles like any gap.
         """
         length, s = self.scorer.window_length, self.stride
         pad = length - min(max(self.scorer.min_points, s), length)
-        x = np.r_[np.full(pad, np.nan, np.float32), np.asarray(values, dtype=np.float32)]
+        v = np.asarray(values, dtype=np.float32)
+        v = v.reshape(len(v), -1)
+        x = np.r_[np.full((pad, v.shape[1]), np.nan, np.float32), v]
         n = len(x)
         if n < length:
             return len(values), np.zeros(0, np.float32)
-        views = np.lib.stride_tricks.sliding_window_view(x, length)  # row r ends at r + L - 1
+        # [n - L + 1, L, D] windows; row r ends at r + L - 1.
+        views = np.lib.stride_tricks.sliding_window_view(x, length, axis=0).transpose(0, 2, 1)
         ends = np.arange(length - 1, n, s)
         chunks = []
         for b in range(0, len(ends), BATCH_WINDOWS):
             rows = ends[b : b + BATCH_WINDOWS] - (length - 1)
-            batch = np.ascontiguousarray(views[rows])[:, :, None]
+            batch = np.ascontiguousarray(views[rows])
             chunks.append(self.scorer.score(batch, n_new=s).errors.reshape(-1))
         rest = n - 1 - ends[-1]  # points after the last full stride
         if rest:
-            last = np.ascontiguousarray(views[-1:])[:, :, None]
+            last = np.ascontiguousarray(views[-1:])
             chunks.append(self.scorer.score(last, n_new=rest).errors.reshape(-1))
         return length - s - pad, np.concatenate(chunks)
 
@@ -159,7 +167,9 @@ class TsguardDetector:
         else:
             seconds = ts.astype(np.float64)  # already epoch seconds
         # The profile learns from every point, also those before the first full window.
-        cal = Calibrator(self.scorer.calibration)
+        cal = Calibrator(
+            self.scorer.calibration, dims=1 if np.ndim(values) == 1 else values.shape[1]
+        )
         warm = np.full(first, np.nan)
         cal.update(warm, values[:first], seconds[:first])
         scores[first:] = cal.update(errors, values[first:], seconds[first:])
