@@ -291,7 +291,8 @@ def load_path(path: Path, files: str = "*") -> list[LabelledSeries]:
             elif child.is_file() and _is_series_file(child):
                 series.append(read_file(child, collection))
     if files != "*":
-        series = [s for s in series if fnmatch.fnmatch(s.name, files)]
+        globs = files.split(",")
+        series = [s for s in series if any(fnmatch.fnmatch(s.name, g) for g in globs)]
     if not series:
         raise UserError(f"{path}: no labelled series found (see `tsguard evaluate labelled -h`)")
     return series
@@ -552,7 +553,7 @@ def evaluate(
         total=len(series) * len(detectors),
         file=sys.stderr,
         unit="file",
-        disable=not sys.stderr.isatty() and os.environ.get("TSGUARD_PROGRESS") != "1",
+        disable=None,  # tqdm: shown when stderr is a terminal
     )
     for det in detectors:
         per_file: dict[str, dict] = {}
@@ -671,7 +672,9 @@ def register_labelled(sub) -> None:
         default=20000,
         help="keep only the last N warm-up (train) points of a series (default 20000)",
     )
-    p.add_argument("--files", default="*", help="glob over series names to evaluate a subset")
+    p.add_argument(
+        "--files", default="*", help="comma-separated globs over series names (a subset)"
+    )
     p.add_argument(
         "--model",
         default=os.environ.get("TSGUARD_MODEL"),
