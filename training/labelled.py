@@ -419,12 +419,14 @@ def file_metrics(series: LabelledSeries, run: DetectorRun) -> dict:
     window = metrics.period_length(series.values[:, 0])
     events, detected, n_alerts, true_alerts = metrics.alert_counts(y, a)
     f1, precision, recall = metrics.alert_f1(y, a)
+    best = metrics.best_event_f1(y, s)
     out = {
         "points": int(len(y)),
         "events": events,
         "vus_pr": metrics.vus_pr(y, s, window),
         "auc_pr": metrics.auc_pr(y, s),
-        "event_f1_best": metrics.best_event_f1(y, s)["f1"],
+        "event_f1_best": best["f1"],
+        "event_f1_best_threshold": best["threshold"],
         "event_f1_shipped": f1,
         "precision_shipped": precision,
         "recall_shipped": recall,
@@ -460,7 +462,7 @@ def collection_summary(per_file: list[dict], seconds: float) -> dict:
         k: int(sum(f[k] for f in per_file))
         for k in ("points", "events", "detected", "alerts", "false_alerts")
     }
-    f1, _, _ = metrics._prf(
+    f1, _, _ = metrics.event_prf(
         pooled["events"],
         pooled["detected"],
         pooled["alerts"],

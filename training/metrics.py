@@ -201,7 +201,10 @@ def event_counts(labels: np.ndarray, predicted: np.ndarray) -> tuple[int, int, i
     return alert_counts(labels, pred & ~np.r_[False, pred[:-1]])
 
 
-def _prf(events: int, detected: int, predicted: int, true_pred: int) -> tuple[float, float, float]:
+def event_prf(
+    events: int, detected: int, predicted: int, true_pred: int
+) -> tuple[float, float, float]:
+    """(F1, precision, recall) from event counts (F1 NaN without labelled events)."""
     recall = detected / events if events else float("nan")
     precision = true_pred / predicted if predicted else 0.0
     return (_f1(precision, recall) if events else float("nan")), precision, recall
@@ -209,7 +212,7 @@ def _prf(events: int, detected: int, predicted: int, true_pred: int) -> tuple[fl
 
 def event_f1_at(labels: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
     """(F1, precision, recall) of events for a mask of predicted points (no point-adjust)."""
-    return _prf(*event_counts(labels, predicted))
+    return event_prf(*event_counts(labels, predicted))
 
 
 def alert_counts(labels: np.ndarray, alerts: np.ndarray) -> tuple[int, int, int, int]:
@@ -229,7 +232,7 @@ def alert_f1(labels: np.ndarray, alerts: np.ndarray) -> tuple[float, float, floa
     >>> alert_f1(np.array([0, 1, 1, 0, 1, 0]), np.array([0, 0, 1, 0, 0, 1], bool))
     (0.5, 0.5, 0.5)
     """
-    return _prf(*alert_counts(labels, alerts))
+    return event_prf(*alert_counts(labels, alerts))
 
 
 def best_event_f1(labels: np.ndarray, scores: np.ndarray, max_thresholds: int = 512) -> dict:
