@@ -279,3 +279,35 @@ def test_cli_end_to_end(tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("tsguard: error: unknown detector 'nope'")
+
+
+@pytest.mark.parametrize("dims", [1, 3])
+def test_tsguard_adapter_is_causal(dims):
+    """The score and alerts of point t are the same whether or not later points exist."""
+    rng = np.random.default_rng(dims)
+    n = 700
+    values = np.sin(np.arange(n)[:, None] * 2 * np.pi / 50 + np.arange(dims)) + 0.05 * rng.normal(
+        size=(n, dims)
+    )
+    values[600:605] += 5.0
+    labels = np.zeros(n, np.int8)
+    labels[600:605] = 1
+
+    def series(m: int) -> labelled.LabelledSeries:
+        return labelled.LabelledSeries(
+            "c",
+            "s",
+            values[:m],
+            np.arange(m) * 60.0,
+            labels[:m],
+            100,
+            [f"d{k}" for k in range(dims)],
+        )
+
+    det = labelled.TsguardLabelled(device="cpu")
+    full = det.run(series(n))
+    part = det.run(series(620))
+    assert full.scores.shape == (n,) and full.alerts.dtype == bool
+    assert full.scores.min() >= 0.0 and full.scores.max() <= 1.0
+    np.testing.assert_allclose(part.scores, full.scores[:620], rtol=1e-6, atol=1e-9)
+    assert (part.alerts == full.alerts[:620]).all()
