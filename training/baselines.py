@@ -191,6 +191,166 @@ class NullDetector:
         return np.zeros(len(values))
 
 
+# ----------------------------------------------------------------------------- offline baselines
+# TSB-AD's (Liu & Paparrizos, NeurIPS 2024) Sub-PCA, POLY and MatrixProfile, with the parameters
+# of its `Optimal_Uni_algo_HP_dict` (window = period estimate of rank 1; POLY power 4; Sub-PCA all
+# components). They see the whole series at once (not streaming); `raw_scores` returns their raw
+# scores, which the labelled harness min-max normalises per series as TSB-AD does.
+
+
+def _pad_centred(scores: np.ndarray, window: int, n: int) -> np.ndarray:
+    """Scores of the n - window + 1 windows -> one per point: the first score repeated
+    ceil((window - 1) / 2) times in front, the last (window - 1) // 2 times behind."""
+    front, back = -(-(window - 1) // 2), (window - 1) // 2
+    return np.r_[np.full(front, scores[0]), scores, np.full(back, scores[-1])][:n]
+
+
+@dataclass
+class SubPca:
+    """Sub-PCA: PCA on the sliding windows of the series (Aggarwal, "Outlier Analysis", ch. 3;
+    PyOD's PCA as TSB-AD runs it on subsequences).
+
+    Windows of the period length are standardised per column (constant columns dropped) and all
+    principal components are fitted on them; a window's score is the sum over components k of
+    its Euclidean distance to the unit vector of component k divided by k's explained-variance
+    ratio. The score of a window is assigned to its centre point (ends padded).
+    """
+
+    window: int | None = None  # None: period_length of the series
+    name: str = "sub-pca"
+    streaming: bool = False
+
+    def raw_scores(self, values: np.ndarray) -> np.ndarray:
+        from sklearn.decomposition import PCA
+
+        from training.metrics import period_length
+
+        x = _fill_missing(values)
+        n = len(x)
+        w = self.window or period_length(x)
+        if n < w + 2:
+            return np.zeros(n)
+        win = np.lib.stride_tricks.sliding_window_view(x, w)
+        sd = win.std(axis=0)
+        z = (win - win.mean(axis=0)) / np.where(sd == 0.0, 1.0, sd)
+        z = z[:, np.any(z != 0.0, axis=0)]
+        if z.shape[1] == 0:  # a constant series: nothing to decompose
+            return np.zeros(n)
+        pca = PCA(n_components=None, random_state=0).fit(z)
+        comps, ratio = pca.components_, pca.explained_variance_ratio_
+        keep = ratio > 0.0  # a zero-variance component would divide by zero
+        comps, ratio = comps[keep], ratio[keep]
+        # ||z - c||^2 = ||z||^2 - 2 z.c + 1 for a unit vector c.
+        sq = np.sum(z * z, axis=1, keepdims=True) - 2.0 * (z @ comps.T) + 1.0
+        dist = np.sqrt(np.maximum(sq, 0.0))
+        return _pad_centred(dist @ (1.0 / ratio), w, n)
+
+
+@dataclass
+class Poly:
+    """POLY: polynomial approximation of each window from its neighbourhood (Li, Boniol,
+    Paparrizos et al., TSB-UAD, VLDB 2022; TSB-AD's POLY).
+
+    The series is min-max scaled. For each block of `window` points after the first
+    min(500, 10%) points, a polynomial of degree `power` is fitted (least squares, absolute
+    positions) to the neighbourhood around the block (max(10 * window, 100) points, the block
+    itself left out; clipped at the series' ends), and the block's score is the RMS of the
+    values' difference from the polynomial (TSB-AD's Fourier distance, which by Parseval equals
+    the RMS); every point of the block gets it. Quirks kept for faithfulness: blocks are evaluated
+    at `linspace(start, start + window, window)` positions, and the tail after the last full
+    block only gets a polynomial when n % (n // window) != 0.
+    """
+
+    window: int | None = None
+    power: int = 4
+    name: str = "poly"
+    streaming: bool = False
+
+    def raw_scores(self, values: np.ndarray) -> np.ndarray:
+        import math
+        import warnings
+
+        from training.metrics import period_length
+
+        x = _fill_missing(values)
+        n = len(x)
+        w = self.window or period_length(x)
+        span = float(x.max() - x.min()) if n else 0.0
+        if n < 2 * w or span == 0.0:
+            return np.zeros(n)
+        x = (x - x.min()) / span
+        hood = min(max(10 * w, 100), n)
+        half = hood // 2
+        first = math.ceil(min(500, int(0.1 * n)) / w)
+        blocks = n // w
+        pos = np.arange(n, dtype=np.float64)
+
+        def fit(idx: np.ndarray) -> np.poly1d:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # np.polyfit's RankWarning on far-off positions
+                return np.poly1d(np.polyfit(pos[idx], x[idx], self.power))
+
+        estimate = np.zeros(n)
+        for i in range(first, blocks + 1):
+            at = i * w
+            if at + half < n and at - half > 0:
+                idx = np.r_[at - half : at, at + w : at + half]
+            elif at + half >= n and at + w < n:
+                idx = np.r_[n - hood : at, at + w : n]
+            elif at + w >= n:
+                idx = np.arange(n - hood, at)
+            else:
+                idx = np.r_[0:at, at + w : hood]
+            model = fit(idx)
+            if i < blocks:
+                estimate[at : at + w] = model(np.linspace(at, at + w, w))
+            elif n % blocks != 0:
+                estimate[at:] = model(pos[at:])
+        scores = np.zeros(n)
+        for i in range(first, blocks + 1):
+            at = i * w
+            d = x[at : at + w] - estimate[at : at + w]
+            scores[at : at + w] = np.sqrt(np.mean(d * d)) if len(d) else 0.0
+        return scores
+
+
+@dataclass
+class MatrixProfile:
+    """Matrix profile discord score (Yeh et al., "Matrix Profile I", ICDM 2016), computed with
+    stumpy.stump: each window's z-normalised distance to its nearest non-trivial neighbour, at
+    the window's centre (the rest filled with the smallest distance), as TSB-AD's MatrixProfile.
+    """
+
+    window: int | None = None
+    name: str = "matrix-profile"
+    streaming: bool = False
+
+    def raw_scores(self, values: np.ndarray) -> np.ndarray:
+        import stumpy
+
+        from training.metrics import period_length
+
+        x = _fill_missing(values)
+        n = len(x)
+        w = self.window or period_length(x)
+        if n < 2 * w + 2:
+            return np.zeros(n)
+        profile = np.asarray(stumpy.stump(x, m=w)[:, 0], dtype=np.float64)
+        finite = np.isfinite(profile)
+        if not finite.any():
+            return np.zeros(n)
+        profile[~finite] = profile[finite].max()  # no neighbour at all: as odd as the oddest
+        out = np.full(n, profile.min())
+        out[w // 2 : w // 2 + len(profile)] = profile
+        return out
+
+
+OFFLINE_BASELINES: dict[str, type] = {
+    "sub-pca": SubPca,
+    "poly": Poly,
+    "matrix-profile": MatrixProfile,
+}
+
 BASELINES: dict[str, type] = {
     "windowed-gaussian": WindowedGaussian,
     "isolation-forest": IsolationForestDetector,

@@ -85,6 +85,10 @@ def register_cli(subparsers) -> None:
     )
     n.set_defaults(handler=run_nab)
 
+    from training.labelled import register_labelled
+
+    register_labelled(sub)
+
 
 # ----------------------------------------------------------------------------- tsguard detector
 
