@@ -3,12 +3,14 @@ the kernel's correlations across chunk boundaries, and `tsguard train --kernelsy
 
 from __future__ import annotations
 
+import doctest
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import training.kernelsynth
 from stream.cli import main
 from training.datasets import kernelsynth_series
 from training.kernelsynth import (
@@ -96,3 +98,8 @@ def test_a_negative_kernelsynth_count_is_one_error_line(
     rc = main(["train", "--kernelsynth", "-1", "--synthetic", "1", "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err == "tsguard: error: --kernelsynth must be >= 0"
+
+
+def test_docstring_examples() -> None:
+    result = doctest.testmod(training.kernelsynth)
+    assert result.attempted > 0 and result.failed == 0
