@@ -166,6 +166,22 @@ def synthetic_series(count: int, length: int, seed: int, augmented: bool = True)
     return out
 
 
+def kernelsynth_series(count: int, length: int, seed: int) -> list[Series]:
+    """`count` normal series from training/kernelsynth.py (GP paths of random composite kernels)."""
+    from threadpoolctl import threadpool_limits
+
+    from training.kernelsynth import kernelsynth_path
+
+    rng = np.random.default_rng(seed)
+    out = []
+    # One BLAS thread: on a busy 2-core machine two threads made the Choleskys ~10x slower.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for i in range(count):
+            values, how = kernelsynth_path(length, rng)
+            out.append(Series(f"kernelsynth-{i}:{how}", values.astype(np.float32)))
+    return out
+
+
 def cut_windows(
     series: list[Series], window: int, stride: int, val_fraction: float
 ) -> tuple[np.ndarray, np.ndarray]:

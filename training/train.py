@@ -2,6 +2,7 @@
 
     tsguard train --data ../shared/data/some.csv more/ --out models/mine --epochs 10
     tsguard train --synthetic 200 --out detector/default_model --seed 7
+    tsguard train --synthetic 160 --kernelsynth 160 --out models/mixed
 
 The objective is self-supervised next-steps forecasting: from the context of each window, predict
 the location and Laplace scale of each of its last `horizon` points in units of the context's
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     out: str
     data: list[str] = field(default_factory=list)
-    synthetic: int = 0  # number of synthetic series to add
-    synthetic_length: int = 4000  # points per synthetic series
+    synthetic: int = 0  # number of training/synthetic.py series to add
+    kernelsynth: int = 0  # number of training/kernelsynth.py series to add
+    synthetic_length: int = 4000  # points per generated series (both generators)
     epochs: int = 20
     batch_size: int = 256
     lr: float = 2e-3
@@ -81,7 +83,21 @@ def register_cli(subparsers: Any) -> None:
         metavar="N",
         help="add N synthetic series (training/synthetic.py)",
     )
-    p.add_argument("--synthetic-length", type=int, default=d.synthetic_length, metavar="N")
+    p.add_argument(
+        "--kernelsynth",
+        type=int,
+        default=0,
+        metavar="M",
+        help="add M KernelSynth series: GP paths of random composite kernels "
+        "(training/kernelsynth.py)",
+    )
+    p.add_argument(
+        "--synthetic-length",
+        type=int,
+        default=d.synthetic_length,
+        metavar="N",
+        help="points per generated series (--synthetic and --kernelsynth)",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -125,6 +141,7 @@ def _handle(args: argparse.Namespace) -> int:
         out=args.out,
         data=list(args.data),
         synthetic=args.synthetic,
+        kernelsynth=args.kernelsynth,
         synthetic_length=args.synthetic_length,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -161,8 +178,10 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def _check(cfg: TrainConfig) -> None:
-    if not cfg.data and cfg.synthetic <= 0:
-        raise UserError("nothing to train on: give --data PATH... and/or --synthetic N")
+    if not cfg.data and cfg.synthetic <= 0 and cfg.kernelsynth <= 0:
+        raise UserError(
+            "nothing to train on: give --data PATH... and/or --synthetic N and/or --kernelsynth M"
+        )
     checks = [
         (cfg.epochs >= 1, "--epochs must be >= 1"),
         (cfg.batch_size >= 1, "--batch-size must be >= 1"),
@@ -172,12 +191,28 @@ def _check(cfg: TrainConfig) -> None:
         (cfg.stride >= 1, "--stride must be >= 1"),
         (cfg.max_minutes >= 0, "--max-minutes must be >= 0"),
         (cfg.synthetic >= 0, "--synthetic must be >= 0"),
+        (cfg.kernelsynth >= 0, "--kernelsynth must be >= 0"),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
-    if cfg.synthetic and cfg.synthetic_length < 2 * cfg.window:
+    if (cfg.synthetic or cfg.kernelsynth) and cfg.synthetic_length < 2 * cfg.window:
         raise UserError(f"--synthetic-length must be >= 2 * window ({2 * cfg.window})")
+
+
+def forecast_nll(model: Any, context: Any, target: Any) -> Any:
+    """The training objective: mean Laplace NLL of the observed `target` points [N, H] given
+    `context` [N, C] (raw series units, NaN = missing), both normalised by the context's robust
+    location and scale exactly as the scorer does. Tensors in, a scalar tensor out."""
+    import torch
+
+    from detector.model import INPUT_CLIP, laplace_nll, prepare
+
+    values, mask, loc, scale = prepare(context)
+    forecast, log_b = model(values, mask)
+    goal = ((target - loc) / scale).clamp(-INPUT_CLIP, INPUT_CLIP)
+    observed = torch.isfinite(goal)
+    return laplace_nll(forecast[observed], log_b[observed], goal[observed])
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -195,9 +230,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     import torch
 
     from detector.detector import DetectorConfig
-    from detector.model import INPUT_CLIP, ModelConfig, PatchForecaster, laplace_nll, prepare
+    from detector.model import ModelConfig, PatchForecaster
     from detector.scorer import resolve_device, save_model_dir
-    from training.datasets import cut_windows, load_series, synthetic_series
+    from training.datasets import cut_windows, kernelsynth_series, load_series, synthetic_series
 
     try:
         arch = ModelConfig(
@@ -226,6 +261,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     n_file_series = len(series)
     if cfg.synthetic:
         series += synthetic_series(cfg.synthetic, cfg.synthetic_length, seed=cfg.seed)
+    if cfg.kernelsynth:
+        series += kernelsynth_series(cfg.kernelsynth, cfg.synthetic_length, seed=cfg.seed)
     train_w, val_w = cut_windows(series, cfg.window, cfg.stride, cfg.val_fraction)
     if len(train_w) == 0:
         raise UserError(
@@ -267,11 +304,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             rate = torch.rand(len(x), 1, device=device) * 0.3
             drop = pick & (torch.rand(context.shape, device=device) < rate)
             context = torch.where(drop, torch.full_like(context, float("nan")), context)
-        values, mask, loc, scale = prepare(context)
-        forecast, log_b = model(values, mask)
-        goal = ((target - loc) / scale).clamp(-INPUT_CLIP, INPUT_CLIP)
-        observed = torch.isfinite(goal)
-        return laplace_nll(forecast[observed], log_b[observed], goal[observed])
+        return forecast_nll(model, context, target)
 
     def evaluate() -> float:
         if len(val_w) == 0:
@@ -352,10 +385,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "files": list(cfg.data),
             "file_series": n_file_series,
             "synthetic_series": cfg.synthetic,
-            "synthetic_length": cfg.synthetic_length if cfg.synthetic else 0,
+            "kernelsynth_series": cfg.kernelsynth,
+            "synthetic_length": cfg.synthetic_length if cfg.synthetic or cfg.kernelsynth else 0,
             "synthetic_source": "training/synthetic.py SeriesSpec.random + generate, normal parts only"
             if cfg.synthetic
             else None,
+            "generators": _generators(cfg),
+            "evaluation_data": "not checked: the files in data.files"
+            if cfg.data
+            else "none: generated series only",
             "series": len(series),
             "points": n_points,
             "train_windows": len(train_w),
@@ -394,6 +432,38 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _plot(history, out / "loss.png")
     return report
+
+
+def _generators(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The model card's account of the generated series: which generator, how many, the seed."""
+    out = []
+    for name, count, source in (
+        (
+            "synthetic",
+            cfg.synthetic,
+            "training/synthetic.py SeriesSpec.random + generate (seasonal + AR noise), "
+            "training/datasets.py augment; no injected anomalies",
+        ),
+        (
+            "kernelsynth",
+            cfg.kernelsynth,
+            "training/kernelsynth.py: GP paths of random +/* compositions of up to "
+            "5 bank kernels (KernelSynth, Ansari et al. 2024, Alg. 2) + metric transforms; "
+            "no level shifts or spikes",
+        ),
+    ):
+        if count:
+            out.append(
+                {
+                    "name": name,
+                    "source": source,
+                    "series": count,
+                    "length": cfg.synthetic_length,
+                    "points": count * cfg.synthetic_length,
+                    "seed": cfg.seed,
+                }
+            )
+    return out
 
 
 def _plot(history: list[dict[str, float]], path: Path) -> None:
