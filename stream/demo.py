@@ -105,7 +105,7 @@ def run_demo(args: argparse.Namespace) -> int:
             metrics.serve(port, "127.0.0.1")
         head = pipeline.heads[settings.topics.metrics]
         say(f"model {head.scorer.version} on {head.scorer.device}, window {head.scorer.window_length} points, "
-            f"alert threshold {head.episode_config.threshold:.3f}")  # fmt: skip
+            f"alert threshold {head.detector.threshold:.3f}")  # fmt: skip
         say(f"metrics: http://127.0.0.1:{port}/metrics")
         service = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
         service.start()
