@@ -7,9 +7,16 @@ its topic, in the order below (specific words first); no match is `application`.
 
 from __future__ import annotations
 
+import csv
+import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 TOPICS = ("network", "storage", "security", "resources", "hardware", "application")
+TOPIC_C = 1.0  # inverse L2 strength of the trained topic head (not tuned on any held-out system)
 
 _W = r"(?<![A-Za-z])"
 TOPIC_KEYWORDS: tuple[tuple[str, str], ...] = (
@@ -52,3 +59,182 @@ def topic_keyword_label(message: str) -> str:
         if rx.search(message):
             return topic
     return "application"
+
+
+# ------------------------------------------------------------------------- ground truth
+
+TRUTH = Path(__file__).resolve().parent / "data" / "log_topics.csv"
+
+
+def load_topic_truth(path: Path = TRUTH) -> dict[tuple[str, str], str]:
+    """(system, EventId) -> topic, from the hand-labelled templates."""
+    with path.open(newline="", encoding="utf-8") as f:
+        out = {(r["system"], r["event_id"]): r["topic"] for r in csv.DictReader(f)}
+    unknown = {t for t in out.values() if t not in TOPICS}
+    if unknown:
+        raise ValueError(f"{path}: topics {sorted(unknown)} are not in {TOPICS}")
+    return out
+
+
+def system_lines(loghub: Path, system: str, truth: dict[tuple[str, str], str]):
+    """Content lines of a system's structured CSV and the topic of each (by its EventId)."""
+    path = loghub / system / f"{system}_2k.log_structured.csv"
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r["Content"] for r in rows], [truth[(system, r["EventId"])] for r in rows]
+
+
+# ------------------------------------------------------------------------- the protocol
+
+
+@dataclass
+class TopicSystem:
+    name: str
+    contents: list[str]
+    truth: list[str]  # per line
+    inputs: list  # per line: the head's TemplateText (template words as first seen)
+    emb: np.ndarray  # (distinct inputs, 384)
+    row: np.ndarray  # (lines,) row of emb for each line
+
+
+def topic_system(loghub: Path, system: str, truth_map, encoder) -> TopicSystem:
+    """A system's lines mined and embedded exactly as LogHead does (mask, Drain per source)."""
+    from detector.logs.head import LogHead, LogHeadConfig, LogRecord
+
+    contents, truth = system_lines(loghub, system, truth_map)
+    head = LogHead(LogHeadConfig(labels="topic"), encoder=encoder)
+    mined = head._mine([LogRecord(system, float(i), c) for i, c in enumerate(contents)])
+    inputs = [head._input(m) for m in mined]
+    distinct = list(dict.fromkeys(inputs))
+    index = {t: i for i, t in enumerate(distinct)}
+    emb = head.encoder.encode([t.sentence for t in distinct])
+    return TopicSystem(system, contents, truth, inputs, emb, np.asarray([index[t] for t in inputs]))
+
+
+def _training_rows(data: list[TopicSystem]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row per distinct (system, template, topic), weighted by sqrt(lines), classes balanced
+    (the same weighting as the severity head: a chatty template must not drown the rest)."""
+    xs, ys, ws = [], [], []
+    for d in data:
+        y = np.asarray([TOPICS.index(t) for t in d.truth])
+        pairs, counts = np.unique(np.stack([d.row, y], axis=1), axis=0, return_counts=True)
+        xs.append(d.emb[pairs[:, 0]])
+        ys.append(pairs[:, 1])
+        ws.append(np.sqrt(counts))
+    x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
+    for c in np.unique(y):
+        w[y == c] *= w.sum() / (len(np.unique(y)) * w[y == c].sum())
+    return x, y, w
+
+
+def fit_topic_head(data: list[TopicSystem], c: float = TOPIC_C):
+    """A multinomial logistic regression over the template embedding (benchmark only: not
+    shipped)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, w = _training_rows(data)
+    return LogisticRegression(C=c, max_iter=3000).fit(x, y, sample_weight=w)
+
+
+def examples_file(data: list[TopicSystem], path: Path) -> Path:
+    """Few-shot examples (`--examples`) from other systems: one line per distinct template."""
+    with path.open("w", encoding="utf-8") as f:
+        for d in data:
+            seen: set[int] = set()
+            for i, r in enumerate(d.row.tolist()):
+                if r not in seen:
+                    seen.add(r)
+                    f.write(json.dumps({"label": d.truth[i], "message": d.contents[i]}) + "\n")
+    return path
+
+
+def _f1(truth: list[str], pred: list[str], labels: tuple[str, ...]) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(truth, pred, labels=list(labels), average="macro", zero_division=0))
+
+
+def leave_one_system_out(loghub: Path, encoder, systems: list[str], few_shot: bool = True):
+    """Per system and pooled macro-F1 of the keyword baseline, zero-shot (label descriptions,
+    nothing fitted), few-shot (`--examples` from the other systems' templates) and the trained
+    topic head (fitted on the other systems). Returns (rows, per-line predictions)."""
+    import tempfile
+
+    from benchmarks.logs_bench import classify_all, records
+    from detector.logs.head import LogHead, LogHeadConfig
+
+    truth_map = load_topic_truth()
+    data = [topic_system(loghub, s, truth_map, encoder) for s in systems]
+    methods = ["keyword", "zeroshot", *(["fewshot"] if few_shot else []), "head"]
+    pooled: dict[str, list[str]] = {m: [] for m in ["truth", *methods]}
+    rows = []
+    for held in data:
+        others = [d for d in data if d is not held]
+        pred = {"keyword": [topic_keyword_label(c) for c in held.contents]}
+        head = LogHead(LogHeadConfig(labels="topic"), encoder=encoder)
+        pred["zeroshot"] = [
+            o["label"] for o in classify_all(head, records(held.name, held.contents))
+        ]
+        if few_shot:
+            with tempfile.TemporaryDirectory() as tmp:
+                ex = examples_file(others, Path(tmp) / "examples.jsonl")
+                head = LogHead(LogHeadConfig(labels="topic", examples=str(ex)), encoder=encoder)
+                out = classify_all(head, records(held.name, held.contents))
+            pred["fewshot"] = [o["label"] for o in out]
+        clf = fit_topic_head(others)
+        pred["head"] = [TOPICS[int(clf.classes_[k])] for k in clf.predict(held.emb)[held.row]]
+        present = tuple(t for t in TOPICS if t in set(held.truth))
+        row = {"system": held.name, "lines": len(held.truth), "topics": len(present)}
+        for m in methods:
+            row[f"{m}_f1"] = _f1(held.truth, pred[m], present)
+            pooled[m] += pred[m]
+        pooled["truth"] += held.truth
+        rows.append(row)
+    overall = {"system": "overall (pooled)", "lines": len(pooled["truth"]), "topics": len(TOPICS)}
+    mean = {"system": "mean of systems", "topics": None}
+    for m in methods:
+        overall[f"{m}_f1"] = _f1(pooled["truth"], pooled[m], TOPICS)
+        mean[f"{m}_f1"] = float(np.mean([r[f"{m}_f1"] for r in rows]))
+    for r in [*rows, overall, mean]:
+        for m in methods[1:]:
+            r[f"{m}_vs_kw"] = 100 * (r[f"{m}_f1"] - r["keyword_f1"])
+    return [*rows, overall, mean], pooled
+
+
+COLUMNS = ["system", "lines", "topics", "keyword_f1", "zeroshot_f1", "zeroshot_vs_kw",
+           "fewshot_f1", "fewshot_vs_kw", "head_f1", "head_vs_kw"]  # fmt: skip
+TITLE = (
+    "Topic, leave one system out (12 loghub systems, hand-labelled templates): keyword baseline, "
+    "zero-shot (descriptions), few-shot (--examples from the other 11), trained head (fit on 11)"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    import torch
+
+    from benchmarks._common import add_common_args, print_table, write_json
+    from benchmarks.logs_bench import LOGHUB
+    from detector.logs.encoder import CachedEncoder, shared_encoder
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(p, "log_topics")
+    p.add_argument("--no-few-shot", action="store_true", help="skip the few-shot column (slow)")
+    args = p.parse_args(argv)
+    if not LOGHUB.is_dir():
+        print(f"tsguard: error: loghub data not found at {LOGHUB}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    systems = sorted(d.name for d in LOGHUB.iterdir() if d.is_dir())
+    rows, _ = leave_one_system_out(
+        LOGHUB, CachedEncoder(shared_encoder("cpu")), systems, not args.no_few_shot
+    )
+    print_table(rows, [c for c in COLUMNS if c in rows[0] or c in ("system",)], TITLE)
+    write_json(args.out, {"topic_leave_one_system_out": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
