@@ -449,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--sweep", action="store_true", help="also sweep prior and sentence weight")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-topics", action="store_true", help="skip the topic label set")
+    p.add_argument(
+        "--topic-nested",
+        action="store_true",
+        help="choose the topic head's features inside each fold (slow)",
+    )
     args = p.parse_args(argv)
     if not LOGHUB.is_dir():
         print(f"loghub data not found at {LOGHUB}", file=sys.stderr)
@@ -525,6 +531,15 @@ def main(argv: list[str] | None = None) -> int:
         "quality": q_rows,
         "calibration": calib,
     }
+    if not args.skip_topics:
+        from benchmarks import log_topics
+
+        systems = sorted(d.name for d in LOGHUB.iterdir() if d.is_dir())
+        t_rows, _, _ = log_topics.leave_one_system_out(
+            LOGHUB, shared, systems, nested=args.topic_nested
+        )
+        print_table(t_rows, log_topics.COLUMNS, log_topics.TITLE)
+        result["topic_leave_one_system_out"] = t_rows
     if not args.skip_throughput:
         all_systems = sorted(d.name for d in LOGHUB.iterdir() if d.is_dir())
         t_rows = throughput(
