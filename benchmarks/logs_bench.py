@@ -20,6 +20,10 @@ system never logs has no F1); "overall" is macro-F1 over error/warning/info, all
 Forced decisions (no "unknown") for the F1; the unknown rate at the default threshold and the
 calibration of the confidence (expected calibration error, 10 bins) are reported beside it.
 
+Topic (the second label set: network, storage, security, resources, hardware, application), all
+twelve systems, leave one system out, against a keyword baseline written before measuring: see
+`benchmarks/log_topics.py` (ground truth: hand-labelled templates, `benchmarks/data/`).
+
 Throughput. Lines per second through LogHead.classify (mask, Drain3, classify, output dicts) with
 the template cache on and off, the model loaded and warm beforehand, `--chunk` lines per classify
 call (default 2000: `tsguard logs classify` reads its input 1 MiB at a time, thousands of loghub
@@ -36,7 +40,8 @@ one busy neighbour halves these figures. The cold pass runs `--cold-passes` time
 each with a fresh head, so one row is not one lucky or unlucky moment.
 
     python -m benchmarks.logs_bench [--threads 2] [--chunk 2000] [--cold-passes 3]
-                                    [--nocache-lines 300] [--sweep]
+                                    [--nocache-lines 300] [--sweep] [--skip-throughput]
+                                    [--skip-topics] [--topic-nested]
 
 Prints tables and writes JSON (--out). Not a test: nothing here asserts.
 """
@@ -46,7 +51,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import re
 import sys
 import time
 
@@ -54,6 +58,7 @@ import numpy as np
 import orjson
 
 from benchmarks._common import REPO, add_common_args, environment, print_table, write_json
+from detector.logs.severity import keyword_level
 
 LOGHUB = REPO.parent / "shared" / "data" / "loghub"
 LEVELLED = ("Android", "Apache", "HDFS", "Hadoop", "Spark", "Windows")
@@ -63,16 +68,8 @@ LEVEL_MAP = {
     "w": "warning", "warn": "warning", "warning": "warning",
     "i": "info", "d": "info", "v": "info", "info": "info", "notice": "info",
 }  # fmt: skip
-_KEYWORD_ERROR = re.compile(r"error|fail|fatal|exception", re.IGNORECASE)
-_KEYWORD_WARN = re.compile(r"warn", re.IGNORECASE)
-
-
-def keyword_label(message: str) -> str:
-    if _KEYWORD_ERROR.search(message):
-        return "error"
-    if _KEYWORD_WARN.search(message):
-        return "warning"
-    return "info"
+# The keyword baseline (the severity head also takes its answer as a feature: one rule, one place).
+keyword_label = keyword_level
 
 
 def load_structured(system: str) -> tuple[list[str], list[str] | None]:
