@@ -20,6 +20,10 @@ system never logs has no F1); "overall" is macro-F1 over error/warning/info, all
 Forced decisions (no "unknown") for the F1; the unknown rate at the default threshold and the
 calibration of the confidence (expected calibration error, 10 bins) are reported beside it.
 
+Topic (the second label set: network, storage, security, resources, hardware, application), all
+twelve systems, leave one system out, against a keyword baseline written before measuring: see
+`benchmarks/log_topics.py` (ground truth: hand-labelled templates, `benchmarks/data/`).
+
 Throughput. Lines per second through LogHead.classify (mask, Drain3, classify, output dicts) with
 the template cache on and off, the model loaded and warm beforehand, `--chunk` lines per classify
 call (default 2000: `tsguard logs classify` reads its input 1 MiB at a time, thousands of loghub
@@ -36,7 +40,8 @@ one busy neighbour halves these figures. The cold pass runs `--cold-passes` time
 each with a fresh head, so one row is not one lucky or unlucky moment.
 
     python -m benchmarks.logs_bench [--threads 2] [--chunk 2000] [--cold-passes 3]
-                                    [--nocache-lines 300] [--sweep]
+                                    [--nocache-lines 300] [--sweep] [--skip-throughput]
+                                    [--skip-topics] [--topic-nested]
 
 Prints tables and writes JSON (--out). Not a test: nothing here asserts.
 """
@@ -46,7 +51,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import re
 import sys
 import time
 
@@ -54,6 +58,7 @@ import numpy as np
 import orjson
 
 from benchmarks._common import REPO, add_common_args, environment, print_table, write_json
+from detector.logs.severity import keyword_level
 
 LOGHUB = REPO.parent / "shared" / "data" / "loghub"
 LEVELLED = ("Android", "Apache", "HDFS", "Hadoop", "Spark", "Windows")
@@ -63,16 +68,8 @@ LEVEL_MAP = {
     "w": "warning", "warn": "warning", "warning": "warning",
     "i": "info", "d": "info", "v": "info", "info": "info", "notice": "info",
 }  # fmt: skip
-_KEYWORD_ERROR = re.compile(r"error|fail|fatal|exception", re.IGNORECASE)
-_KEYWORD_WARN = re.compile(r"warn", re.IGNORECASE)
-
-
-def keyword_label(message: str) -> str:
-    if _KEYWORD_ERROR.search(message):
-        return "error"
-    if _KEYWORD_WARN.search(message):
-        return "warning"
-    return "info"
+# The keyword baseline (the severity head also takes its answer as a feature: one rule, one place).
+keyword_label = keyword_level
 
 
 def load_structured(system: str) -> tuple[list[str], list[str] | None]:
@@ -449,6 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--sweep", action="store_true", help="also sweep prior and sentence weight")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-topics", action="store_true", help="skip the topic label set")
+    p.add_argument(
+        "--topic-nested",
+        action="store_true",
+        help="choose the topic head's features inside each fold (slow)",
+    )
     args = p.parse_args(argv)
     if not LOGHUB.is_dir():
         print(f"loghub data not found at {LOGHUB}", file=sys.stderr)
@@ -525,6 +528,15 @@ def main(argv: list[str] | None = None) -> int:
         "quality": q_rows,
         "calibration": calib,
     }
+    if not args.skip_topics:
+        from benchmarks import log_topics
+
+        systems = sorted(d.name for d in LOGHUB.iterdir() if d.is_dir())
+        t_rows, _, _ = log_topics.leave_one_system_out(
+            LOGHUB, shared, systems, nested=args.topic_nested
+        )
+        print_table(t_rows, log_topics.COLUMNS, log_topics.TITLE)
+        result["topic_leave_one_system_out"] = t_rows
     if not args.skip_throughput:
         all_systems = sorted(d.name for d in LOGHUB.iterdir() if d.is_dir())
         t_rows = throughput(

@@ -17,6 +17,7 @@ from detector.logs.severity import (
     CLASSES,
     LEXICAL_NAMES,
     SeverityModel,
+    keyword_level,
     lexical_features,
     severity_mapping,
 )
@@ -184,6 +185,19 @@ def test_cues_read_negations_and_failures() -> None:
     assert fixed[names.index("recovered")] == fixed[names.index("level_error")] == 1.0
     assert lexical_features("Job started")[names.index("fail")] == 0.0
     assert lexical_features("java.io.IOException: broken pipe")[names.index("exception_name")]
+
+
+def test_keyword_rule_is_one_hot_of_its_level() -> None:
+    names = list(LEXICAL_NAMES)
+    for text, level in [
+        ("NoRouteToHostException while connecting", "error"),
+        ("WARN disk almost full", "warning"),
+        ("failed to warn the user", "error"),  # error words win over warn
+        ("Job started", "info"),
+    ]:
+        row = lexical_features(text)
+        hot = [c for c in CLASSES if row[names.index(f"keyword_{c}")] == 1.0]
+        assert hot == [level] == [keyword_level(text)]
 
 
 def test_severity_mapping() -> None:

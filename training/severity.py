@@ -61,7 +61,8 @@ def system_data(root: Path, system: str, encoder) -> SystemData:
     from detector.logs.head import LogHead, LogHeadConfig, LogRecord
 
     contents, levels = load_levelled(root, system)
-    head = LogHead(LogHeadConfig(labels="severity"), encoder=encoder)
+    # The head mines and masks only: no model is loaded (it may be the one being retrained).
+    head = LogHead(LogHeadConfig(labels="severity", severity_head=False), encoder=encoder)
     mined = head._mine([LogRecord(system, float(i), c) for i, c in enumerate(contents)])
     inputs = [head._input(m) for m in mined]
     distinct = list(dict.fromkeys(inputs))

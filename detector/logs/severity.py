@@ -70,15 +70,32 @@ _CUE_RES = tuple(
     re.compile(p) if name in _CASED else rx
     for (name, p), rx in zip(LEXICAL_CUES, _CUE_RES, strict=True)
 )
-LEXICAL_NAMES = tuple(name for name, _ in LEXICAL_CUES) + ("log_words",)
+# The keyword rule a person tries first (also logs_bench's baseline): substrings, in this order.
+_KEYWORD_ERROR = re.compile(r"error|fail|fatal|exception", re.IGNORECASE)
+_KEYWORD_WARN = re.compile(r"warn", re.IGNORECASE)
+
+
+def keyword_level(message: str) -> str:
+    """error if the text contains error/fail/fatal/exception, else warning if warn, else info."""
+    if _KEYWORD_ERROR.search(message):
+        return "error"
+    if _KEYWORD_WARN.search(message):
+        return "warning"
+    return "info"
+
+
+KEYWORD_NAMES = tuple(f"keyword_{c}" for c in CLASSES)  # keyword_level as a one-hot
+LEXICAL_NAMES = tuple(name for name, _ in LEXICAL_CUES) + KEYWORD_NAMES + ("log_words",)
 
 
 def lexical_features(template: str) -> np.ndarray:
-    """The cue vector of one masked template (binary cues plus log(1 + words) / 4)."""
+    """The cue vector of one masked template: binary cues, the keyword rule's level one-hot,
+    log(1 + words) / 4."""
     out = np.zeros(len(LEXICAL_NAMES), dtype=np.float32)
     for i, rx in enumerate(_CUE_RES):
         if rx.search(template):
             out[i] = 1.0
+    out[len(_CUE_RES) + CLASSES.index(keyword_level(template))] = 1.0
     out[-1] = np.log1p(len(template.split())) / 4.0
     return out
 
