@@ -13,7 +13,8 @@ One object owns per-series detection, for `tsguard serve` (stream/heads.py) and 
 - fusion combines the signals' tail probabilities into one (`fuse`: the better of Bonferroni's
   min-P and Fisher's method), so the score still reads as a probability: one sure signal is
   enough, and several that agree a little add up;
-- the score is the gauge and the ranking (it stays high while the anomaly lasts: no damping);
+- the score is the gauge and the ranking: the largest fused score of the last `hold` points,
+  never damped after an alert, so it stays high while the anomaly lasts;
   episodes (detector/episodes.py) are the alerts, with hysteresis and repeat damping.
 
 State lives in banks, one per dimensionality D: a row per series (a slot) in the tail bank,
@@ -36,9 +37,11 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
 import numpy as np
+from numba import njit
 
 from detector.calibration import TailBank, TailConfig
 from detector.episodes import END, KINDS, START, EpisodeBank, EpisodeConfig
+from detector.rows import SlotRows
 from detector.signals import SIGNALS, LevelShift, PatternNovelty, RangeExcess, SeasonalProfile
 
 __all__ = ["END", "KINDS", "SIGNALS", "START", "Detection", "Detector", "DetectorConfig",
@@ -77,6 +80,9 @@ class DetectorConfig:
     hysteresis: float = 0.05
     end_after: int = 10
     repeat: int = 100
+    # The score is the largest fused score of the last `hold` points: an anomaly a few points
+    # long reads as one, not as isolated spikes (kpi/train tails, VUS-PR 0.53 -> 0.61 at 4).
+    hold: int = 4
     fused_decades: float = 20.0  # -log10 of the fused probability that maps to score 1
 
     def __post_init__(self) -> None:
@@ -89,8 +95,8 @@ class DetectorConfig:
         self.tails.validate()
         if not 0.0 < self.threshold <= 1.0 or not 0.0 <= self.hysteresis < self.threshold:
             raise ValueError("need 0 < threshold <= 1 and 0 <= hysteresis < threshold")
-        if self.end_after < 1 or self.repeat < 0:
-            raise ValueError("need end_after >= 1 and repeat >= 0")
+        if self.end_after < 1 or self.repeat < 0 or not 1 <= self.hold <= 1024:
+            raise ValueError("need end_after >= 1, repeat >= 0 and 1 <= hold <= 1024")
         if not (0 <= self.seasonal_bins <= 10_000 and self.seasonal_period_s > 0):
             raise ValueError("need 0 <= seasonal_bins <= 10000 and seasonal_period_s > 0")
         if not (0.0 < self.seasonal_alpha <= 1.0 and 1 <= self.seasonal_min_count <= 255):
@@ -154,6 +160,7 @@ class _Bank:
 
     tails: TailBank
     signals: dict[str, Any]
+    recent: SlotRows  # the last `hold` fused scores, a ring
     episodes: EpisodeBank
     free: list[int] = field(default_factory=list)
     used: int = 0
@@ -164,6 +171,7 @@ class _Bank:
         else:
             slot, self.used = self.used, self.used + 1
         self.tails.reset(slot)
+        self.recent.reset(slot)
         for sig in self.signals.values():
             sig.reset(slot)
         self.episodes.reset(slot)
@@ -171,7 +179,8 @@ class _Bank:
 
     @property
     def bytes_per_series(self) -> int:
-        rows = [self.tails.rows, self.episodes.rows, *(s.rows for s in self.signals.values())]
+        rows = [self.tails.rows, self.recent, self.episodes.rows,
+                *(s.rows for s in self.signals.values())]  # fmt: skip
         return sum(r.bytes_per_row for r in rows)
 
 
@@ -242,7 +251,8 @@ class Detector:
         if c.seasonal_bins == 0:
             made.pop("seasonal")
         signals = {name: made[name]() for name in c.signals if name in made}
-        return _Bank(TailBank(c.tails, len(SIGNALS)), signals, EpisodeBank(c.episodes))
+        recent = SlotRows(64, scores=((c.hold,), np.float64, 0.0), pos=((), np.int64, 0))
+        return _Bank(TailBank(c.tails, len(SIGNALS)), signals, recent, EpisodeBank(c.episodes))
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, dims: int, slots: np.ndarray, windows: np.ndarray, times: np.ndarray,
@@ -264,6 +274,9 @@ class Detector:
             raw[:, :, SIGNALS.index(name)] = sig.raw(slots, windows, times, n_new)
         tails = bank.tails.score(slots, raw)
         scores = self.fuse(tails)
+        if self.config.hold > 1:
+            r = bank.recent
+            _hold(slots, scores, r.scores, r.pos)
         kinds = bank.episodes.update(slots, scores)
         return Detection(scores, kinds, contributions, tails)
 
@@ -339,6 +352,23 @@ def fuse(tails: np.ndarray, tail_decades: float, fused_decades: float) -> np.nda
     minus_log10p = np.maximum(bonferroni, fisher) - np.where(k > 1, math.log10(2.0), 0.0)
     score = np.clip(minus_log10p / fused_decades, 0.0, 1.0)
     return np.where(k > 0, score, 0.0)
+
+
+@njit(cache=True)
+def _hold(slots, scores, recent, pos):
+    """scores[i, j] <- the largest of the series' last `hold` fused scores (in place)."""
+    hold = recent.shape[1]
+    for i in range(scores.shape[0]):
+        s = slots[i]
+        if s < 0:
+            continue
+        for j in range(scores.shape[1]):
+            recent[s, pos[s] % hold] = scores[i, j]
+            pos[s] += 1
+            best = 0.0
+            for k in range(hold):
+                best = max(best, recent[s, k])
+            scores[i, j] = best
 
 
 def onset_scores(run: SeriesRun) -> np.ndarray:
