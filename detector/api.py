@@ -2,9 +2,9 @@
 
 The stream hands over a batch of windows from many series at once; the scorer returns a raw
 anomaly error for the newest points of each window plus how much each dimension contributed.
-Per-series calibration (detector/calibration.py: a `CalibratorBank` row per series) turns raw
-errors into scores in 0..1, and episode tracking (detector/episodes.py: an `EpisodeBank` row per
-series) turns scores into start/end episodes.
+The `Detector` (detector/detector.py) takes it from there: the error is one of its signals, each
+calibrated per series (detector/calibration.py), fused into a score in 0..1 and tracked into
+start/end episodes (detector/episodes.py).
 """
 
 from __future__ import annotations

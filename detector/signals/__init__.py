@@ -1,9 +1,10 @@
 """The detector's signals: each turns a series' points into one raw surprise value per point.
 
-A signal is a small class with its own file, paper reference and doctest. It keeps its
-per-series state in `SlotRows` (one row per series slot, handed out by the `Detector`), and
-`raw(slots, windows, times, n_new)` returns raw values [B, n_new] (>= 0, NaN = no opinion) for
-the newest n_new points of each window, learning from those points afterwards. The forecast
+A signal is a small class with its own file, paper reference and doctest, built on
+`base.Signal`: it keeps its per-series state in `SlotRows` (one row per series slot, handed
+out by the `Detector`), and `raw(slots, windows, times, n_new)` returns raw values [B, n_new]
+(>= 0, NaN = no opinion) for the newest n_new points of each window, learning from those
+points afterwards. The forecast
 residual is the exception: the model computes it for the whole batch (detector/scorer.py), so
 its raw values arrive from the scorer. Raw values live on each signal's own scale; a
 `TailBank` (detector/calibration.py) turns each into a calibrated tail score.

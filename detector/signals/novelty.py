@@ -35,10 +35,11 @@ import numpy as np
 from numba import njit
 
 from detector.rows import SlotRows
+from detector.signals.base import Signal
 from detector.signals.units import combine_dims
 
 
-class PatternNovelty:
+class PatternNovelty(Signal):
     def __init__(self, dims: int, length: int = 16, history: int = 1024, long_window: int = 500,
                  capacity: int = 64) -> None:  # fmt: skip
         self.dims, self.length = dims, length
@@ -54,23 +55,19 @@ class PatternNovelty:
             learned=((), np.float64, 0.0),
         )
 
-    def reset(self, slot: int) -> None:
-        self.rows.reset(slot)
-
     def raw(self, slots: np.ndarray, windows: np.ndarray, times, n_new: int) -> np.ndarray:
-        """Nearest-neighbour distance of the subsequence ending at each of the newest n_new
-        points of each window [B, L, D]; then the ring learns those points."""
-        w = np.asarray(windows)
-        if w.shape[1] < self.length + n_new - 1:
+        if np.shape(windows)[1] < self.length + n_new - 1:
             raise ValueError(
-                f"windows of {w.shape[1]} points are too short for length {self.length}"
+                f"windows of {np.shape(windows)[1]} points are too short for length {self.length}"
             )
-        out = np.full((w.shape[0], n_new), np.nan)
-        if w.shape[0]:
-            r = self.rows
-            _novelty(np.ascontiguousarray(slots, np.int64), w, n_new, self.length,
-                     float(self.long_window), r.ring, r.pos, r.scale, r.learned, out)  # fmt: skip
-        return out
+        return super().raw(slots, windows, times, n_new)
+
+    def _fill(self, slots, windows, times, n_new, out) -> None:
+        """Nearest-neighbour distance of the subsequence ending at each new point; then the
+        ring learns those points."""
+        r = self.rows
+        _novelty(slots, windows, n_new, self.length, float(self.long_window), r.ring, r.pos,
+                 r.scale, r.learned, out)  # fmt: skip
 
 
 @njit(cache=True)

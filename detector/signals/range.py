@@ -26,9 +26,10 @@ import numpy as np
 from numba import njit
 
 from detector.rows import SlotRows
+from detector.signals.base import Signal
 
 
-class RangeExcess:
+class RangeExcess(Signal):
     def __init__(self, dims: int, forget: float = 20000.0, tolerance: float = 0.05,
                  capacity: int = 64) -> None:  # fmt: skip
         self.dims, self.forget, self.tolerance = dims, forget, tolerance
@@ -40,17 +41,10 @@ class RangeExcess:
             n=((dims,), np.float64, 0.0),
         )
 
-    def reset(self, slot: int) -> None:
-        self.rows.reset(slot)
-
-    def raw(self, slots: np.ndarray, windows: np.ndarray, times, n_new: int) -> np.ndarray:
-        w = np.asarray(windows)
-        out = np.full((w.shape[0], n_new), np.nan)
-        if w.shape[0]:
-            r = self.rows
-            _excess(np.ascontiguousarray(slots, np.int64), w, n_new, 1.0 / self.forget, self.tolerance,
-                    r.lo, r.hi, r.mean, r.n, out)  # fmt: skip
-        return out
+    def _fill(self, slots, windows, times, n_new, out) -> None:
+        r = self.rows
+        _excess(slots, windows, n_new, 1.0 / self.forget, self.tolerance, r.lo, r.hi, r.mean,
+                r.n, out)  # fmt: skip
 
 
 @njit(cache=True)

@@ -30,10 +30,11 @@ import numpy as np
 from numba import njit
 
 from detector.rows import SlotRows
+from detector.signals.base import Signal
 from detector.signals.units import combine_dims
 
 
-class SeasonalProfile:
+class SeasonalProfile(Signal):
     def __init__(self, dims: int, bins: int = 48, period_s: float = 86400.0, alpha: float = 0.05,
                  min_count: int = 5, learn_every_s: float = 300.0, long_window: int = 500,
                  capacity: int = 64) -> None:  # fmt: skip
@@ -48,21 +49,11 @@ class SeasonalProfile:
             last_slot=((), np.float64, -np.inf),  # last learned slot of learn_every_s
         )
 
-    def reset(self, slot: int) -> None:
-        self.rows.reset(slot)
-
-    def raw(self, slots: np.ndarray, windows: np.ndarray, times: np.ndarray,
-            n_new: int) -> np.ndarray:  # fmt: skip
-        """|x - profile| of the newest n_new points of each window [B, L, D] at times [B, L]."""
-        w = np.asarray(windows)
-        b, length = w.shape[0], w.shape[1]
-        out = np.full((b, n_new), np.nan)
-        if b:
-            r = self.rows
-            _residuals(np.ascontiguousarray(slots, np.int64), w, np.asarray(times, np.float64),
-                       length - n_new, self._k, r.mean, r.count, r.scale, r.learned,
-                       r.last_slot, out)  # fmt: skip
-        return out
+    def _fill(self, slots, windows, times, n_new, out) -> None:
+        """|x - profile| of the newest n_new points; then the profile learns them."""
+        r = self.rows
+        _residuals(slots, windows, np.asarray(times, np.float64), windows.shape[1] - n_new,
+                   self._k, r.mean, r.count, r.scale, r.learned, r.last_slot, out)  # fmt: skip
 
 
 @njit(cache=True)

@@ -28,10 +28,11 @@ import numpy as np
 from numba import njit
 
 from detector.rows import SlotRows
+from detector.signals.base import Signal
 from detector.signals.units import combine_dims
 
 
-class LevelShift:
+class LevelShift(Signal):
     def __init__(self, dims: int, short: int = 8, long_window: int = 500,
                  capacity: int = 64) -> None:  # fmt: skip
         self.dims, self.short, self.long_window = dims, short, long_window
@@ -43,17 +44,10 @@ class LevelShift:
             learned=((), np.float64, 0.0),
         )
 
-    def reset(self, slot: int) -> None:
-        self.rows.reset(slot)
-
-    def raw(self, slots: np.ndarray, windows: np.ndarray, times, n_new: int) -> np.ndarray:
-        w = np.asarray(windows)
-        out = np.full((w.shape[0], n_new), np.nan)
-        if w.shape[0]:
-            r = self.rows
-            _shift(np.ascontiguousarray(slots, np.int64), w, n_new, self.short,
-                   float(self.long_window), r.mean, r.n, r.scale, r.learned, out)  # fmt: skip
-        return out
+    def _fill(self, slots, windows, times, n_new, out) -> None:
+        r = self.rows
+        _shift(slots, windows, n_new, self.short, float(self.long_window), r.mean, r.n, r.scale,
+               r.learned, out)  # fmt: skip
 
 
 @njit(cache=True)
