@@ -119,11 +119,20 @@ class TsguardDetector:
 
     @classmethod
     def from_model(
-        cls, model_dir: str | None = None, device: str = "auto", stride: int = 1, config=None
+        cls,
+        model_dir: str | None = None,
+        device: str = "auto",
+        stride: int = 1,
+        signals: tuple[str, ...] | None = None,
     ) -> TsguardDetector:
+        """The model directory's detector; `signals` keeps only those (an ablation)."""
+        from dataclasses import replace
+
         from detector.scorer import load_scorer
 
-        return cls(load_scorer(model_dir, device=device), stride=stride, config=config)
+        scorer = load_scorer(model_dir, device=device)
+        config = None if signals is None else replace(scorer.calibration, signals=signals)
+        return cls(scorer, stride=stride, config=config)
 
     def run(self, values: np.ndarray, timestamps: np.ndarray):
         """The detector's SeriesRun of one series; timestamps as datetime64 or epoch seconds

@@ -339,18 +339,12 @@ class TsguardLabelled:
         return "tsguard" if self.signals is None else "tsguard:" + "+".join(self.signals)
 
     def run(self, series: LabelledSeries) -> DetectorRun:
-        from dataclasses import replace
-
         from detector.detector import START
-        from detector.scorer import load_scorer
         from training.evaluate import TsguardDetector
 
         if self._det is None:
-            scorer = load_scorer(self.model, device=self.device)
-            config = None
-            if self.signals is not None:
-                config = replace(scorer.calibration, signals=self.signals)
-            self._det = TsguardDetector(scorer, stride=self.stride, config=config)
+            self._det = TsguardDetector.from_model(self.model, self.device, self.stride,
+                                                   self.signals)  # fmt: skip
         run = self._det.run(series.values, series.timestamps)
         return DetectorRun(run.scores, run.kinds == START)
 
