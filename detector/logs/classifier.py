@@ -230,8 +230,7 @@ def load_examples(path: str, label_set: LabelSet) -> dict[str, list[str]]:
     template (header split off, variables masked, words only)."""
     import csv
 
-    import orjson
-
+    from detector.logs.head import json_lines, parse_log_value
     from detector.logs.templates import embedding_text, mask_variables
 
     file = Path(path)
@@ -248,17 +247,10 @@ def load_examples(path: str, label_set: LabelSet) -> dict[str, list[str]]:
             raise UserError(f"{path}: a CSV of examples needs 'label' and 'message' columns")
         pairs = [(i + 2, r["label"], r["message"]) for i, r in enumerate(rows)]
     else:
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                raise UserError(f"{path}:{i}: not a JSON object") from None
+        for i, obj in json_lines(path, text.splitlines()):
             if not isinstance(obj, dict):
                 raise UserError(f"{path}:{i}: not a JSON object")
             pairs.append((i, obj.get("label"), obj.get("message")))
-    from detector.logs.head import parse_log_value
 
     out: dict[str, list[str]] = {}
     for where, label, message in pairs:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Collection, Hashable, Sequence
+from collections.abc import Collection, Hashable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -328,6 +328,18 @@ def parse_log_value(
     return _raw_record(key_source, text, now, log_format)
 
 
+def json_lines(path: str, lines: list[str]) -> Iterator[tuple[int, object]]:
+    """(line number, decoded value) of each non-blank line of a JSON lines file; a line that is
+    not JSON is a user error naming the file and line."""
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield i, orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise UserError(f"{path}:{i}: not a JSON object") from None
+
+
 def load_corrections(path: str) -> list[tuple[int, str, str, str]]:
     """(line number, source, message, label) from a JSON lines file of
     {"source", "message", "label"} (the tsguard.log-feedback value)."""
@@ -339,13 +351,7 @@ def load_corrections(path: str) -> list[tuple[int, str, str, str]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read corrections file {path}: {exc}") from None
     out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise UserError(f"{path}:{i}: not a JSON object") from None
+    for i, obj in json_lines(path, lines):
         fields = [
             obj.get(k) if isinstance(obj, dict) else None for k in ("source", "message", "label")
         ]
