@@ -71,10 +71,7 @@ def warm_state(head, rng: np.random.Generator) -> None:
     """Feed a few points per series through the detector's tails, signals and episodes (not
     the model: its output does not change the state's size), so every row the series owns is
     written (resident)."""
-    from detector.detector import SIGNALS
-
     det = head.detector
-    bank = det.banks[1]
     slots = np.array([st.slot for st in head.state.values()], dtype=np.int64)
     length = det.window_length
     seconds = 1_700_000_000.0 + 300.0 * np.arange(length)
@@ -82,11 +79,8 @@ def warm_state(head, rng: np.random.Generator) -> None:
         part = slots[lo : lo + CHUNK]
         windows = rng.normal(50.0, 5.0, (len(part), length, 1)).astype(np.float32)
         times = np.broadcast_to(seconds, (len(part), length))
-        raw = np.full((len(part), WARM_ERRORS, len(SIGNALS)), np.nan)
-        raw[:, :, 0] = rng.gamma(2.0, 0.5, (len(part), WARM_ERRORS))
-        for name, sig in bank.signals.items():
-            raw[:, :, SIGNALS.index(name)] = sig.raw(part, windows, times, WARM_ERRORS)
-        bank.episodes.update(part, det.fuse(bank.tails.score(part, raw)))
+        errors = rng.gamma(2.0, 0.5, (len(part), WARM_ERRORS))
+        det.detect(1, part, windows, times, errors, np.ones((*errors.shape, 1), np.float32))
 
 
 def child_per_series(n: int) -> dict:

@@ -260,16 +260,24 @@ class Detector:
         """Score the newest n_new points of windows [B, L, D] (float32, NaN = missing) at
         times [B, L] (UTC seconds), row i belonging to series slots[i] of the D bank (-1: skip
         the row; it scores 0 and changes nothing). Rows of one series come in time order."""
-        bank = self.banks[dims]
-        slots = np.asarray(slots, dtype=np.int64)
         b = len(slots)
-        raw = np.full((b, n_new, len(SIGNALS)), np.nan)
         if "forecast" in self.config.signals:
             result = self.scorer.score(windows, n_new)
-            raw[:, :, 0] = result.errors
-            contributions = result.contributions
+            errors, contributions = result.errors, result.contributions
         else:
+            errors = np.full((b, n_new), np.nan)
             contributions = np.full((b, n_new, dims), 1.0 / dims, np.float32)
+        return self.detect(dims, slots, windows, times, errors, contributions)
+
+    def detect(self, dims: int, slots: np.ndarray, windows: np.ndarray, times: np.ndarray,
+               errors: np.ndarray, contributions: np.ndarray) -> Detection:  # fmt: skip
+        """`score` after the model: its errors [B, n_new] (NaN: no opinion) and contributions
+        given, every other signal, the tails, the fusion and the episodes."""
+        bank = self.banks[dims]
+        slots = np.asarray(slots, dtype=np.int64)
+        b, n_new = errors.shape
+        raw = np.full((b, n_new, len(SIGNALS)), np.nan)
+        raw[:, :, 0] = errors
         for name, sig in bank.signals.items():
             raw[:, :, SIGNALS.index(name)] = sig.raw(slots, windows, times, n_new)
         tails = bank.tails.score(slots, raw)
