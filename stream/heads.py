@@ -131,11 +131,15 @@ class MetricsHead:
         else:
             self.detector = Detector(scorer)
             self.state.clear()
-        self.scorer = scorer
         for st in self.state.values():
             st.episode_id = ""
         self.metrics.set_model(scorer.version, scorer.device)
         self.metrics.threshold.set(self.detector.threshold)
+
+    @property
+    def scorer(self):
+        """The model serving now (the detector's)."""
+        return self.detector.scorer
 
     def reload(self) -> bool:
         """Load the model directory again and swap it in; a model that fails to load or does
