@@ -42,7 +42,8 @@ from numba import njit
 from detector.calibration import TailBank, TailConfig
 from detector.episodes import END, KINDS, START, EpisodeBank, EpisodeConfig
 from detector.rows import SlotRows
-from detector.signals import SIGNALS, LevelShift, PatternNovelty, RangeExcess, SeasonalProfile
+from detector.signals import (SIGNALS, LevelShift, PatternNovelty, RangeExcess, SeasonalProfile,
+                              SpreadShift)  # fmt: skip
 
 __all__ = ["END", "KINDS", "SIGNALS", "START", "Detection", "Detector", "DetectorConfig",
            "SeriesRun"]  # fmt: skip
@@ -74,9 +75,12 @@ class DetectorConfig:
     range_forget: float = 20000.0
     # Level shift (detector/signals/shift.py): points in the recent mean.
     shift_short: int = 8
-    # Episodes (detector/episodes.py): threshold 0.3 is a fused probability of 1e-6 (one
-    # signal alone at about 1e-7, or several that agree).
-    threshold: float = 0.3
+    # Spread shift (detector/signals/spread.py): points in the recent dispersion.
+    spread_short: int = 64
+    # Episodes (detector/episodes.py): threshold 0.4 is a fused probability of 1e-8 (one signal
+    # alone at about 1e-9, or several that agree). Higher raised kpi/train's event F1 further
+    # but let a lasting level shift's score settle below the threshold (the rule stops firing).
+    threshold: float = 0.4
     hysteresis: float = 0.05
     end_after: int = 10
     repeat: int = 100
@@ -105,8 +109,8 @@ class DetectorConfig:
             raise ValueError("need seasonal_learn_every_s >= 0")
         if not 2 <= self.novelty_length <= 64 or self.novelty_history < 4 * self.novelty_length:
             raise ValueError("need 2 <= novelty_length <= 64, novelty_history >= 4 * length")
-        if self.range_forget < 1 or self.shift_short < 1:
-            raise ValueError("need range_forget >= 1 and shift_short >= 1")
+        if self.range_forget < 1 or self.shift_short < 1 or not 2 <= self.spread_short <= 112:
+            raise ValueError("need range_forget >= 1, shift_short >= 1, 2 <= spread_short <= 112")
 
     @property
     def tails(self) -> TailConfig:
@@ -247,6 +251,7 @@ class Detector:
                                               c.long_window),
             "range": lambda: RangeExcess(dims, c.range_forget),
             "shift": lambda: LevelShift(dims, c.shift_short, c.long_window),
+            "spread": lambda: SpreadShift(dims, c.spread_short, c.long_window),
         }  # fmt: skip
         if c.seasonal_bins == 0:
             made.pop("seasonal")

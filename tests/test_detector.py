@@ -80,7 +80,8 @@ def test_fusion_is_the_better_of_bonferroni_and_fisher(scorer):
         assert score == pytest.approx(min(1.0, max(0.0, want)), abs=1e-9)
     assert det.fuse(np.full((1, len(SIGNALS)), np.nan))[0] == 0.0
     # Several signals that agree a little outweigh one that is a little surer alone.
-    agree, alone = np.full((1, 5), 0.2), np.array([[0.3, 0.0, 0.0, 0.0, 0.0]])
+    agree, alone = np.full((1, len(SIGNALS)), 0.2), np.zeros((1, len(SIGNALS)))
+    alone[0, 0] = 0.3
     assert det.fuse(agree)[0] > det.fuse(alone)[0]
 
 

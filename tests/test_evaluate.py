@@ -176,7 +176,8 @@ class _EchoScorer:
 
         self.min_points = min_points
         # Signals whose queries fit an 8-point window.
-        self.calibration = DetectorConfig(warmup=5, novelty_length=2, novelty_history=8)
+        self.calibration = DetectorConfig(warmup=5, novelty_length=2, novelty_history=8,
+                                          spread_short=2)  # fmt: skip
         self.seen: list[np.ndarray] = []
 
     def score(self, windows: np.ndarray, n_new: int):

@@ -13,7 +13,9 @@ import detector.signals.novelty
 import detector.signals.range
 import detector.signals.seasonal
 import detector.signals.shift
-from detector.signals import LevelShift, PatternNovelty, RangeExcess, SeasonalProfile
+import detector.signals.spread
+from detector.signals import (LevelShift, PatternNovelty, RangeExcess, SeasonalProfile,
+                              SpreadShift)  # fmt: skip
 
 L = 64  # window length fed to the signals here
 DAY = 288  # 5-minute points
@@ -25,6 +27,7 @@ def _make(name: str, dims: int = 1):
         "novelty": lambda: PatternNovelty(dims, length=8, history=256),
         "range": lambda: RangeExcess(dims),
         "shift": lambda: LevelShift(dims),
+        "spread": lambda: SpreadShift(dims, short=32),
     }[name]()
 
 
@@ -49,7 +52,7 @@ def _feed(sig, x: np.ndarray, ts: np.ndarray, stride: int, slot: int = 0) -> np.
     return out
 
 
-@pytest.mark.parametrize("name", ["seasonal", "novelty", "range", "shift"])
+@pytest.mark.parametrize("name", ["seasonal", "novelty", "range", "shift", "spread"])
 @pytest.mark.parametrize("dims", [1, 3])
 def test_causal_and_the_same_whatever_the_stride(name: str, dims: int) -> None:
     x, ts = _stream(4 * DAY, dims)
@@ -68,7 +71,7 @@ def test_causal_and_the_same_whatever_the_stride(name: str, dims: int) -> None:
     np.testing.assert_allclose(_feed(sig, x[:cut], ts[:cut], 1), full[:cut], rtol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["seasonal", "novelty", "range", "shift"])
+@pytest.mark.parametrize("name", ["seasonal", "novelty", "range", "shift", "spread"])
 def test_rows_are_fixed_size_and_a_skipped_row_changes_nothing(name: str) -> None:
     sig = _make(name)
     sig.reset(0)
@@ -139,10 +142,36 @@ def test_a_new_level_leaves_the_range_and_the_shift_keeps_hearing_it() -> None:
     assert np.median(gap[1010:1200]) > 3 * np.quantile(gap[500:1000], 0.99)  # lasts
 
 
+def test_denser_spikes_inside_the_range_are_heard_by_the_spread_alone() -> None:
+    """Spikes to the same height every 50 points, then every 5 for a while: no new extreme and
+    little change of the short mean, but the recent dispersion doubles and stays up."""
+    n = 3000
+    x = np.random.default_rng(3).normal(0, 0.1, n)
+    x[::50] += 10.0
+    x[2001:2300:5] += 10.0  # between the usual spikes
+    x, t = x.astype(np.float32)[:, None], np.arange(float(n))
+    sig, rng_sig = SpreadShift(1, short=32), RangeExcess(1)
+    sig.reset(0)
+    rng_sig.reset(0)
+    raw = _feed(sig, x, t, 1)
+    assert np.median(raw[2040:2300]) > 3 * np.nanquantile(raw[1000:2000], 0.99)  # it lasts
+    assert np.nanmax(_feed(rng_sig, x, t, 1)[2000:2300]) == 0.0  # nothing beyond the range
+
+
+def test_a_level_shift_alone_does_not_move_the_spread() -> None:
+    rng = np.random.default_rng(4)
+    x = np.r_[rng.normal(0, 1, 1000), rng.normal(8, 1, 300)].astype(np.float32)[:, None]
+    sig = SpreadShift(1, short=32)
+    sig.reset(0)
+    raw = _feed(sig, x, np.arange(1300.0), 1)
+    usual = np.nanquantile(raw[300:1000], 0.99)
+    assert np.median(raw[1040:1300]) < usual  # once the step has left the recent points
+
+
 @pytest.mark.parametrize(
     "module",
     [detector.signals.seasonal, detector.signals.novelty, detector.signals.range,
-     detector.signals.shift],
+     detector.signals.shift, detector.signals.spread],
 )  # fmt: skip
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module)

@@ -14,8 +14,9 @@ from detector.signals.novelty import PatternNovelty
 from detector.signals.range import RangeExcess
 from detector.signals.seasonal import SeasonalProfile
 from detector.signals.shift import LevelShift
+from detector.signals.spread import SpreadShift
 
 # The order of the detector's signal columns; "forecast" is the model's residual.
-SIGNALS = ("forecast", "seasonal", "novelty", "range", "shift")
+SIGNALS = ("forecast", "seasonal", "novelty", "range", "shift", "spread")
 
-__all__ = ["SIGNALS", "LevelShift", "PatternNovelty", "RangeExcess", "SeasonalProfile"]
+__all__ = ["SIGNALS", "LevelShift", "PatternNovelty", "RangeExcess", "SeasonalProfile", "SpreadShift"]
