@@ -42,8 +42,14 @@ from numba import njit
 from detector.calibration import TailBank, TailConfig
 from detector.episodes import END, KINDS, START, EpisodeBank, EpisodeConfig
 from detector.rows import SlotRows
-from detector.signals import (SIGNALS, LevelShift, PatternNovelty, RangeExcess, SeasonalProfile,
-                              SpreadShift)  # fmt: skip
+from detector.signals import (
+    SIGNALS,
+    LevelShift,
+    PatternNovelty,
+    RangeExcess,
+    SeasonalProfile,
+    SpreadShift,  # fmt: skip
+)
 
 __all__ = ["END", "KINDS", "SIGNALS", "START", "Detection", "Detector", "DetectorConfig",
            "SeriesRun"]  # fmt: skip

@@ -14,8 +14,13 @@ import detector.signals.range
 import detector.signals.seasonal
 import detector.signals.shift
 import detector.signals.spread
-from detector.signals import (LevelShift, PatternNovelty, RangeExcess, SeasonalProfile,
-                              SpreadShift)  # fmt: skip
+from detector.signals import (
+    LevelShift,
+    PatternNovelty,
+    RangeExcess,
+    SeasonalProfile,
+    SpreadShift,  # fmt: skip
+)
 
 L = 64  # window length fed to the signals here
 DAY = 288  # 5-minute points
