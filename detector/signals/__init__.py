@@ -19,4 +19,11 @@ from detector.signals.spread import SpreadShift
 # The order of the detector's signal columns; "forecast" is the model's residual.
 SIGNALS = ("forecast", "seasonal", "novelty", "range", "shift", "spread")
 
-__all__ = ["SIGNALS", "LevelShift", "PatternNovelty", "RangeExcess", "SeasonalProfile", "SpreadShift"]
+__all__ = [
+    "SIGNALS",
+    "LevelShift",
+    "PatternNovelty",
+    "RangeExcess",
+    "SeasonalProfile",
+    "SpreadShift",
+]
