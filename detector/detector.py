@@ -221,6 +221,8 @@ class Detector:
         for bank in self.banks.values():
             bank.tails.restart(SIGNALS.index("forecast"))
             bank.episodes.close_all()
+            if "novelty" in bank.signals:  # it searches where the model runs
+                bank.signals["novelty"].device = scorer.device
 
     # -- series ------------------------------------------------------------------------------
     def add(self, dims: int) -> int:
@@ -244,7 +246,7 @@ class Detector:
                 dims, c.seasonal_bins, c.seasonal_period_s, c.seasonal_alpha,
                 c.seasonal_min_count, c.seasonal_learn_every_s, c.long_window),
             "novelty": lambda: PatternNovelty(dims, c.novelty_length, c.novelty_history,
-                                              c.long_window),
+                                              c.long_window, device=self.scorer.device),
             "range": lambda: RangeExcess(dims, c.range_forget),
             "shift": lambda: LevelShift(dims, c.shift_short, c.long_window),
         }  # fmt: skip
