@@ -412,3 +412,7 @@ def load_kernels() -> None:
     for dims in (1, 2):
         w = np.ones((1, det.window_length, dims), np.float32)
         det.score(dims, np.array([det.add(dims)]), w, np.ones((1, det.window_length)), 1)
+        # The novelty's matrix-product search (a GPU's) has host loops of its own.
+        novelty = PatternNovelty(dims, 4, 16, search="matmul")
+        novelty.reset(0)
+        novelty.raw(np.array([0]), w, None, 1)
