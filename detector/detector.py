@@ -231,6 +231,8 @@ class Detector:
         for bank in self.banks.values():
             bank.tails.restart(SIGNALS.index("forecast"))
             bank.episodes.close_all()
+            if "novelty" in bank.signals:  # it searches where the model runs
+                bank.signals["novelty"].device = scorer.device
 
     # -- series ------------------------------------------------------------------------------
     def add(self, dims: int) -> int:
@@ -254,7 +256,7 @@ class Detector:
                 dims, c.seasonal_bins, c.seasonal_period_s, c.seasonal_alpha,
                 c.seasonal_min_count, c.seasonal_learn_every_s, c.long_window),
             "novelty": lambda: PatternNovelty(dims, c.novelty_length, c.novelty_history,
-                                              c.long_window),
+                                              c.long_window, device=self.scorer.device),
             "range": lambda: RangeExcess(dims, c.range_forget),
             "shift": lambda: LevelShift(dims, c.shift_short, c.long_window),
             "spread": lambda: SpreadShift(dims, c.spread_short, c.long_window),
@@ -421,3 +423,7 @@ def load_kernels() -> None:
     for dims in (1, 2):
         w = np.ones((1, det.window_length, dims), np.float32)
         det.score(dims, np.array([det.add(dims)]), w, np.ones((1, det.window_length)), 1)
+        # The novelty's matrix-product search (a GPU's) has host loops of its own.
+        novelty = PatternNovelty(dims, 4, 16, search="matmul")
+        novelty.reset(0)
+        novelty.raw(np.array([0]), w, None, 1)

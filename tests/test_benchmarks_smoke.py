@@ -49,6 +49,22 @@ def test_scoring_bench_smoke(tmp_path):
     assert "| 8 |" in text and "Pipeline in-process (no Kafka), 700 points" in text
 
 
+def test_novelty_bench_smoke(tmp_path):
+    from benchmarks import novelty_bench
+
+    out = tmp_path / "novelty.json"
+    novelty_bench.main(["--batches", "1,3", "--n-new", "2", "--seconds", "0.01", "--threads", "1",
+                        "--out", str(out)])  # fmt: skip
+    data = orjson.loads(out.read_bytes())
+    runs = data["runs"]
+    assert [(r["search"], r["batch"]) for r in runs] == [
+        ("loop", 1), ("matmul", 1), ("loop", 3), ("matmul", 3)
+    ]  # fmt: skip
+    for r in runs:
+        assert r["calls"] >= 3 and r["points_per_s"] == pytest.approx(2 * r["windows_per_s"])
+    assert {"loadavg", "torch", "git_commit"} <= set(data["environment"])
+
+
 def test_memory_bench_smoke(tmp_path):
     from benchmarks import memory_bench, report
 

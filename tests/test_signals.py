@@ -134,6 +134,52 @@ def test_novelty_a_repeat_is_not_news() -> None:
     assert again < first / 3
 
 
+def novelty_searches_agree(device: str, dims: int, n_new: int, seed: int = 0) -> None:
+    """The same calls to the loop search and to the matmul search on `device` give the same raw
+    values (float64 rounding apart) and leave the same rows. Random calls of 1..11 windows, with
+    missing points, skipped rows (slot -1) and several rows of one series; a short ring, so it
+    wraps; a slot reset half-way, so young series (too few candidates: NaN) come back."""
+    rng = np.random.default_rng(seed)
+    loop = PatternNovelty(dims, length=8, history=40, search="loop")
+    matmul = PatternNovelty(dims, length=8, history=40, device=device, search="matmul")
+    n_series = 4
+    for sig in (loop, matmul):
+        for s in range(n_series):
+            sig.reset(s)
+    answers = []
+    for call in range(120):
+        if call == 60:
+            loop.reset(0)
+            matmul.reset(0)
+        b = int(rng.integers(1, 12))
+        slots = rng.integers(-1, n_series, b)
+        level, amp = rng.uniform(-50, 50, (b, 1, dims)), rng.uniform(0.1, 10, (b, 1, dims))
+        w = (level + amp * rng.normal(size=(b, L, dims))).astype(np.float32)
+        w[rng.random(w.shape) < 0.03] = np.nan
+        a, m = loop.raw(slots, w, None, n_new), matmul.raw(slots, w, None, n_new)
+        np.testing.assert_allclose(m, a, rtol=1e-5, atol=1e-9)
+        for name in ("ring", "pos", "learned"):
+            np.testing.assert_array_equal(
+                getattr(matmul.rows, name)[:n_series], getattr(loop.rows, name)[:n_series]
+            )
+        np.testing.assert_allclose(matmul.rows.scale[:n_series], loop.rows.scale[:n_series],
+                                   rtol=1e-9)  # fmt: skip
+        answers.append(a[slots >= 0])
+    answers = np.concatenate(answers)
+    assert np.isnan(answers).any() and np.isfinite(answers).mean() > 0.5
+    assert loop.rows.pos[:n_series].max() > 2 * loop.history
+
+
+@pytest.mark.parametrize(("dims", "n_new"), [(1, 1), (1, 5), (3, 1), (3, 5)])
+def test_novelty_matmul_search_on_the_cpu_matches_the_loop(dims: int, n_new: int) -> None:
+    novelty_searches_agree("cpu", dims, n_new)
+
+
+def test_novelty_matmul_search_in_several_passes(monkeypatch) -> None:
+    monkeypatch.setitem(detector.signals.novelty.BYTES_PER_PASS, "cpu", 1)  # a row per pass
+    novelty_searches_agree("cpu", 2, 3, seed=1)
+
+
 def test_a_new_level_leaves_the_range_and_the_shift_keeps_hearing_it() -> None:
     rng = np.random.default_rng(2)
     x = np.r_[rng.normal(0, 1, 1000), rng.normal(8, 1, 200)].astype(np.float32)[:, None]
