@@ -64,7 +64,7 @@ class DetectorConfig:
     # The tails (detector/calibration.py).
     q: float = 0.99
     short_window: int = 1  # 3 averaged a lone spike away (kpi/train: AUC-PR 0.430 vs 0.448)
-    long_window: int = 500
+    long_window: int = 2000  # memory of tails and running means; 500 forgot too fast (kpi/train)
     warmup: int = 100
     tail_decades: float = 10.0
     quantile_rate: float = 0.2
