@@ -19,7 +19,8 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from detector.detector import KINDS, Detector
-from stream.codec import InvalidMessage, dead_letter_record, decode_batch, dumps
+from detector.messages import InvalidMessage, InvalidReason
+from stream.codec import dead_letter_record, decode_batch, dumps
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.windows import WindowStore
@@ -230,7 +231,7 @@ class MetricsHead:
         bad = list(cols.errors)
         for i, k in res.mismatched.items():
             bad.append((i, InvalidMessage(
-                "dimension_mismatch",
+                InvalidReason.DIMENSION_MISMATCH,
                 f"{k} point(s) bring dimensions the series does not have "
                 "(series dimensions are fixed by their first point)",
             )))  # fmt: skip

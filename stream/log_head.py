@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterator
 
 from detector.api import TS_MAX
-from stream.codec import InvalidMessage, dumps
+from detector.messages import InvalidMessage, InvalidReason
+from stream.codec import dumps
 from stream.heads import Output, dead_letter
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -62,11 +63,8 @@ class LogsHead:
                 partitions.append(rec.partition)
                 offsets.append(rec.offset)
             except ValueError as exc:
-                out.append(
-                    dead_letter(
-                        self.settings, self.metrics, rec, InvalidMessage("invalid_log", str(exc))
-                    )
-                )
+                error = InvalidMessage(InvalidReason.INVALID_LOG, str(exc))
+                out.append(dead_letter(self.settings, self.metrics, rec, error))
         if not parsed:
             return out
         topics = self.settings.topics
@@ -157,7 +155,7 @@ class LogFeedbackHead:
             except ValueError as exc:
                 if rec.offset < self.replay_until.get(rec.partition, -1):
                     continue  # read back to rebuild: its dead letter went out the first time
-                error = InvalidMessage("invalid_log", f"log feedback: {exc}")
+                error = InvalidMessage(InvalidReason.INVALID_LOG, f"log feedback: {exc}")
                 out.append(dead_letter(self.settings, self.metrics, rec, error))
         for rec in records[::-1]:
             if rec.offset + 1 >= self.replay_until.get(rec.partition, math.inf):

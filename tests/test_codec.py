@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detector.messages import InvalidReason
 from stream.codec import InvalidMessage, Point, dead_letter_record, decode_points, parse_ts
-from stream.metrics import INVALID_REASONS
+
+INVALID_REASONS = tuple(InvalidReason)  # the metric's label values
 
 
 def test_single_point_epoch():

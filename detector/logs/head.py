@@ -22,7 +22,6 @@ Messages:
 
 from __future__ import annotations
 
-import math
 import re
 from collections import OrderedDict
 from collections.abc import Collection, Hashable, Iterator, Sequence
@@ -33,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from detector.api import TS_MAX, TS_MIN
 from detector.errors import UserError
 from detector.logs.classifier import (
     Classification,
@@ -64,6 +62,7 @@ from detector.logs.templates import (
     mask_variables,
     prose_words,
 )
+from detector.messages import parse_ts
 
 UNKNOWN_SOURCE = "unknown"
 MAX_SOURCE_CHARS = 256
@@ -196,29 +195,6 @@ def parse_line_timestamp(line: str, now: float) -> float | None:
     return None
 
 
-def _parse_ts(raw: object, now: float) -> float:
-    if raw is None:
-        return now
-    if isinstance(raw, bool):
-        raise ValueError("ts must be epoch seconds or ISO 8601")
-    if isinstance(raw, int | float):
-        ts = float(raw)
-    elif isinstance(raw, str):
-        text = raw.strip()
-        try:
-            dt = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-        except ValueError:
-            raise ValueError("ts is not ISO 8601") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)  # a zone-less log time is read as UTC
-        ts = dt.timestamp()
-    else:
-        raise ValueError("ts must be epoch seconds or ISO 8601")
-    if not (TS_MIN <= ts <= TS_MAX) or math.isnan(ts):
-        raise ValueError("ts out of range (epoch seconds 1970..2100)")
-    return ts
-
-
 def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None) -> LogRecord:
     """A raw line with its header parsed (see detector/logs/headers.py)."""
     if log_format is not None:
@@ -267,7 +243,7 @@ def _journald(obj: dict, key_source: str) -> LogRecord:
     stamp = obj.get("__REALTIME_TIMESTAMP")
     if not (isinstance(stamp, str) and stamp.isdigit()):
         raise ValueError("__REALTIME_TIMESTAMP must be microseconds since the epoch")
-    ts = _parse_ts(int(stamp) / 1e6, 0.0)
+    ts = parse_ts(int(stamp) / 1e6)
     source = obj.get("_HOSTNAME") if key_source == UNKNOWN_SOURCE else key_source
     source = source if isinstance(source, str) and source else key_source
     return LogRecord(source[:MAX_SOURCE_CHARS], ts, message, message, level,
@@ -279,8 +255,8 @@ def parse_log_value(
 ) -> LogRecord:
     """Decode one tsguard.logs value: a JSON object {"source", "ts", "message"} or a raw line.
 
-    source: the object's, else the key, else "unknown"; ts: the object's (epoch seconds or ISO
-    8601), else a timestamp at the start of a raw line, else `now`. Raises ValueError with a short
+    source: the object's, else the key, else "unknown"; ts: the object's (the rule of every topic,
+    `detector.messages.parse_ts`), else a timestamp at the start of a raw line, else `now`. Raises ValueError with a short
     reason for input that cannot be used (broken UTF-8, a line that starts with "{" but is not a
     JSON object, a non-string message, a bad ts, an empty line).
     """
@@ -320,7 +296,7 @@ def parse_log_value(
             raise ValueError("level must be a string")
         return LogRecord(
             source[:MAX_SOURCE_CHARS],
-            _parse_ts(obj.get("ts"), now),
+            now if obj.get("ts") is None else parse_ts(obj["ts"]),
             message,
             None if level is None else message,
             level or None,

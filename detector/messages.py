@@ -1,0 +1,81 @@
+"""The values on tsguard's topics, as types (docs/ARCHITECTURE.md, "Topics").
+
+Inputs are decoded by stream/codec.py (tsguard.metrics) and detector/logs/head.py (tsguard.logs);
+both read `ts` with `parse_ts`, and a message that cannot be used raises `InvalidMessage`
+whose `InvalidReason` is the `reason` label of tsguard_messages_invalid_total.
+
+The module lives in detector/ because the log heads read their input here and `detector`
+never imports `stream`.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from detector.api import TS_MAX, TS_MIN
+
+# ---------------------------------------------------------------------------------------------
+# Input: what makes a message unusable, and the timestamp rule
+
+
+class InvalidReason(StrEnum):
+    """Why a message could not be used: a bounded vocabulary (a metric label)."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_UTF8 = "invalid_utf8"
+    NOT_AN_OBJECT = "not_an_object"
+    BAD_SERIES = "bad_series"
+    MISSING_TS = "missing_ts"
+    BAD_TS = "bad_ts"
+    TS_OUT_OF_RANGE = "ts_out_of_range"
+    MISSING_VALUE = "missing_value"
+    BAD_VALUE = "bad_value"
+    VALUE_OUT_OF_RANGE = "value_out_of_range"
+    TOO_MANY_DIMENSIONS = "too_many_dimensions"
+    TOO_LARGE = "too_large"
+    EMPTY = "empty"
+    DIMENSION_MISMATCH = "dimension_mismatch"
+    INVALID_LOG = "invalid_log"
+
+
+class InvalidMessage(ValueError):
+    def __init__(self, reason: InvalidReason, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_ts(raw: Any) -> float:
+    """A message's `ts` in epoch seconds, for every topic: a number of epoch seconds, or an ISO
+    8601 string with a timezone ("Z" or an offset), within 1970..2100."""
+    if isinstance(raw, bool) or raw is None:
+        raise InvalidMessage(
+            InvalidReason.BAD_TS, f"ts must be epoch seconds or ISO 8601, got {raw!r}"
+        )
+    if isinstance(raw, int | float):
+        try:
+            ts = float(raw)
+        except OverflowError:  # an integer beyond float range (the NaN fallback parser keeps them)
+            ts = math.inf
+    elif isinstance(raw, str):
+        try:
+            dt = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
+        except ValueError:
+            raise InvalidMessage(
+                InvalidReason.BAD_TS, f"unparseable timestamp {raw[:64]!r}"
+            ) from None
+        if dt.tzinfo is None:
+            raise InvalidMessage(InvalidReason.BAD_TS, f"timestamp {raw[:64]!r} has no timezone")
+        ts = dt.timestamp()
+    else:
+        raise InvalidMessage(
+            InvalidReason.BAD_TS, f"ts must be a number or string, got {type(raw).__name__}"
+        )
+    if not (TS_MIN <= ts <= TS_MAX):  # also rejects NaN and inf
+        raise InvalidMessage(
+            InvalidReason.TS_OUT_OF_RANGE, f"ts {ts!r} is not epoch seconds in 1970..2100"
+        )
+    return ts
