@@ -1,5 +1,8 @@
 """The values on tsguard's topics, as types (docs/ARCHITECTURE.md, "Topics").
 
+Outputs are dataclasses with one encoder each, `encode() -> bytes`: the UTF-8 JSON on the topic.
+    tsguard.anomalies      AnomalyEvent   (built by stream/heads.py)
+    tsguard.dead-letter    DeadLetter     (stream/heads.py, for any input topic)
 Inputs are decoded by stream/codec.py (tsguard.metrics) and detector/logs/head.py (tsguard.logs);
 both read `ts` with `parse_ts`, and a message that cannot be used raises `InvalidMessage`
 whose `InvalidReason` is the `reason` label of tsguard_messages_invalid_total.
@@ -10,12 +13,22 @@ never imports `stream`.
 
 from __future__ import annotations
 
+import base64
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from detector.api import TS_MAX, TS_MIN
+
+
+def dumps(obj: Any) -> bytes:
+    """The one JSON encoder of topic values (numpy arrays and scalars included)."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
 
 # ---------------------------------------------------------------------------------------------
 # Input: what makes a message unusable, and the timestamp rule
@@ -79,3 +92,71 @@ def parse_ts(raw: Any) -> float:
             InvalidReason.TS_OUT_OF_RANGE, f"ts {ts!r} is not epoch seconds in 1970..2100"
         )
     return ts
+
+
+# ---------------------------------------------------------------------------------------------
+# tsguard.anomalies
+
+
+@dataclass(frozen=True, slots=True)
+class EventWindow:
+    """The points the scored window held: fewer than the model's L while a series is young."""
+
+    start: float
+    end: float
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyEvent:
+    """The start or end of an anomaly episode of a series. `event_id` is deterministic (same
+    input and model, same id) so consumers can de-duplicate."""
+
+    event_id: str
+    episode_id: str
+    kind: str  # "start" | "end"
+    series: str
+    ts: float
+    score: float  # 0..1
+    threshold: float
+    model_version: str
+    window: EventWindow
+    contributions: dict[str, float]  # dimension -> share of the error
+    detected_at: float
+
+    def encode(self) -> bytes:
+        return dumps(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# tsguard.dead-letter
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be used, with where it came from. The payload is kept as text
+    when it is UTF-8, else base64 (`payload_encoding`)."""
+
+    error: str
+    reason: InvalidReason
+    topic: str
+    partition: int
+    offset: int
+    payload: str | None
+    payload_encoding: str  # "utf-8" | "base64" | "none"
+
+    @classmethod
+    def of(
+        cls, error: InvalidMessage, topic: str, partition: int, offset: int, payload: bytes | None
+    ) -> DeadLetter:
+        if payload is None:
+            text, encoding = None, "none"
+        else:
+            try:
+                text, encoding = payload.decode("utf-8"), "utf-8"
+            except UnicodeDecodeError:
+                text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
+        return cls(str(error), error.reason, topic, partition, offset, text, encoding)
+
+    def encode(self) -> bytes:
+        return dumps(self)

@@ -303,34 +303,3 @@ def _decode_uniform(raws: list[bytes | None], max_bytes: int) -> PointColumns | 
     ):
         return None
     return PointColumns(series, ts_col, value_col, np.arange(n, dtype=np.int64))
-
-
-def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def dead_letter_record(
-    error: InvalidMessage, topic: str, partition: int, offset: int, payload: bytes | None
-) -> bytes:
-    """The contract's dead-letter value. The payload is kept as text when it is UTF-8, else base64."""
-    if payload is None:
-        text: str | None = None
-        encoding = "none"
-    else:
-        try:
-            text, encoding = payload.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            import base64
-
-            text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
-    return dumps(
-        {
-            "error": str(error),
-            "reason": error.reason,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "payload": text,
-            "payload_encoding": encoding,
-        }
-    )

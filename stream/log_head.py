@@ -19,8 +19,7 @@ import time
 from collections.abc import Iterator
 
 from detector.api import TS_MAX
-from detector.messages import InvalidMessage, InvalidReason
-from stream.codec import dumps
+from detector.messages import InvalidMessage, InvalidReason, dumps
 from stream.heads import Output, dead_letter
 from stream.metrics import Metrics
 from stream.settings import Settings
