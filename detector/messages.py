@@ -3,11 +3,13 @@
 Outputs are dataclasses with one encoder each, `encode() -> bytes`: the UTF-8 JSON on the topic.
     tsguard.anomalies      AnomalyEvent   (built by stream/heads.py)
     tsguard.dead-letter    DeadLetter     (stream/heads.py, for any input topic)
+    tsguard.log-classes    LogClass       (detector/logs/head.py)
+    tsguard.log-summaries  LogSummary     (detector/logs/summarizer.py)
 Inputs are decoded by stream/codec.py (tsguard.metrics) and detector/logs/head.py (tsguard.logs);
 both read `ts` with `parse_ts`, and a message that cannot be used raises `InvalidMessage`
 whose `InvalidReason` is the `reason` label of tsguard_messages_invalid_total.
 
-The module lives in detector/ because the log heads read their input here and `detector`
+The module lives in detector/ because the log heads build their messages here and `detector`
 never imports `stream`.
 """
 
@@ -160,3 +162,106 @@ class DeadLetter:
 
     def encode(self) -> bytes:
         return dumps(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# tsguard.log-classes
+
+
+@dataclass(frozen=True, slots=True)
+class LogHeader:
+    """What a parsed line header said."""
+
+    level: str | None
+    component: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogClass:
+    """The label of one log line. `header` only when the line's header was parsed, `corrected`
+    only when an operator's correction set the label (both left out of the JSON otherwise)."""
+
+    source: str
+    ts: float
+    message: str
+    label: str
+    confidence: float
+    scores: dict[str, float]  # label -> probability
+    header: LogHeader | None = None
+    corrected: bool = False
+
+    def encode(self) -> bytes:
+        value: dict[str, Any] = {
+            "source": self.source,
+            "ts": self.ts,
+            "message": self.message,
+            "label": self.label,
+            "confidence": self.confidence,
+            "scores": self.scores,
+        }
+        if self.header is not None:
+            value["header"] = self.header
+        if self.corrected:
+            value["corrected"] = True
+        return dumps(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# tsguard.log-summaries
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryWindow:
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateCount:
+    template: str
+    count: int
+    new: bool  # first seen in this window
+    rising: bool  # well above its usual count per window
+    errors: int  # lines of it that are error-class
+
+
+@dataclass(frozen=True, slots=True)
+class Lead:
+    """A template the summary text leads with, and why; `usual` (its usual count per window)
+    only when it is rising."""
+
+    template: str
+    count: int
+    why: list[str]  # of "error", "new", "rising"
+    usual: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogSummary:
+    """One source's lines in one tumbling window."""
+
+    source: str
+    window: SummaryWindow
+    lines: int
+    templates: list[TemplateCount]
+    leads: list[Lead]
+    highlights: list[str]  # example lines
+    summary: str
+
+    def encode(self) -> bytes:
+        leads = [
+            {"template": x.template, "count": x.count, "why": x.why}
+            | ({} if x.usual is None else {"usual": x.usual})
+            for x in self.leads
+        ]
+        return dumps(
+            {
+                "source": self.source,
+                "window": self.window,
+                "lines": self.lines,
+                "templates": self.templates,
+                "leads": leads,
+                "highlights": self.highlights,
+                "summary": self.summary,
+            }
+        )

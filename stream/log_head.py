@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 
 from detector.api import TS_MAX
-from detector.messages import InvalidMessage, InvalidReason, dumps
+from detector.messages import InvalidMessage, InvalidReason, LogSummary
 from stream.heads import Output, dead_letter
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -69,17 +69,17 @@ class LogsHead:
         topics = self.settings.topics
         classes, summaries = self.head.process(parsed, partitions, offsets)
         for record, key, result in zip(parsed, keys, classes, strict=True):
-            self.metrics.log_lines.labels(result["label"]).inc()
-            if result.get("corrected"):
+            self.metrics.log_lines.labels(result.label).inc()
+            if result.corrected:
                 self.metrics.log_corrected_lines.inc()
-            out.append(Output(topics.log_classes, key or record.source.encode(), dumps(result)))
+            out.append(Output(topics.log_classes, key or record.source.encode(), result.encode()))
         out.extend(self._summaries(summaries))
         return out
 
-    def _summaries(self, summaries: list[dict]) -> list[Output]:
+    def _summaries(self, summaries: list[LogSummary]) -> list[Output]:
         self.metrics.log_summaries.inc(len(summaries))
         topic = self.settings.topics.log_summaries
-        return [Output(topic, s["source"].encode(), dumps(s)) for s in summaries]
+        return [Output(topic, s.source.encode(), s.encode()) for s in summaries]
 
     # Classification is synchronous; summaries wait for their window to close, which is state,
     # not pending output: it holds the commit back instead (commit_holds).

@@ -2,8 +2,8 @@
 pipeline's logs head (no Kafka imports here).
 
     head = LogHead(LogHeadConfig(labels="severity", window_s=300))
-    classes = head.classify(records)     # one tsguard.log-classes value per record
-    summaries = head.observe(records)    # tsguard.log-summaries values of windows that closed
+    classes = head.classify(records)     # one tsguard.log-classes LogClass per record
+    summaries = head.observe(records)    # tsguard.log-summaries LogSummary of windows that closed
     summaries += head.flush()            # at shutdown / end of input
 
 Per line: mask the variables and mine the template (Drain3, per source, bounded); the template's
@@ -11,12 +11,8 @@ words are what gets classified, and the classification is cached per template, s
 template costs a dictionary lookup instead of an embedding. `classify` and `observe` mine each
 line once even when both are called on the same batch (`process` does both in one call).
 
-Messages:
-    tsguard.logs         {"source", "ts", "message"} or a raw text line
-    tsguard.log-classes  {"source", "ts", "message", "label", "confidence", "scores": {label: p}}
-    tsguard.log-summaries {"source", "window": {"start", "end"}, "lines",
-                           "templates": [{"template", "count", "new"}], "highlights": [lines],
-                           "summary": text}
+A tsguard.logs value, {"source", "ts", "message"} or a raw text line, becomes a `LogRecord`
+(`parse_log_value`); the output messages and their encoders are in detector/messages.py.
 `ts` and window bounds are epoch seconds.
 """
 
@@ -62,7 +58,7 @@ from detector.logs.templates import (
     mask_variables,
     prose_words,
 )
-from detector.messages import parse_ts
+from detector.messages import LogClass, LogHeader, LogSummary, parse_ts
 
 UNKNOWN_SOURCE = "unknown"
 MAX_SOURCE_CHARS = 256
@@ -559,8 +555,8 @@ class LogHead:
         scores = {name: 1.0 if i == column else 0.0 for i, name in enumerate(names)}
         return Classification(label=names[column], confidence=1.0, scores=scores)
 
-    def classify(self, records: list[LogRecord]) -> list[dict]:
-        """One tsguard.log-classes value per record (embeddings batched, cached per template)."""
+    def classify(self, records: list[LogRecord]) -> list[LogClass]:
+        """One tsguard.log-classes message per record (embeddings batched, cached per template)."""
         if not records:
             return []
         if self.config.template_cache:
@@ -584,19 +580,14 @@ class LogHead:
             if fixed is not None:
                 self.corrected_lines += 1
             c = fixed or self._stated(record) or c
-            value = {
-                "source": record.source,
-                "ts": record.ts,
-                "message": record.message,
-                "label": c.label,
-                "confidence": c.confidence,
-                "scores": dict(c.scores),  # each output owns its dict
-            }
-            if record.content is not None:
-                value["header"] = {"level": record.level, "component": record.component}
-            if fixed is not None:
-                value["corrected"] = True
-            out.append(value)
+            header = None if record.content is None else LogHeader(record.level, record.component)
+            out.append(
+                LogClass(
+                    record.source, record.ts, record.message, c.label, c.confidence,
+                    dict(c.scores),  # each output owns its dict
+                    header, corrected=fixed is not None,
+                )
+            )  # fmt: skip
         return out
 
     def _error_class(self, records: list[LogRecord], mined: list[MinedLine]) -> list[bool]:
@@ -622,12 +613,12 @@ class LogHead:
         records: list[LogRecord],
         scopes: Sequence[Hashable] | None = None,
         positions: Sequence[int] | None = None,
-    ) -> list[dict]:
+    ) -> list[LogSummary]:
         """Feed the window summarizer; returns summaries of the windows that closed (event time).
 
         `scopes` and `positions` (one per record, e.g. Kafka partition and offset) keep separate
         windows per scope and let `holds()` tell where each scope's open windows start."""
-        out: list[dict] = []
+        out: list[LogSummary] = []
         add = self.summarizer.add
         n = len(records)
         scopes = [None] * n if scopes is None else scopes
@@ -655,16 +646,16 @@ class LogHead:
         records: list[LogRecord],
         scopes: Sequence[Hashable] | None = None,
         positions: Sequence[int] | None = None,
-    ) -> tuple[list[dict], list[dict]]:
+    ) -> tuple[list[LogClass], list[LogSummary]]:
         """classify + observe in one call (mines each line once)."""
         return self.classify(records), self.observe(records, scopes, positions)
 
-    def advance(self, watermark: float) -> list[dict]:
+    def advance(self, watermark: float) -> list[LogSummary]:
         """Close windows that end at or before `watermark` (e.g. wall clock minus a grace period),
         so a source that went quiet still gets its summary."""
         return self.summarizer.advance(watermark)
 
-    def flush(self) -> list[dict]:
+    def flush(self) -> list[LogSummary]:
         """Close all open windows (shutdown / end of file)."""
         return self.summarizer.flush()
 
