@@ -441,8 +441,7 @@ class LogHead:
         """What gets classified for a line: its template's words as first seen.
 
         When Drain widens a template (a token becomes <*>), the template keeps its input and so
-        its cached label instead of costing a new embedding (on loghub about one new template text
-        in eight is such a widening; F1 unchanged).
+        its cached label instead of costing a new embedding (widenings are common; F1 unchanged).
         """
         key = (mined.source, mined.template_id)
         entry = self._texts.get(key)
