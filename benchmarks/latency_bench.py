@@ -96,10 +96,9 @@ class Feed:
     """The metric stream: calm seasonal series, each point's ts = its send time.
 
     Sent with librdkafka (confluent-kafka), not kafka-python: the feed shares the machine with
-    the service it measures, and at 5,000 points/s this process took 0.66 of a core with
-    kafka-python's producer (its IO thread included) against 0.22 with librdkafka's, on a
-    2-core machine. Producers run on other machines in a deployment; what the feed takes here
-    is taken from the service under test.
+    the service it measures, and librdkafka's producer takes a fraction of kafka-python's CPU
+    (benchmarks/README.md, latency). Producers run on other machines in a deployment; what the
+    feed takes here is taken from the service under test.
     """
 
     def __init__(self, bootstrap: str, n_series: int, seed: int = 0):
@@ -188,8 +187,7 @@ def _floor_reader(
 
     Points sent before are left out: the embedded broker reports the end of a partition as the
     base offset of its last record batch (see stream.kafka_io.end_offsets), so "the end" still
-    holds the last batch of what came before (history points 15 s old made the p99 of a 1,000
-    points/s run 10 s, and the separate floor's max ~1.6 s).
+    holds the last batch of what came before, whose age would swamp the latency.
 
     `client`: kafka-python, or confluent (a bare librdkafka consumer, the floor for serve's
     `--kafka-client confluent`)."""

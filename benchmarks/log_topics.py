@@ -209,15 +209,13 @@ def leave_one_system_out(
         others = [d for d in data if d is not held]
         pred = {"keyword": [topic_keyword_label(c) for c in held.contents]}
         head = LogHead(LogHeadConfig(labels="topic"), encoder=encoder)
-        pred["zeroshot"] = [
-            o["label"] for o in classify_all(head, records(held.name, held.contents))
-        ]
+        pred["zeroshot"] = [o.label for o in classify_all(head, records(held.name, held.contents))]
         if few_shot:
             with tempfile.TemporaryDirectory() as tmp:
                 ex = examples_file(others, Path(tmp) / "examples.jsonl")
                 head = LogHead(LogHeadConfig(labels="topic", examples=str(ex)), encoder=encoder)
                 out = classify_all(head, records(held.name, held.contents))
-            pred["fewshot"] = [o["label"] for o in out]
+            pred["fewshot"] = [o.label for o in out]
         kind = nested_choice(others) if nested else HEAD_FEATURES
         chosen[held.name] = kind
         pred["head"] = fit_predict(others, held, kind)

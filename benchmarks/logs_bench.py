@@ -33,7 +33,7 @@ embedded together, so small calls cost more per line, shown by the 500-line row)
     (every new template costs an embedding; per file and in total);
   - cached, cold, 500-line chunks: the same with small calls (a trickle of small polls);
   - cached, warm: the same lines again (templates known: the steady state of a long stream);
-  - raw+json: the raw `.log` lines end to end (parse_log_value, classify, orjson.dumps), cold;
+  - raw+json: the raw `.log` lines end to end (parse_log_value, classify, LogClass.encode), cold;
   - no cache: every line embedded (on a prefix of each file, it is slow).
 Each row notes the 1-minute load average when it finished: the machine is shared, and on 2 cores
 one busy neighbour halves these figures. The cold pass runs `--cold-passes` times (default 3),
@@ -55,10 +55,10 @@ import sys
 import time
 
 import numpy as np
-import orjson
 
 from benchmarks._common import REPO, add_common_args, environment, print_table, write_json
 from detector.logs.severity import keyword_level
+from detector.messages import LogClass
 
 LOGHUB = REPO.parent / "shared" / "data" / "loghub"
 LEVELLED = ("Android", "Apache", "HDFS", "Hadoop", "Spark", "Windows")
@@ -115,8 +115,8 @@ def records(system: str, lines: list[str]):
 CHUNK = 2000  # lines per classify call (see the module docstring)
 
 
-def classify_all(head, recs, batch: int = CHUNK) -> list[dict]:
-    out: list[dict] = []
+def classify_all(head, recs, batch: int = CHUNK) -> list[LogClass]:
+    out: list[LogClass] = []
     for i in range(0, len(recs), batch):
         out.extend(head.classify(recs[i : i + batch]))
     return out
@@ -138,11 +138,11 @@ def quality(encoder, systems: list[str], **head_kw) -> tuple[list[dict], dict]:
         head = make_head(encoder, unknown_below=0.0, severity_head=False, **head_kw)
         out = classify_all(head, records(system, contents))
         temperature = head.classifier.temperature
-        pred = [o["label"] for o in out]
+        pred = [o.label for o in out]
         kw = [keyword_label(c) for c in contents]
         present = tuple(c for c in CLASSES if c in set(truth))
         default_threshold = 0.4
-        sys_unknown = sum(o["confidence"] < default_threshold for o in out)
+        sys_unknown = sum(o.confidence < default_threshold for o in out)
         unknown += sys_unknown
         rows.append(
             {
@@ -160,7 +160,7 @@ def quality(encoder, systems: list[str], **head_kw) -> tuple[list[dict], dict]:
         all_truth += truth
         all_pred += pred
         all_kw += kw
-        conf += [o["confidence"] for o in out]
+        conf += [o.confidence for o in out]
         correct += [p == t for p, t in zip(pred, truth, strict=True)]
     overall = {
         "system": "overall (pooled)",
@@ -231,7 +231,7 @@ def leave_one_system_out(encoder) -> tuple[list[dict], dict]:
         head = make_head(encoder, severity=model)
         out = classify_all(head, records(held.name, held.contents))
         truth = [CLASSES[i] for i in held.truth]
-        pred = [o["label"] for o in out]
+        pred = [o.label for o in out]
         kw = [keyword_label(c) for c in held.contents]
         present = tuple(c for c in CLASSES if c in set(truth))
         rows.append(
@@ -248,7 +248,7 @@ def leave_one_system_out(encoder) -> tuple[list[dict], dict]:
         all_truth += truth
         all_pred += pred
         all_kw += kw
-        conf += [o["confidence"] for o in out]
+        conf += [o.confidence for o in out]
         correct += [p == t for p, t in zip(pred, truth, strict=True)]
     kw_f1 = macro_f1(all_truth, all_kw, CLASSES)
     loso_f1 = macro_f1(all_truth, all_pred, CLASSES)
@@ -384,7 +384,7 @@ def throughput(
             key = s.encode()
             for i in range(0, len(lines), chunk):
                 recs = [parse_log_value(v, key, now) for v in lines[i : i + chunk] if v.strip()]
-                b"".join(orjson.dumps(o) + b"\n" for o in raw_head.classify(recs))
+                b"".join(o.encode() + b"\n" for o in raw_head.classify(recs))
 
     timed("raw .log + parse + JSON out, cache on, cold", end_to_end, n_raw, raw_head)
 

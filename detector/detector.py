@@ -63,8 +63,8 @@ class DetectorConfig:
     signals: tuple[str, ...] = SIGNALS  # which signals take part (an ablation drops some)
     # The tails (detector/calibration.py).
     q: float = 0.99
-    short_window: int = 1  # 3 averaged a lone spike away (kpi/train: AUC-PR 0.430 vs 0.448)
-    long_window: int = 2000  # memory of tails and running means; 500 forgot too fast (kpi/train)
+    short_window: int = 1  # 3 averaged a lone spike away
+    long_window: int = 2000  # memory of the tails and running means; 500 forgot too fast
     warmup: int = 100
     tail_decades: float = 10.0
     quantile_rate: float = 0.2
@@ -91,7 +91,7 @@ class DetectorConfig:
     end_after: int = 10
     repeat: int = 100
     # The score is the largest fused score of the last `hold` points: an anomaly a few points
-    # long reads as one, not as isolated spikes (kpi/train tails, VUS-PR 0.53 -> 0.61 at 4).
+    # long reads as one, not as isolated spikes.
     hold: int = 4
     fused_decades: float = 20.0  # -log10 of the fused probability that maps to score 1
 

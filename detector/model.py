@@ -49,9 +49,9 @@ class ModelConfig:
     dropout: float = 0.1
     # How much of the predicted uncertainty divides the error: error = |x - forecast| / b^power,
     # b the predicted Laplace scale in series units. 0 = plain error in series units (the
-    # calibrator learns what is normal per series), 1 = a z-score. On NAB every step from 0 to 1
-    # lowered the standard score (58.1, 48.1, 44.8, 42.4, 38.4 for 0, .25, .5, .75, 1), so the
-    # scale head only shapes training (a likelihood instead of a plain regression loss).
+    # calibrator learns what is normal per series), 1 = a z-score. Every power above 0 scored
+    # lower on NAB (benchmarks/README.md), so the scale head only shapes training (a likelihood
+    # instead of a plain regression loss).
     error_power: float = 0.0
 
     @property
@@ -99,8 +99,8 @@ _QUARTILES = (0.25, 0.5, 0.75)
 
 def nanquartiles(x: torch.Tensor) -> torch.Tensor:
     """torch.nanquantile(x, [0.25, 0.5, 0.75], dim=1) for x [N, C], the same values ([3, N];
-    NaN for an all-missing row), with a faster sort on the CPU: torch's sorts short rows about
-    15x slower than numpy's (4.3 vs 0.26 ms for 1,024 rows of 112), a tenth of the scorer's time.
+    NaN for an all-missing row), with numpy's sort on the CPU, as torch sorts short rows many
+    times slower.
     """
     if x.device.type == "cpu":
         srt = torch.from_numpy(np.sort(x.detach().numpy(), axis=1))  # NaNs last, as torch.sort
@@ -157,10 +157,9 @@ def prepare_numpy(context: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     except where the scale falls back to the mean absolute deviation, whose float32 sum may end
     an ulp apart, as torch adds in another order).
 
-    The scorer's CPU path. `prepare` is ~25 small torch operators, ~0.4 ms per call before the
-    first window (a live stream scores a few dozen windows per call); this is ~5 us for one
-    window and ~0.6 ms for 1,024 (torch: ~3 ms). numpy sorts the rows (NaNs last), one compiled
-    loop does the rest, row by row.
+    The scorer's CPU path. `prepare` is some 25 small torch operators, a fixed cost per call
+    that weighs when a live stream scores a few dozen windows per call. Here numpy sorts the
+    rows (NaNs last) and one compiled loop does the rest, row by row.
     """
     context = np.ascontiguousarray(context, dtype=np.float32)
     n, c = context.shape

@@ -47,7 +47,7 @@ REQUIRED_KEYS = (
 ROWS_PER_PASS = {"cpu": 16384, "cuda": 131072}
 # Observed points a series needs before its windows are scored: until the window is full, its
 # older slots are missing values (masked, like any gap). Scoring a new series after 32 points
-# instead of 128 lets its calibrator warm up sooner (NAB standard +0.4 with the seasonal profile).
+# instead of 128 lets its calibrator warm up sooner (benchmarks/README.md, "Scorer design").
 MIN_POINTS = 32
 
 
@@ -71,15 +71,14 @@ class Scorer:
     points forecast them (steps 1..n_new of the model's `horizon`-step forecast, each a location
     and a Laplace scale b), and the forecasts are compared with what arrived. At stride 1 this is
     one-step-ahead forecasting. (Forecasting the newest points from the start of the window, i.e.
-    `horizon` steps ahead, was tried: NAB standard 53.7 against 58.1, and fewer synthetic
-    anomalies caught at the same false-alarm rate.)
+    `horizon` steps ahead, was tried and did worse on NAB and on synthetic anomalies.)
 
     The error of a point is |observed - forecast| / b^p (p = the model's `error_power`, 0 in the
     default model), so with p = 0 it is in the series' own units and the per-series
     `Calibrator` learns what is normal for that series. Dividing by a window-local scale (the
     predicted b with p = 1, or the context's IQR) makes the same deviation look huge in a calm
-    window and small in a busy one: NAB standard fell from 58 to 38 (p = 1) and from 54 to 39
-    (IQR) in our runs.
+    window and small in a busy one, and both did far worse on NAB (benchmarks/README.md,
+    "Scorer design").
 
     With several dimensions, each dimension's error is computed in units of its own window
     scale, the point's error is the root mean square over observed dimensions, converted back by
@@ -131,13 +130,10 @@ class Scorer:
         return _combine(err, scale)
 
     def compile(self, mode: str | None = None) -> None:
-        """Run the network through torch.compile. Measured: on an H100 the previous default
-        model's network alone went from 2.0M to 2.9M windows/s; on this project's 2-core CPU the
-        current model's pipeline did not measurably change (21,176-21,830 against 20,783-21,402
-        points/s, scoring_bench with and without --compile). Compiles here, on a probe batch,
-        so a machine whose compiler toolchain does not work fails at load time with one clear
-        error, not in the middle of serving. Batch sizes vary, so shapes are dynamic. Raises
-        ModelLoadError."""
+        """Run the network through torch.compile: it pays on a GPU, not measurably on a small
+        CPU (benchmarks/README.md, `--compile`). Compiles here, on a probe batch, so a machine
+        whose compiler toolchain does not work fails at load time with one clear error, not in
+        the middle of serving. Batch sizes vary, so shapes are dynamic. Raises ModelLoadError."""
         eager = self.model
         self.model = torch.compile(eager, dynamic=True, mode=mode)
         probe = np.cumsum(np.ones((3, self.window_length, 1), np.float32), axis=1)

@@ -1,10 +1,15 @@
-"""The one JSON codec: metric messages in, anomaly events and dead-letter records out.
+"""The metrics topic's decoder: Kafka message values in, points out.
 
 A metric message value is a point or an array of points:
     {"series": "web-01/cpu", "ts": 1700000000.0, "value": 0.42}
     {"series": "m-1", "ts": "2024-05-01T12:00:00Z", "values": {"cpu": 0.4, "mem": 0.7}}
-`ts` is epoch seconds or ISO 8601; null (or NaN) is a missing value; unknown fields are ignored.
-Anything else raises `InvalidMessage` with a short, bounded `reason` (a metric label) and a detail.
+`ts` is epoch seconds or ISO 8601 (`parse_ts`); null (or NaN) is a missing value; unknown fields
+are ignored. Anything else raises `InvalidMessage` with a short, bounded `reason` (a metric label)
+and a detail. The message types of every topic, and their encoders, are in detector/messages.py.
+
+Most messages are one plain point: univariate, epoch-seconds ts. `_plain` is the one check for
+it, with `_decode_uniform` its column-wise form; what fails it goes through `_point`, which says
+exactly what is wrong.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
 from itertools import repeat
 from typing import Any, NamedTuple
 
@@ -20,18 +24,12 @@ import numpy as np
 import orjson
 
 from detector.api import TS_MAX, TS_MIN
+from detector.messages import InvalidMessage, InvalidReason, parse_ts
 
 MAX_SERIES_ID = 256
 MAX_DIM_NAME = 64
 FLOAT32_MAX = 3.4e38
 UNIVARIATE = ("value",)
-
-
-class InvalidMessage(ValueError):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 class Point(NamedTuple):
@@ -50,11 +48,11 @@ def _loads(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidMessage("invalid_utf8", str(exc)) from None
+        raise InvalidMessage(InvalidReason.INVALID_UTF8, str(exc)) from None
     try:
         return json.loads(text, parse_constant=_nan_only)
     except ValueError as exc:
-        raise InvalidMessage("invalid_json", str(exc)[:200]) from None
+        raise InvalidMessage(InvalidReason.INVALID_JSON, str(exc)[:200]) from None
 
 
 def _nan_only(token: str) -> float:
@@ -63,35 +61,12 @@ def _nan_only(token: str) -> float:
     raise ValueError(f"{token} is not a valid metric value")
 
 
-def parse_ts(raw: Any) -> float:
-    if isinstance(raw, bool) or raw is None:
-        raise InvalidMessage("bad_ts", f"ts must be epoch seconds or ISO 8601, got {raw!r}")
-    if isinstance(raw, int | float):
-        try:
-            ts = float(raw)
-        except OverflowError:  # an integer beyond float range (the NaN fallback parser keeps them)
-            ts = math.inf
-    elif isinstance(raw, str):
-        try:
-            dt = datetime.fromisoformat(raw.replace("Z", "+00:00") if raw.endswith("Z") else raw)
-        except ValueError:
-            raise InvalidMessage("bad_ts", f"unparseable timestamp {raw[:64]!r}") from None
-        if dt.tzinfo is None:
-            raise InvalidMessage("bad_ts", f"timestamp {raw[:64]!r} has no timezone")
-        ts = dt.timestamp()
-    else:
-        raise InvalidMessage("bad_ts", f"ts must be a number or string, got {type(raw).__name__}")
-    if not (TS_MIN <= ts <= TS_MAX):  # also rejects NaN and inf
-        raise InvalidMessage("ts_out_of_range", f"ts {ts!r} is not epoch seconds in 1970..2100")
-    return ts
-
-
 def _value(raw: Any, name: str) -> float:
     if raw is None:
         return math.nan
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise InvalidMessage(
-            "bad_value", f"{name} must be a number or null, got {type(raw).__name__}"
+            InvalidReason.BAD_VALUE, f"{name} must be a number or null, got {type(raw).__name__}"
         )
     try:
         v = float(raw)
@@ -100,31 +75,33 @@ def _value(raw: Any, name: str) -> float:
     if math.isnan(v):
         return v
     if not abs(v) <= FLOAT32_MAX:
-        raise InvalidMessage("value_out_of_range", f"{name}={raw!r} is not a finite float32")
+        raise InvalidMessage(
+            InvalidReason.VALUE_OUT_OF_RANGE, f"{name}={raw!r} is not a finite float32"
+        )
     return v
 
 
-def _fast_point(obj: dict) -> Point | None:
-    """The common case, a valid univariate point with epoch seconds, in a few type checks; None
-    sends anything else (or anything invalid) through `_point`, which says exactly what is wrong."""
-    series = obj.get("series")
-    ts = obj.get("ts")
-    value = obj.get("value", _ABSENT)
+def _plain(obj: dict) -> tuple[str, float | int, float | int | None] | None:
+    """(series, ts, value) of a plain point: univariate, epoch-seconds ts, every field valid
+    (value None or NaN = missing). None for anything else, valid or not: `_point` then checks
+    field by field and says exactly what is wrong. `_decode_uniform` is the same check column
+    by column."""
+    s = obj.get("series")
+    t = obj.get("ts")
+    v = obj.get("value", _ABSENT)
+    tv = type(v)
     if (
-        type(series) is str
-        and 0 < len(series) <= MAX_SERIES_ID
-        and (type(ts) is float or type(ts) is int)
-        and TS_MIN <= ts <= TS_MAX
+        type(s) is str
+        and 0 < len(s) <= MAX_SERIES_ID
+        and (type(t) is float or type(t) is int)
+        and TS_MIN <= t <= TS_MAX
+        and (
+            v is None
+            or ((tv is float or tv is int) and (-FLOAT32_MAX <= v <= FLOAT32_MAX or v != v))
+        )
         and "values" not in obj
     ):
-        if type(value) is float:
-            if -FLOAT32_MAX <= value <= FLOAT32_MAX or value != value:  # NaN = missing
-                return Point(series, float(ts), UNIVARIATE, (value,))
-        elif type(value) is int:
-            if -FLOAT32_MAX <= value <= FLOAT32_MAX:
-                return Point(series, float(ts), UNIVARIATE, (float(value),))
-        elif value is None:
-            return Point(series, float(ts), UNIVARIATE, (math.nan,))
+        return s, t, v
     return None
 
 
@@ -132,34 +109,45 @@ _ABSENT = object()
 
 
 def _point(obj: Any, max_dims: int) -> Point:
+    if type(obj) is dict:
+        plain = _plain(obj)
+        if plain is not None:
+            s, t, v = plain
+            return Point(s, float(t), UNIVARIATE, (math.nan if v is None else float(v),))
     if not isinstance(obj, dict):
         raise InvalidMessage(
-            "not_an_object", f"a point must be a JSON object, got {type(obj).__name__}"
+            InvalidReason.NOT_AN_OBJECT, f"a point must be a JSON object, got {type(obj).__name__}"
         )
     series = obj.get("series")
     if not isinstance(series, str) or not series:
-        raise InvalidMessage("bad_series", "series must be a non-empty string")
+        raise InvalidMessage(InvalidReason.BAD_SERIES, "series must be a non-empty string")
     if len(series) > MAX_SERIES_ID:
-        raise InvalidMessage("bad_series", f"series id longer than {MAX_SERIES_ID} characters")
+        raise InvalidMessage(
+            InvalidReason.BAD_SERIES, f"series id longer than {MAX_SERIES_ID} characters"
+        )
     if "ts" not in obj:
-        raise InvalidMessage("missing_ts", "point has no ts")
+        raise InvalidMessage(InvalidReason.MISSING_TS, "point has no ts")
     ts = parse_ts(obj["ts"])
     if "values" in obj:
         values = obj["values"]
         if not isinstance(values, dict) or not values:
             raise InvalidMessage(
-                "bad_value", "values must be a non-empty object {dimension: number}"
+                InvalidReason.BAD_VALUE, "values must be a non-empty object {dimension: number}"
             )
         if len(values) > max_dims:
-            raise InvalidMessage("too_many_dimensions", f"{len(values)} dimensions > {max_dims}")
+            raise InvalidMessage(
+                InvalidReason.TOO_MANY_DIMENSIONS, f"{len(values)} dimensions > {max_dims}"
+            )
         dims = tuple(sorted(values))
         for d in dims:
             if len(d) > MAX_DIM_NAME:
-                raise InvalidMessage("bad_value", f"dimension name longer than {MAX_DIM_NAME}")
+                raise InvalidMessage(
+                    InvalidReason.BAD_VALUE, f"dimension name longer than {MAX_DIM_NAME}"
+                )
         return Point(series, ts, dims, tuple(_value(values[d], d) for d in dims))
     if "value" in obj:
         return Point(series, ts, UNIVARIATE, (_value(obj["value"], "value"),))
-    raise InvalidMessage("missing_value", "point has neither value nor values")
+    raise InvalidMessage(InvalidReason.MISSING_VALUE, "point has neither value nor values")
 
 
 def decode_points(
@@ -168,18 +156,15 @@ def decode_points(
     """Decode one Kafka message value into points. All-or-nothing: one bad point rejects the message,
     so a producer's batch is never half-applied."""
     if raw is None:
-        raise InvalidMessage("empty", "message has no value (tombstone)")
+        raise InvalidMessage(InvalidReason.EMPTY, "message has no value (tombstone)")
     if len(raw) > max_bytes:
-        raise InvalidMessage("too_large", f"{len(raw)} bytes > {max_bytes}")
+        raise InvalidMessage(InvalidReason.TOO_LARGE, f"{len(raw)} bytes > {max_bytes}")
     obj = _loads(raw)
-    if type(obj) is dict:
-        p = _fast_point(obj)
-        return [p if p is not None else _point(obj, max_dims)]
     if isinstance(obj, list):
         if not obj:
-            raise InvalidMessage("empty", "empty array of points")
+            raise InvalidMessage(InvalidReason.EMPTY, "empty array of points")
         if len(obj) > max_points:
-            raise InvalidMessage("too_large", f"{len(obj)} points > {max_points}")
+            raise InvalidMessage(InvalidReason.TOO_LARGE, f"{len(obj)} points > {max_points}")
         return [_point(o, max_dims) for o in obj]
     return [_point(obj, max_dims)]
 
@@ -226,7 +211,7 @@ def decode_batch(
 
     >>> cols = decode_batch([b'{"series": "a", "ts": 1, "value": 2}', b"nope"])
     >>> cols.series, cols.ts.tolist(), cols.value.tolist(), [(i, e.reason) for i, e in cols.errors]
-    (['a'], [1.0], [2.0], [(1, 'invalid_json')])
+    (['a'], [1.0], [2.0], [(1, <InvalidReason.INVALID_JSON: 'invalid_json'>)])
     """
     uniform = _decode_uniform(raws, max_bytes)
     if uniform is not None:
@@ -238,33 +223,20 @@ def decode_batch(
     multi: dict[int, Point] = {}
     errors: list[tuple[int, InvalidMessage]] = []
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    lo, hi, fmax = TS_MIN, TS_MAX, FLOAT32_MAX
     for i, raw in enumerate(raws):
         if raw is not None and len(raw) <= max_bytes:
             try:
                 obj = loads(raw)
             except decode_error:
                 obj = None
-            if type(obj) is dict:
-                s = obj.get("series")
-                t = obj.get("ts")
-                v = obj.get("value", _ABSENT)
-                tv = type(v)
-                if (
-                    type(s) is str
-                    and 0 < len(s) <= MAX_SERIES_ID
-                    and (type(t) is float or type(t) is int)
-                    and lo <= t <= hi
-                    and (
-                        v is None or ((tv is float or tv is int) and (-fmax <= v <= fmax or v != v))
-                    )
-                    and "values" not in obj
-                ):
-                    series.append(s)
-                    ts.append(t)
-                    value.append(v)  # None -> NaN in the float64 column
-                    message.append(i)
-                    continue
+            plain = _plain(obj) if type(obj) is dict else None
+            if plain is not None:
+                s, t, v = plain
+                series.append(s)
+                ts.append(t)
+                value.append(v)  # None -> NaN in the float64 column
+                message.append(i)
+                continue
         try:
             points = decode_points(raw, max_bytes, max_points, max_dims)
         except InvalidMessage as exc:
@@ -294,10 +266,10 @@ _NUMBER_OR_NULL = {float, int, type(None)}
 
 
 def _decode_uniform(raws: list[bytes | None], max_bytes: int) -> PointColumns | None:
-    """The steady state of a metrics topic, column at a time: every message one valid univariate
-    point with epoch-seconds ts. Each check runs over a whole column in C (map, set, numpy), not
-    per message in Python. None as soon as any message is anything else; `decode_batch` then
-    takes them one by one."""
+    """The steady state of a metrics topic, column at a time: every message a plain point
+    (`_plain`'s check, run over a whole column in C: map, set, numpy; not per message in
+    Python). None as soon as any message is anything else; `decode_batch` then takes them one
+    by one."""
     n = len(raws)
     if not n or None in raws or max(map(len, raws)) > max_bytes:
         return None
@@ -331,35 +303,3 @@ def _decode_uniform(raws: list[bytes | None], max_bytes: int) -> PointColumns | 
     ):
         return None
     return PointColumns(series, ts_col, value_col, np.arange(n, dtype=np.int64))
-
-
-def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def dead_letter_record(
-    error: InvalidMessage | str, topic: str, partition: int, offset: int, payload: bytes | None
-) -> bytes:
-    """The contract's dead-letter value. The payload is kept as text when it is UTF-8, else base64."""
-    if payload is None:
-        text: str | None = None
-        encoding = "none"
-    else:
-        try:
-            text, encoding = payload.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            import base64
-
-            text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
-    reason = error.reason if isinstance(error, InvalidMessage) else "error"
-    return dumps(
-        {
-            "error": str(error),
-            "reason": reason,
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "payload": text,
-            "payload_encoding": encoding,
-        }
-    )

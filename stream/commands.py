@@ -18,22 +18,10 @@ log = logging.getLogger("tsguard")
 
 
 def register_cli(sub) -> None:
+    from stream.settings import add_arguments
+
     p = sub.add_parser("serve", help="run the service: Kafka in, anomalies and metrics out")
-    _service_options(p)
-    p.add_argument(
-        "--stop-at-end",
-        action="store_true",
-        help="backfill/replay job: exit 0 once the group's committed offset of every partition "
-        "of the input topics reaches the end offset recorded at start, whoever processed it",
-    )
-    p.add_argument(
-        "--stop-timeout",
-        type=float,
-        default=None,
-        metavar="S",
-        help="with --stop-at-end: exit 1 after S seconds, naming the partitions not done "
-        "(default: wait as long as it takes)",
-    )
+    add_arguments(p)
     p.set_defaults(handler=serve)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
@@ -68,141 +56,31 @@ def register_cli(sub) -> None:
     p.set_defaults(handler=demo)
 
 
-def _service_options(p: argparse.ArgumentParser) -> None:  # fmt: skip
-    p.add_argument(
-        "--bootstrap",
-        default=env_default("bootstrap"),
-        help="Kafka bootstrap servers H:P[,H:P] (env TSGUARD_BOOTSTRAP); none: start the embedded broker",
-    )
-    p.add_argument(
-        "--model",
-        default=env_default("model"),
-        help="model directory (env TSGUARD_MODEL); default: the model shipped with tsguard",
-    )
-    p.add_argument(
-        "--heads", default=env_default("heads", "metrics"), help="comma list of: metrics, logs"
-    )
-    p.add_argument("--metrics-port", type=int, default=int(env_default("metrics-port", "9109")))
-    p.add_argument(
-        "--metrics-addr",
-        default=env_default("metrics-addr", "0.0.0.0"),
-        help="bind address of the metrics endpoint",
-    )
-    p.add_argument("--group-id", default=env_default("group-id", "tsguard"))
-    p.add_argument(
-        "--device", default=env_default("device", "auto"), choices=["auto", "cpu", "cuda"]
-    )
-    p.add_argument(
-        "--torch-threads",
-        type=int,
-        default=int(env_default("torch-threads", "0")),
-        help="CPU threads for the model (0: half the cores, at most 4)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        default=env_default("compile", "0") not in ("0", "", "false", "no"),
-        help="torch.compile the model at load: slower start; pays on a GPU (1.45x measured on "
-        "an H100), not measurably on a small CPU; needs a C++ compiler on the CPU",
-    )
-    p.add_argument(
-        "--fetch-max-wait-ms",
-        type=int,
-        default=10,
-        help="longest the broker may hold an empty fetch (latency vs. idle requests)",
-    )
-    p.add_argument(
-        "--kafka-client",
-        default=env_default("kafka-client", "kafka-python"),
-        choices=["kafka-python", "confluent"],
-        help="the service's Kafka client: kafka-python, or librdkafka (needs the confluent "
-        "extra; less CPU per record)",
-    )
-    p.add_argument(
-        "--stride",
-        type=int,
-        default=int(env_default("stride", "1")),
-        help="score a series every N new points",
-    )
-    p.add_argument("--max-batch", type=int, default=1024, help="windows per scoring call")
-    p.add_argument(
-        "--max-wait-ms", type=float, default=50.0, help="longest a window waits for a fuller batch"
-    )
-    p.add_argument(
-        "--max-series", type=int, default=100_000, help="tracked series cap (idlest evicted)"
-    )
-    p.add_argument(
-        "--max-series-gauges", type=int, default=1000, help="cap on per-series score gauges"
-    )
-    p.add_argument("--max-message-bytes", type=int, default=1_000_000)
-    p.add_argument("--partitions", type=int, default=4, help="partitions of topics tsguard creates")
-    p.add_argument("--session-timeout-ms", type=int, default=10000)
-    p.add_argument("--log-window", type=float, default=60.0, help="seconds per log summary window")
-    p.add_argument(
-        "--log-corrections",
-        metavar="FILE",
-        help='log label corrections, JSON lines {"source", "message", "label"}: the label of '
-        "that message's template in that source from then on (re-read at every start)",
-    )
-    p.add_argument(
-        "--rebuild-messages",
-        type=int,
-        default=50_000,
-        help="messages per partition read back on assignment to rebuild windows (0: none)",
-    )
-    p.add_argument(
-        "--security-protocol",
-        default=env_default("security-protocol", "PLAINTEXT"),
-        choices=["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
-    )
-    p.add_argument(
-        "--sasl-mechanism",
-        default=env_default("sasl-mechanism"),
-        choices=[None, "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
-        help="credentials come from TSGUARD_SASL_USERNAME / TSGUARD_SASL_PASSWORD",
-    )
-    p.add_argument("--ssl-cafile", default=env_default("ssl-cafile"), help="CA bundle for SSL")
-
-
 def _settings(args: argparse.Namespace, bootstrap: str):
-    from stream.settings import Settings
+    """serve's Settings from its options (stream/settings.py declares them) and what they imply."""
+    from stream.settings import Settings, from_args
 
-    heads = tuple(h.strip() for h in args.heads.split(",") if h.strip())
-    unknown = set(heads) - {"metrics", "logs"}
-    if unknown or not heads:
-        raise UserError(f"--heads takes metrics and/or logs, got {args.heads!r}")
+    values = from_args(args)
+    heads = values["heads"]
+    if set(heads) - {"metrics", "logs"} or not heads:
+        raise UserError(f"--heads takes metrics and/or logs, got {','.join(heads)!r}")
     if args.kafka_client == "confluent":
         from stream import confluent_io
 
         confluent_io.require()  # before the model loads
-    stop_timeout = getattr(args, "stop_timeout", None)
-    if stop_timeout is not None and not getattr(args, "stop_at_end", False):
+    stop_timeout = args.stop_timeout
+    if stop_timeout is not None and not args.stop_at_end:
         raise UserError("--stop-timeout needs --stop-at-end")
     if stop_timeout is not None and not stop_timeout > 0:
         raise UserError(f"--stop-timeout must be a positive number of seconds, got {stop_timeout}")
-    for name in ("stride", "max_batch", "max_series", "max_message_bytes", "partitions"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    return Settings(
-        bootstrap=bootstrap, group_id=args.group_id, security=_security(args),
-        rebuild_messages=args.rebuild_messages,
-        partitions=args.partitions, session_timeout_ms=args.session_timeout_ms,
-        model_dir=args.model, device=args.device, heads=heads, stride=args.stride,
-        torch_threads=args.torch_threads, compile=args.compile,
-        fetch_max_wait_ms=args.fetch_max_wait_ms, kafka_client=args.kafka_client,
-        max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_series=args.max_series,
-        max_message_bytes=args.max_message_bytes, max_series_gauges=args.max_series_gauges,
-        metrics_port=args.metrics_port, metrics_addr=args.metrics_addr,
-        stop_at_end=getattr(args, "stop_at_end", False), stop_timeout_s=stop_timeout,
-        log_window_s=args.log_window, log_corrections=getattr(args, "log_corrections", None),
-    )  # fmt: skip
+    return Settings(**values | {"bootstrap": bootstrap}, security=_security(args))
 
 
 def _security(args: argparse.Namespace):
     """Kafka security from flags; secrets only from the environment (never on a command line)."""
     import os
 
-    from stream.settings import KafkaSecurity
+    from stream.settings import KafkaSecurity, from_args
 
     if args.sasl_mechanism and not args.security_protocol.startswith("SASL"):
         raise UserError("--sasl-mechanism needs --security-protocol SASL_SSL or SASL_PLAINTEXT")
@@ -217,11 +95,7 @@ def _security(args: argparse.Namespace):
             "SASL needs TSGUARD_SASL_USERNAME and TSGUARD_SASL_PASSWORD in the environment"
         )
     return KafkaSecurity(
-        protocol=args.security_protocol,
-        sasl_mechanism=args.sasl_mechanism,
-        sasl_username=user,
-        sasl_password=password,
-        ssl_cafile=args.ssl_cafile,
+        **from_args(args, KafkaSecurity), sasl_username=user, sasl_password=password
     )
 
 

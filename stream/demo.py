@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from detector.messages import dumps
 from stream.broker import EmbeddedBroker, free_port
-from stream.codec import dumps
 
 log = logging.getLogger(__name__)
 

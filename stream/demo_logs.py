@@ -6,7 +6,7 @@ import random
 import threading
 import time
 
-from stream.codec import dumps
+from detector.messages import dumps
 
 ROUTINE = [
     "GET /api/items/{n} 200 {ms}ms",

@@ -19,7 +19,8 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from detector.detector import KINDS, Detector
-from stream.codec import InvalidMessage, dead_letter_record, decode_batch, dumps
+from detector.messages import AnomalyEvent, DeadLetter, EventWindow, InvalidMessage, InvalidReason
+from stream.codec import decode_batch
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.windows import WindowStore
@@ -60,8 +61,8 @@ class Head(Protocol):
 def dead_letter(settings: Settings, metrics: Metrics, record, error: InvalidMessage) -> Output:
     metrics.reject(error)
     metrics.dead_letter.labels(error.reason).inc()
-    value = dead_letter_record(error, record.topic, record.partition, record.offset, record.value)
-    return Output(settings.topics.dead_letter, record.key, value)
+    letter = DeadLetter.of(error, record.topic, record.partition, record.offset, record.value)
+    return Output(settings.topics.dead_letter, record.key, letter.encode())
 
 
 def _digest(*parts: object) -> str:
@@ -230,7 +231,7 @@ class MetricsHead:
         bad = list(cols.errors)
         for i, k in res.mismatched.items():
             bad.append((i, InvalidMessage(
-                "dimension_mismatch",
+                InvalidReason.DIMENSION_MISMATCH,
                 f"{k} point(s) bring dimensions the series does not have "
                 "(series dimensions are fixed by their first point)",
             )))  # fmt: skip
@@ -346,22 +347,22 @@ class MetricsHead:
         shares = {
             d: round(float(c), 4) for d, c in zip(dims, np.nan_to_num(contributions), strict=False)
         }
-        event = {
-            "event_id": _digest(st.episode_id, kind, ts, version),
-            "episode_id": st.episode_id,
-            "kind": kind,
-            "series": series,
-            "ts": ts,
-            "score": round(score, 6),
-            "threshold": self.detector.threshold,
-            "model_version": version,
-            "window": {  # the points the window held: fewer than L while a series is young
-                "start": float(ts_row[observed[0]]),
-                "end": float(ts_row[-1]),
-                "length": int(len(ts_row) - observed[0]),
-            },
-            "contributions": shares,
-            "detected_at": time.time(),
-        }
+        event = AnomalyEvent(
+            event_id=_digest(st.episode_id, kind, ts, version),
+            episode_id=st.episode_id,
+            kind=kind,
+            series=series,
+            ts=ts,
+            score=round(score, 6),
+            threshold=self.detector.threshold,
+            model_version=version,
+            window=EventWindow(
+                start=float(ts_row[observed[0]]),
+                end=float(ts_row[-1]),
+                length=int(len(ts_row) - observed[0]),
+            ),
+            contributions=shares,
+            detected_at=time.time(),
+        )
         log.info("anomaly %s series=%s ts=%s score=%.4f", kind, series, ts, score)
-        return Output(self.settings.topics.anomalies, series.encode(), dumps(event))
+        return Output(self.settings.topics.anomalies, series.encode(), event.encode())

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 
 from detector.api import TS_MAX
-from stream.codec import InvalidMessage, dumps
+from detector.messages import InvalidMessage, InvalidReason, LogSummary
 from stream.heads import Output, dead_letter
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -62,27 +62,24 @@ class LogsHead:
                 partitions.append(rec.partition)
                 offsets.append(rec.offset)
             except ValueError as exc:
-                out.append(
-                    dead_letter(
-                        self.settings, self.metrics, rec, InvalidMessage("invalid_log", str(exc))
-                    )
-                )
+                error = InvalidMessage(InvalidReason.INVALID_LOG, str(exc))
+                out.append(dead_letter(self.settings, self.metrics, rec, error))
         if not parsed:
             return out
         topics = self.settings.topics
         classes, summaries = self.head.process(parsed, partitions, offsets)
         for record, key, result in zip(parsed, keys, classes, strict=True):
-            self.metrics.log_lines.labels(result["label"]).inc()
-            if result.get("corrected"):
+            self.metrics.log_lines.labels(result.label).inc()
+            if result.corrected:
                 self.metrics.log_corrected_lines.inc()
-            out.append(Output(topics.log_classes, key or record.source.encode(), dumps(result)))
+            out.append(Output(topics.log_classes, key or record.source.encode(), result.encode()))
         out.extend(self._summaries(summaries))
         return out
 
-    def _summaries(self, summaries: list[dict]) -> list[Output]:
+    def _summaries(self, summaries: list[LogSummary]) -> list[Output]:
         self.metrics.log_summaries.inc(len(summaries))
         topic = self.settings.topics.log_summaries
-        return [Output(topic, s["source"].encode(), dumps(s)) for s in summaries]
+        return [Output(topic, s.source.encode(), s.encode()) for s in summaries]
 
     # Classification is synchronous; summaries wait for their window to close, which is state,
     # not pending output: it holds the commit back instead (commit_holds).
@@ -157,7 +154,7 @@ class LogFeedbackHead:
             except ValueError as exc:
                 if rec.offset < self.replay_until.get(rec.partition, -1):
                     continue  # read back to rebuild: its dead letter went out the first time
-                error = InvalidMessage("invalid_log", f"log feedback: {exc}")
+                error = InvalidMessage(InvalidReason.INVALID_LOG, f"log feedback: {exc}")
                 out.append(dead_letter(self.settings, self.metrics, rec, error))
         for rec in records[::-1]:
             if rec.offset + 1 >= self.replay_until.get(rec.partition, math.inf):

@@ -252,8 +252,6 @@ def _run(args: argparse.Namespace, emit) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    import orjson
-
     from detector.logs.head import LogHead, LogHeadConfig
 
     labels = args.label_set or args.labels or "severity"
@@ -272,14 +270,12 @@ def _classify(args: argparse.Namespace) -> int:
     def emit(records, out) -> None:
         if records is None:
             return
-        out.write(b"".join(orjson.dumps(r) + b"\n" for r in head.classify(records)))
+        out.write(b"".join(c.encode() + b"\n" for c in head.classify(records)))
 
     return _run(args, emit)
 
 
 def _summarize(args: argparse.Namespace) -> int:
-    import orjson
-
     from detector.logs.head import LogHead, LogHeadConfig
 
     if args.highlights < 0:
@@ -295,6 +291,6 @@ def _summarize(args: argparse.Namespace) -> int:
 
     def emit(records, out) -> None:
         summaries = head.flush() if records is None else head.observe(records)
-        out.write(b"".join(orjson.dumps(s) + b"\n" for s in summaries))
+        out.write(b"".join(s.encode() + b"\n" for s in summaries))
 
     return _run(args, emit)

@@ -12,17 +12,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from stream.codec import InvalidMessage
+from detector.messages import InvalidMessage, InvalidReason
 
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-INVALID_REASONS = (
-    "invalid_json", "invalid_utf8", "not_an_object", "bad_series", "missing_ts", "bad_ts",
-    "ts_out_of_range", "missing_value", "bad_value", "value_out_of_range", "too_many_dimensions",
-    "too_large", "empty", "dimension_mismatch", "invalid_log",
-)  # fmt: skip
 
 
 class Metrics:
@@ -114,7 +109,7 @@ class Metrics:
         self.log_corrected_lines = Counter(
             "tsguard_log_corrected_lines", "Log lines labelled by a correction", registry=r
         )
-        for reason in INVALID_REASONS:
+        for reason in InvalidReason:  # every reason shows, at 0, before it first happens
             self.invalid.labels(reason)
             self.dead_letter.labels(reason)
         for kind in ("start", "end"):
@@ -123,9 +118,8 @@ class Metrics:
         # series -> its labelled gauge (labels() costs a lock and a dict lookup per call).
         self._gauged: OrderedDict[str, Any] = OrderedDict()
 
-    def reject(self, error: InvalidMessage | str) -> None:
-        reason = error.reason if isinstance(error, InvalidMessage) else "error"
-        self.invalid.labels(reason).inc()
+    def reject(self, error: InvalidMessage) -> None:
+        self.invalid.labels(error.reason).inc()
 
     def set_score(self, series: str, score: float) -> None:
         """Per-series gauge, capped: past the cap the least recently updated series' gauge is

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from detector.errors import UserError
-from stream.codec import dumps
+from detector.messages import dumps
 
 
 def _epoch(raw: str, where: str) -> float:

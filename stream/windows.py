@@ -127,9 +127,9 @@ class WindowStore:
     [(1, 2)]
     """
 
-    # Runs shorter than this take the per-point path: the vectorised one costs about 0.3 ms
-    # whatever the run's length (a few dozen numpy calls), and a live stream's polls bring a dozen
-    # records or so (10 records: 0.10 ms point by point against 0.34 vectorised; even at ~40).
+    # Runs shorter than this take the per-point path: the vectorised one's fixed cost (a few
+    # dozen numpy calls) is more than a live poll's dozen records cost point by point
+    # (benchmarks/README.md, "Where the time goes").
     min_vector_run = 32
 
     def __init__(
@@ -329,8 +329,7 @@ class WindowStore:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Windows [k, L] (values, timestamps) of series that get one new point each (a live
         stream's poll): the ring's newest L - 1 points, then the new one, gathered from the rings
-        directly. The general layout copies every ring whole first: add_batch of 80 records, one
-        per series, took 0.75 ms that way and 0.38 ms this way."""
+        directly, which is cheaper than the general layout's copy of every ring whole."""
         older = bank.order[pos][:, 1:]  # ring indices, oldest first, without the oldest point
         windows = np.empty((len(slots), self.length), dtype=np.float32)
         wts = np.empty((len(slots), self.length), dtype=np.float64)

@@ -8,8 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.codec import InvalidMessage, Point, dead_letter_record, decode_points, parse_ts
-from stream.metrics import INVALID_REASONS
+from detector.messages import DeadLetter, InvalidReason
+from stream.codec import InvalidMessage, Point, decode_points, parse_ts
+
+INVALID_REASONS = tuple(InvalidReason)  # the metric's label values
 
 
 def test_single_point_epoch():
@@ -94,7 +96,7 @@ def test_limits():
 
 def test_dead_letter_record_keeps_payload():
     err = InvalidMessage("bad_value", "value must be a number")
-    rec = json.loads(dead_letter_record(err, "tsguard.metrics", 3, 17, b'{"x": 1}'))
+    rec = json.loads(DeadLetter.of(err, "tsguard.metrics", 3, 17, b'{"x": 1}').encode())
     assert rec["error"].startswith("bad_value") and rec["reason"] == "bad_value"
     assert (rec["topic"], rec["partition"], rec["offset"], rec["payload"]) == (
         "tsguard.metrics",
@@ -102,7 +104,7 @@ def test_dead_letter_record_keeps_payload():
         17,
         '{"x": 1}',
     )
-    binary = json.loads(dead_letter_record(err, "t", 0, 0, b"\xff\x00"))
+    binary = json.loads(DeadLetter.of(err, "t", 0, 0, b"\xff\x00").encode())
     assert binary["payload_encoding"] == "base64" and binary["payload"] == "/wA="
 
 

@@ -11,6 +11,7 @@ import pytest
 import benchmarks.log_topics as topics
 from benchmarks.logs_bench import LOGHUB
 from detector.logs.classifier import load_label_set
+from detector.messages import LogClass
 
 
 def test_topics_are_the_shipped_label_set() -> None:
@@ -67,7 +68,8 @@ def test_leave_one_system_out_never_fits_on_the_held_out_system(monkeypatch) -> 
     monkeypatch.setattr(topics, "load_topic_truth", lambda: {})
     import benchmarks.logs_bench as bench
 
-    monkeypatch.setattr(bench, "classify_all", lambda _h, recs: [{"label": "network"}] * len(recs))
+    network = LogClass("s", 0.0, "m", "network", 1.0, {"network": 1.0})
+    monkeypatch.setattr(bench, "classify_all", lambda _h, recs: [network] * len(recs))
     seen: list[tuple[str, list[str]]] = []
     real = topics.fit_predict
 

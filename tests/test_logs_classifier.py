@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import orjson
 import pytest
 
 from detector.errors import UserError
@@ -61,12 +62,12 @@ def test_obvious_lines_get_their_severity_zero_shot(encoder) -> None:
             ]
         )
     )
-    assert [o["label"] for o in out] == ["error", "error", "warning", "warning", "info", "info"]
+    assert [o.label for o in out] == ["error", "error", "warning", "warning", "info", "info"]
     for o in out:
-        assert set(o) == CLASS_KEYS
-        assert set(o["scores"]) == {"error", "warning", "info"}
-        assert sum(o["scores"].values()) == pytest.approx(1.0, abs=1e-3)
-        assert o["confidence"] == max(o["scores"].values())
+        assert set(orjson.loads(o.encode())) == CLASS_KEYS  # no header: none was parsed
+        assert set(o.scores) == {"error", "warning", "info"}
+        assert sum(o.scores.values()) == pytest.approx(1.0, abs=1e-3)
+        assert o.confidence == max(o.scores.values())
 
 
 def test_variables_do_not_decide_the_label(encoder) -> None:
@@ -87,17 +88,17 @@ def test_variables_do_not_decide_the_label(encoder) -> None:
     ]
     for a, b in pairs:
         first, second = head.classify(_records([a, b]))
-        assert first["label"] == second["label"]
-        assert first["scores"] == second["scores"]
+        assert first.label == second.label
+        assert first.scores == second.scores
 
 
 def test_low_confidence_is_unknown(encoder) -> None:
     lines = _records(["Request took 5012 ms, retrying", "Task 17 finished"])
     strict = LogHead(LogHeadConfig(unknown_below=0.999), encoder=encoder).classify(lines)
-    assert all(o["label"] == UNKNOWN for o in strict)
-    assert all(0 < o["confidence"] < 0.999 for o in strict)  # still reported
+    assert all(o.label == UNKNOWN for o in strict)
+    assert all(0 < o.confidence < 0.999 for o in strict)  # still reported
     lax = LogHead(LogHeadConfig(unknown_below=0.0), encoder=encoder).classify(lines)
-    assert all(o["label"] != UNKNOWN for o in lax)
+    assert all(o.label != UNKNOWN for o in lax)
 
 
 def test_a_repeated_template_costs_no_new_embedding(encoder) -> None:
@@ -126,7 +127,7 @@ def test_a_widened_template_keeps_its_label_without_a_new_embedding(encoder) -> 
     second = head.classify(_records(["session opened for user bob by sshd"]))[0]
     assert head.miner.template("app", 1) == "session opened for user <*> by sshd"
     assert counting.texts == after_first
-    assert (second["label"], second["scores"]) == (first["label"], first["scores"])
+    assert (second.label, second.scores) == (first.label, first.scores)
 
 
 def test_a_template_id_reused_after_eviction_is_a_new_template(encoder) -> None:
@@ -136,13 +137,13 @@ def test_a_template_id_reused_after_eviction_is_a_new_template(encoder) -> None:
     head.classify(_records(lines[:1], "b"))  # evicts source a's miner: a's ids start over
     again = head.classify(_records(lines[1:], "a"))[0]
     fresh = LogHead(LogHeadConfig(unknown_below=0.0), encoder=encoder)
-    assert again["scores"] == fresh.classify(_records(lines[1:], "a"))[0]["scores"]
+    assert again.scores == fresh.classify(_records(lines[1:], "a"))[0].scores
 
 
 def test_lines_of_one_template_get_their_own_scores_dict(encoder) -> None:
     head = LogHead(LogHeadConfig(), encoder=encoder)
     a, b = head.classify(_records(["job 1 started", "job 2 started"]))
-    assert a["scores"] == b["scores"] and a["scores"] is not b["scores"]
+    assert a.scores == b.scores and a.scores is not b.scores
 
 
 def test_classify_and_observe_on_one_batch_mine_each_line_once(encoder) -> None:
@@ -163,10 +164,10 @@ def test_topic_set_and_names_only_labels(encoder) -> None:
             ]
         )
     )
-    assert [o["label"] for o in out] == ["security", "resources"]
+    assert [o.label for o in out] == ["security", "resources"]
     names = LogHead(LogHeadConfig(labels="database,network", unknown_below=0.0), encoder=encoder)
     (o,) = names.classify(_records(["connection reset by peer while reading socket"]))
-    assert o["label"] == "network" and set(o["scores"]) == {"database", "network"}
+    assert o.label == "network" and set(o.scores) == {"database", "network"}
 
 
 def test_severity_temperature_is_fitted_names_only_is_not(encoder) -> None:
@@ -185,8 +186,8 @@ def test_apache_error_lines_are_errors(encoder) -> None:
         rows = list(csv.DictReader(f))[:400]
     head = LogHead(LogHeadConfig(unknown_below=0.0), encoder=encoder)
     out = head.classify(_records([r["Content"] for r in rows], "Apache"))
-    errors = [o["label"] for o, r in zip(out, rows, strict=True) if r["Level"] == "error"]
-    notices = [o["label"] for o, r in zip(out, rows, strict=True) if r["Level"] == "notice"]
+    errors = [o.label for o, r in zip(out, rows, strict=True) if r["Level"] == "error"]
+    notices = [o.label for o, r in zip(out, rows, strict=True) if r["Level"] == "notice"]
     assert errors and notices
     assert sum(label == "error" for label in errors) / len(errors) >= 0.8
     assert sum(label == "info" for label in notices) / len(notices) >= 0.8

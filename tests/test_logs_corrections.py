@@ -35,19 +35,19 @@ def test_a_correction_overrides_the_template_and_survives_a_restart(tmp_path) ->
     for _ in range(2):  # a second head reading the same file is a restarted process
         head = LogHead(LogHeadConfig(corrections=path), encoder=HashEncoder())
         out = _classify(head)
-        assert [o["label"] for o in out[:2]] == ["error", "error"]
-        assert out[0]["confidence"] == 1.0 and out[0]["corrected"] is True
-        assert "corrected" not in out[2]
+        assert [o.label for o in out[:2]] == ["error", "error"]
+        assert out[0].confidence == 1.0 and out[0].corrected is True
+        assert not out[2].corrected
         assert head.corrected_lines == 2
     # Another source's lines of the same text are not corrected.
     other = _classify(LogHead(LogHeadConfig(corrections=path), encoder=HashEncoder()), b"web")
-    assert not any(o.get("corrected") for o in other)
+    assert not any(o.corrected for o in other)
 
 
 def test_a_correction_made_while_running_applies_from_then_on() -> None:
     head = LogHead(LogHeadConfig(labels="a,b"), encoder=HashEncoder())
     head.correct("api", "job 1 started", "b")
-    assert _classify(head)[2]["label"] == "b"
+    assert _classify(head)[2].label == "b"
     with pytest.raises(ValueError, match="not one of"):
         head.correct("api", "job 1 started", "c")
 

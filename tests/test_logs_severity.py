@@ -21,6 +21,7 @@ from detector.logs.severity import (
     lexical_features,
     severity_mapping,
 )
+from detector.messages import LogHeader
 from stream.cli import main
 
 NOW = 1_700_000_000.0
@@ -150,18 +151,18 @@ def test_a_stated_level_is_reported_in_the_users_names() -> None:
     for names, expected in (("error,warning,info", "warning"), ("err,warn,information", "warn")):
         head = LogHead(LogHeadConfig(labels=names), encoder=HashEncoder())
         stated, judged = head.classify(recs)
-        assert (stated["label"], stated["confidence"]) == (expected, 1.0)
-        assert stated["header"] == {"level": "WARN", "component": None}
-        assert judged["confidence"] < 1.0 and "header" not in judged
+        assert (stated.label, stated.confidence) == (expected, 1.0)
+        assert stated.header == LogHeader("WARN", None)
+        assert judged.confidence < 1.0 and judged.header is None
 
 
 def test_every_line_gets_one_of_the_labels_unless_abstention_is_asked() -> None:
     lines = [LogRecord("a", NOW, f"event {w} happened") for w in ("alpha", "beta", "gamma", "x")]
     head = LogHead(LogHeadConfig(labels="error,warning,info"), encoder=HashEncoder())
-    assert {o["label"] for o in head.classify(lines)} <= {"error", "warning", "info"}
+    assert {o.label for o in head.classify(lines)} <= {"error", "warning", "info"}
     strict = LogHead(LogHeadConfig(labels="error,warning,info", unknown_below=0.999),
                      encoder=HashEncoder())  # fmt: skip
-    assert {o["label"] for o in strict.classify(lines)} == {"unknown"}
+    assert {o.label for o in strict.classify(lines)} == {"unknown"}
 
 
 def test_shipped_model_is_safetensors_and_json_with_a_card() -> None:
@@ -255,13 +256,13 @@ def test_examples_become_prototypes(tmp_path) -> None:
             LogRecord("a", NOW, "token for user 12 expired"),
         ]
     )
-    assert [o["label"] for o in out] == ["payments", "auth"]
+    assert [o.label for o in out] == ["payments", "auth"]
     # With the severity head: an example the template repeats decides (cosine 1 here).
     csv_file = tmp_path / "ex.csv"
     csv_file.write_text("label,message\nerror,quota of tenant 5 nearly used up\n")
     head = LogHead(LogHeadConfig(examples=str(csv_file)), encoder=HashEncoder())
     (o,) = head.classify([LogRecord("a", NOW, "quota of tenant 77 nearly used up")])
-    assert o["label"] == "error" and o["confidence"] >= 0.99
+    assert o.label == "error" and o.confidence >= 0.99
 
 
 @pytest.mark.parametrize(

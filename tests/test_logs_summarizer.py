@@ -10,11 +10,13 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from detector.errors import UserError
 from detector.logs.head import LogHead, LogHeadConfig, LogRecord, parse_log_value
 from detector.logs.summarizer import mmr_select
+from detector.messages import SummaryWindow
 
 SUMMARY_KEYS = {"source", "window", "lines", "templates", "leads", "highlights", "summary"}
 
@@ -53,27 +55,27 @@ def test_window_closes_when_a_later_line_arrives_and_counts_templates() -> None:
     first = [_rec(i, A.format(i, 100 + i, i)) for i in range(3)] + [_rec(10, B.format(7, 7))]
     assert head.observe(first) == []  # the window [0, 60) is still open
     (summary,) = head.observe([_rec(60, A.format(9, 9, 9))])
-    assert set(summary) == SUMMARY_KEYS
-    assert summary["source"] == "app"
-    assert summary["window"] == {"start": 0.0, "end": 60.0}
-    assert summary["lines"] == 4
-    counts = {t["template"]: t["count"] for t in summary["templates"]}
+    assert set(orjson.loads(summary.encode())) == SUMMARY_KEYS
+    assert summary.source == "app"
+    assert summary.window == SummaryWindow(0.0, 60.0)
+    assert summary.lines == 4
+    counts = {t.template: t.count for t in summary.templates}
     assert sorted(counts.values()) == [1, 3]
-    assert all(t["new"] for t in summary["templates"])  # first window: everything is new
-    assert summary["templates"][0]["count"] == 3  # most frequent first
+    assert all(t.new for t in summary.templates)  # first window: everything is new
+    assert summary.templates[0].count == 3  # most frequent first
 
 
 def test_new_is_relative_to_the_sources_history() -> None:
     head = _head(window_s=60)
     head.observe([_rec(0, A.format(1, 1, 1)), _rec(1, B.format(2, 2))])
     (w1,) = head.observe([_rec(60, A.format(3, 3, 3)), _rec(61, C.format(4, 4))])
-    assert w1["window"]["start"] == 0.0
+    assert w1.window.start == 0.0
     (w2,) = head.flush()
-    assert w2["window"] == {"start": 60.0, "end": 120.0} and w2["lines"] == 2
-    new = {t["template"]: t["new"] for t in w2["templates"]}
+    assert w2.window == SummaryWindow(60.0, 120.0) and w2.lines == 2
+    new = {t.template: t.new for t in w2.templates}
     assert sorted(new.values()) == [False, True]
     assert any("exception" in t and flag for t, flag in new.items())
-    assert "1 new template" in w2["summary"]
+    assert "1 new template" in w2.summary
 
 
 def test_windows_are_per_source_and_empty_windows_are_skipped() -> None:
@@ -85,8 +87,8 @@ def test_windows_are_per_source_and_empty_windows_are_skipped() -> None:
             _rec(35, "alpha stopped", "a"),  # closes a's [0, 10); nothing for [10, 30)
         ]
     )
-    assert [(s["source"], s["window"]["start"]) for s in out] == [("a", 0.0)]
-    rest = sorted((s["source"], s["window"]["start"]) for s in head.flush())
+    assert [(s.source, s.window.start) for s in out] == [("a", 0.0)]
+    rest = sorted((s.source, s.window.start) for s in head.flush())
     assert rest == [("a", 30.0), ("b", 0.0)]
     assert head.flush() == []
 
@@ -96,15 +98,15 @@ def test_late_lines_count_in_the_open_window() -> None:
     head.observe([_rec(1, "x started"), _rec(12, "x started")])  # closes [0, 10)
     head.observe([_rec(3, "x started")])  # late for [0, 10): counted in [10, 20)
     (summary,) = head.flush()
-    assert summary["window"]["start"] == 10.0 and summary["lines"] == 2
+    assert summary.window.start == 10.0 and summary.lines == 2
 
 
 def test_advance_closes_quiet_windows() -> None:
     head = _head(window_s=10)
     head.observe([_rec(1, "x started", "a"), _rec(15, "y started", "b")])
     closed = head.advance(watermark=10.0)
-    assert [(s["source"], s["window"]["end"]) for s in closed] == [("a", 10.0)]
-    assert [s["source"] for s in head.advance(watermark=20.0)] == ["b"]
+    assert [(s.source, s.window.end) for s in closed] == [("a", 10.0)]
+    assert [s.source for s in head.advance(watermark=20.0)] == ["b"]
 
 
 def test_windows_per_scope_hold_the_position_of_their_first_line() -> None:
@@ -116,11 +118,11 @@ def test_windows_per_scope_hold_the_position_of_their_first_line() -> None:
     assert head.holds() == {0: 100, 1: 7}
     # The same source in two partitions: two windows, one summary each.
     (closed,) = head.observe([_rec(12, "x started", "a")], scopes=[0], positions=[102])
-    assert (closed["source"], closed["lines"]) == ("a", 1)
+    assert (closed.source, closed.lines) == ("a", 1)
     assert head.holds() == {0: 101, 1: 7}  # b's window (101) is now partition 0's oldest
     head.drop({1})  # partition 1 given away: its window goes unpublished
     assert head.holds() == {0: 101}
-    rest = sorted((s["source"], s["window"]["start"], s["lines"]) for s in head.flush())
+    rest = sorted((s.source, s.window.start, s.lines) for s in head.flush())
     assert rest == [("a", 10.0, 1), ("b", 0.0, 1)]
     assert head.holds() == {}
 
@@ -130,7 +132,7 @@ def test_without_scopes_there_is_one_window_per_source_and_nothing_held() -> Non
     head.observe([_rec(1, "x started", "a"), _rec(2, "x started", "a")])
     assert head.holds() == {}
     (summary,) = head.flush()
-    assert summary["lines"] == 2
+    assert summary.lines == 2
 
 
 def test_highlights_are_lines_of_distinct_templates_and_text_names_counts() -> None:
@@ -142,11 +144,11 @@ def test_highlights_are_lines_of_distinct_templates_and_text_names_counts() -> N
     head.observe(lines)
     (summary,) = head.flush()
     messages = {r.message for r in lines}
-    assert 1 <= len(summary["highlights"]) <= 3
-    assert all(h in messages for h in summary["highlights"])
-    masked = {head.miner.add("app", h).template_id for h in summary["highlights"]}
-    assert len(masked) == len(summary["highlights"])  # one highlight per template
-    text = summary["summary"]
+    assert 1 <= len(summary.highlights) <= 3
+    assert all(h in messages for h in summary.highlights)
+    masked = {head.miner.add("app", h).template_id for h in summary.highlights}
+    assert len(masked) == len(summary.highlights)  # one highlight per template
+    text = summary.summary
     assert text.startswith("app, 1970-01-01 00:00-00:05 UTC: 1,204 lines;")
     assert "4 templates" in text and "most frequent:" in text
 
@@ -210,12 +212,12 @@ def test_abstractive_mode_uses_the_local_model(tmp_path: Path) -> None:
     extractive = _head(window_s=60)
     extractive.observe([_rec(0, A.format(1, 1, 1)), _rec(1, B.format(1, 1))])
     (plain,) = extractive.flush()
-    assert isinstance(summary["summary"], str)
+    assert isinstance(summary.summary, str)
     # A random model writes words of its own vocabulary, never our extractive sentence.
-    assert summary["summary"] != plain["summary"]
+    assert summary.summary != plain.summary
     vocabulary = {"summarize", "lines", "templates", "new", "most", "frequent", "block", "error"}
-    assert set(summary["summary"].split()) <= vocabulary | {"info"}
-    assert summary["lines"] == plain["lines"] and summary["templates"] == plain["templates"]
+    assert set(summary.summary.split()) <= vocabulary | {"info"}
+    assert summary.lines == plain.lines and summary.templates == plain.templates
 
 
 def test_abstractive_model_dir_must_exist(tmp_path: Path) -> None:
@@ -262,13 +264,13 @@ def test_summary_leads_with_new_rising_and_error_lines_not_routine_ones() -> Non
     burst.append(parse_log_value(b"ERROR: connection pool exhausted", b"app", 195.0))
     head.observe(burst)
     (summary,) = head.flush()
-    assert summary["window"]["start"] == 180
-    leads = {lead["template"]: lead["why"] for lead in summary["leads"]}
+    assert summary.window.start == 180
+    leads = {lead.template: lead.why for lead in summary.leads}
     assert leads == {
         "connection pool exhausted": ["error", "new"],
         "heartbeat from node <NUM> ok": ["rising"],
     }
     # The routine template is the most frequent, yet listed after the flagged ones.
-    assert [t["template"] for t in summary["templates"]][-1].startswith("Received block")
-    assert summary["summary"].split("; ")[1].startswith('error and new: "connection pool')
-    assert summary["highlights"][0].endswith("connection pool exhausted")
+    assert [t.template for t in summary.templates][-1].startswith("Received block")
+    assert summary.summary.split("; ")[1].startswith('error and new: "connection pool')
+    assert summary.highlights[0].endswith("connection pool exhausted")

@@ -167,6 +167,7 @@ def test_raw_line_uses_key_and_its_leading_timestamp() -> None:
         (b'{"source": "a"}', "message must be a string"),
         (b'{"message": "x", "ts": "yesterday"}', "ts"),
         (b'{"message": "x", "ts": 1e30}', "ts"),
+        (b'{"message": "x", "ts": "2024-05-01T12:00:00"}', "timezone"),  # as on tsguard.metrics
         (b'{"message": "x", "source": 7}', "source"),
         (b"\xff\xfe broken", "UTF-8"),
         (b"   ", "empty"),

@@ -174,7 +174,7 @@ def kernelsynth_series(count: int, length: int, seed: int) -> list[Series]:
 
     rng = np.random.default_rng(seed)
     out = []
-    # One BLAS thread: on a busy 2-core machine two threads made the Choleskys ~10x slower.
+    # One BLAS thread: on a busy machine more threads make the Choleskys many times slower.
     with threadpool_limits(limits=1, user_api="blas"):
         for i in range(count):
             values, how = kernelsynth_path(length, rng)

@@ -45,30 +45,30 @@ class MiniLMEncoder:
     """all-MiniLM-L6-v2 through sentence-transformers; the model loads on first use.
 
     Every new log template costs an embedding, so `encode` is built for bursts of short texts on
-    a small CPU (each choice measured with benchmarks/logs_bench.py):
+    a small CPU (each choice measured with benchmarks/logs_bench.py; figures in
+    benchmarks/README.md, "Log heads"):
 
     - texts are sorted by token count and cut into batches of similar length (`plan_batches`):
       sentence-transformers sorts by characters and cuts fixed batches, so one long template
       padded a batch of short ones, and half the tokens the model ran were padding. A batch holds
       up to `batch_tokens` word pieces (at most `batch_size` rows): every forward pass streams
-      all the model's weights (about 10 ms on this CPU, the time of some 30 tokens), so a burst
-      of single words goes in a few passes of a few hundred rows, not in passes of 64;
-    - texts are cut at `max_tokens` word pieces. Templates are short (median 13 tokens on loghub),
-      the word score still reads every word, and the severity F1 did not move at 32, 24 or 20
-      (at 16 one Hadoop template of 326 lines loses "will retry" and the F1 falls);
+      all the model's weights, a fixed cost worth many tokens, so a burst of single words goes
+      in a few passes of a few hundred rows, not in passes of 64;
+    - texts are cut at `max_tokens` word pieces: templates are short and the word score still
+      reads every word, so the cut costs no severity F1;
     - on the CPU the batches run on `workers` threads of one torch thread each, instead of one
       batch at a time on all torch threads: each operator of a small batch is too short to split
       well, and when another process holds a core the intra-op threads wait for each other at
-      every operator (on a busy 2-core machine 2 intra-op threads ran 2x slower than 1). torch's
-      thread count is process-wide, so it is set to 1 for the call and restored after; the
-      pipeline runs its heads one after another, never torch work beside an encode. A call with
-      too few batches to keep the workers busy has its largest batches halved
-      (`spread_batches`), and a call of one batch runs on one thread too;
+      every operator (on a busy machine two ran slower than one). torch's thread count is
+      process-wide, so it is set to 1 for the call and restored after; the pipeline runs its
+      heads one after another, never torch work beside an encode. A call with too few batches
+      to keep the workers busy has its largest batches halved (`spread_batches`), and a call of
+      one batch runs on one thread too;
     - on the CPU the model runs as one traced TorchScript graph (`_trace`): same numbers, less
       Python per forward pass.
 
-    The model is compute bound here (about 0.3 ms per word piece per core at some 75 GFLOP/s):
-    what a burst costs is its word pieces, so the classifier sends it as few as it can.
+    The model is compute bound here: what a burst costs is its word pieces, so the classifier
+    sends it as few as it can.
     """
 
     def __init__(
@@ -208,11 +208,10 @@ def _trace(model):
     """The transformer, mean pooling and normalisation as one TorchScript graph, or None.
 
     The same operators as the eager model, run from C++: transformers' Python around them (module
-    calls, attention-mask preparation) cost about 10 ms per forward pass on this CPU, and a first
-    pass over loghub makes some 70 of them; the traced graph took 11% less CPU time for the same
-    texts (5.32 against 5.98 s single-threaded, six alternating runs). Its forward pass also
-    holds the GIL only to start and to return. Used only when its output matches the model's own
-    on a probe batch of other shapes than the traced ones, else the eager model serves."""
+    calls, attention-mask preparation) is a fixed cost per forward pass that the traced graph
+    does not pay. Its forward pass also holds the GIL only to start and to return. Used only when
+    its output matches the model's own on a probe batch of other shapes than the traced ones,
+    else the eager model serves."""
     import warnings
 
     import torch
@@ -269,8 +268,8 @@ def _trace(model):
         return None
 
 
-# Fixed cost of one forward pass in units of one token's compute (about 8 ms against 0.35 ms per
-# token on one core): what a batch boundary costs against the padding it saves.
+# Fixed cost of one forward pass in units of one token's compute (benchmarks/README.md, "Log
+# heads"): what a batch boundary costs against the padding it saves.
 BATCH_OVERHEAD_TOKENS = 32
 
 

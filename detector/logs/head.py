@@ -2,8 +2,8 @@
 pipeline's logs head (no Kafka imports here).
 
     head = LogHead(LogHeadConfig(labels="severity", window_s=300))
-    classes = head.classify(records)     # one tsguard.log-classes value per record
-    summaries = head.observe(records)    # tsguard.log-summaries values of windows that closed
+    classes = head.classify(records)     # one tsguard.log-classes LogClass per record
+    summaries = head.observe(records)    # tsguard.log-summaries LogSummary of windows that closed
     summaries += head.flush()            # at shutdown / end of input
 
 Per line: mask the variables and mine the template (Drain3, per source, bounded); the template's
@@ -11,18 +11,13 @@ words are what gets classified, and the classification is cached per template, s
 template costs a dictionary lookup instead of an embedding. `classify` and `observe` mine each
 line once even when both are called on the same batch (`process` does both in one call).
 
-Messages:
-    tsguard.logs         {"source", "ts", "message"} or a raw text line
-    tsguard.log-classes  {"source", "ts", "message", "label", "confidence", "scores": {label: p}}
-    tsguard.log-summaries {"source", "window": {"start", "end"}, "lines",
-                           "templates": [{"template", "count", "new"}], "highlights": [lines],
-                           "summary": text}
+A tsguard.logs value, {"source", "ts", "message"} or a raw text line, becomes a `LogRecord`
+(`parse_log_value`); the output messages and their encoders are in detector/messages.py.
 `ts` and window bounds are epoch seconds.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections import OrderedDict
 from collections.abc import Collection, Hashable, Iterator, Sequence
@@ -33,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from detector.api import TS_MAX, TS_MIN
 from detector.errors import UserError
 from detector.logs.classifier import (
     Classification,
@@ -64,6 +58,7 @@ from detector.logs.templates import (
     mask_variables,
     prose_words,
 )
+from detector.messages import LogClass, LogHeader, LogSummary, parse_ts
 
 UNKNOWN_SOURCE = "unknown"
 MAX_SOURCE_CHARS = 256
@@ -196,29 +191,6 @@ def parse_line_timestamp(line: str, now: float) -> float | None:
     return None
 
 
-def _parse_ts(raw: object, now: float) -> float:
-    if raw is None:
-        return now
-    if isinstance(raw, bool):
-        raise ValueError("ts must be epoch seconds or ISO 8601")
-    if isinstance(raw, int | float):
-        ts = float(raw)
-    elif isinstance(raw, str):
-        text = raw.strip()
-        try:
-            dt = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-        except ValueError:
-            raise ValueError("ts is not ISO 8601") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)  # a zone-less log time is read as UTC
-        ts = dt.timestamp()
-    else:
-        raise ValueError("ts must be epoch seconds or ISO 8601")
-    if not (TS_MIN <= ts <= TS_MAX) or math.isnan(ts):
-        raise ValueError("ts out of range (epoch seconds 1970..2100)")
-    return ts
-
-
 def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None) -> LogRecord:
     """A raw line with its header parsed (see detector/logs/headers.py)."""
     if log_format is not None:
@@ -267,7 +239,7 @@ def _journald(obj: dict, key_source: str) -> LogRecord:
     stamp = obj.get("__REALTIME_TIMESTAMP")
     if not (isinstance(stamp, str) and stamp.isdigit()):
         raise ValueError("__REALTIME_TIMESTAMP must be microseconds since the epoch")
-    ts = _parse_ts(int(stamp) / 1e6, 0.0)
+    ts = parse_ts(int(stamp) / 1e6)
     source = obj.get("_HOSTNAME") if key_source == UNKNOWN_SOURCE else key_source
     source = source if isinstance(source, str) and source else key_source
     return LogRecord(source[:MAX_SOURCE_CHARS], ts, message, message, level,
@@ -279,8 +251,8 @@ def parse_log_value(
 ) -> LogRecord:
     """Decode one tsguard.logs value: a JSON object {"source", "ts", "message"} or a raw line.
 
-    source: the object's, else the key, else "unknown"; ts: the object's (epoch seconds or ISO
-    8601), else a timestamp at the start of a raw line, else `now`. Raises ValueError with a short
+    source: the object's, else the key, else "unknown"; ts: the object's (the rule of every topic,
+    `detector.messages.parse_ts`), else a timestamp at the start of a raw line, else `now`. Raises ValueError with a short
     reason for input that cannot be used (broken UTF-8, a line that starts with "{" but is not a
     JSON object, a non-string message, a bad ts, an empty line).
     """
@@ -320,7 +292,7 @@ def parse_log_value(
             raise ValueError("level must be a string")
         return LogRecord(
             source[:MAX_SOURCE_CHARS],
-            _parse_ts(obj.get("ts"), now),
+            now if obj.get("ts") is None else parse_ts(obj["ts"]),
             message,
             None if level is None else message,
             level or None,
@@ -469,8 +441,7 @@ class LogHead:
         """What gets classified for a line: its template's words as first seen.
 
         When Drain widens a template (a token becomes <*>), the template keeps its input and so
-        its cached label instead of costing a new embedding (on loghub about one new template text
-        in eight is such a widening; F1 unchanged).
+        its cached label instead of costing a new embedding (widenings are common; F1 unchanged).
         """
         key = (mined.source, mined.template_id)
         entry = self._texts.get(key)
@@ -583,8 +554,8 @@ class LogHead:
         scores = {name: 1.0 if i == column else 0.0 for i, name in enumerate(names)}
         return Classification(label=names[column], confidence=1.0, scores=scores)
 
-    def classify(self, records: list[LogRecord]) -> list[dict]:
-        """One tsguard.log-classes value per record (embeddings batched, cached per template)."""
+    def classify(self, records: list[LogRecord]) -> list[LogClass]:
+        """One tsguard.log-classes message per record (embeddings batched, cached per template)."""
         if not records:
             return []
         if self.config.template_cache:
@@ -608,19 +579,14 @@ class LogHead:
             if fixed is not None:
                 self.corrected_lines += 1
             c = fixed or self._stated(record) or c
-            value = {
-                "source": record.source,
-                "ts": record.ts,
-                "message": record.message,
-                "label": c.label,
-                "confidence": c.confidence,
-                "scores": dict(c.scores),  # each output owns its dict
-            }
-            if record.content is not None:
-                value["header"] = {"level": record.level, "component": record.component}
-            if fixed is not None:
-                value["corrected"] = True
-            out.append(value)
+            header = None if record.content is None else LogHeader(record.level, record.component)
+            out.append(
+                LogClass(
+                    record.source, record.ts, record.message, c.label, c.confidence,
+                    dict(c.scores),  # each output owns its dict
+                    header, corrected=fixed is not None,
+                )
+            )  # fmt: skip
         return out
 
     def _error_class(self, records: list[LogRecord], mined: list[MinedLine]) -> list[bool]:
@@ -646,12 +612,12 @@ class LogHead:
         records: list[LogRecord],
         scopes: Sequence[Hashable] | None = None,
         positions: Sequence[int] | None = None,
-    ) -> list[dict]:
+    ) -> list[LogSummary]:
         """Feed the window summarizer; returns summaries of the windows that closed (event time).
 
         `scopes` and `positions` (one per record, e.g. Kafka partition and offset) keep separate
         windows per scope and let `holds()` tell where each scope's open windows start."""
-        out: list[dict] = []
+        out: list[LogSummary] = []
         add = self.summarizer.add
         n = len(records)
         scopes = [None] * n if scopes is None else scopes
@@ -679,16 +645,16 @@ class LogHead:
         records: list[LogRecord],
         scopes: Sequence[Hashable] | None = None,
         positions: Sequence[int] | None = None,
-    ) -> tuple[list[dict], list[dict]]:
+    ) -> tuple[list[LogClass], list[LogSummary]]:
         """classify + observe in one call (mines each line once)."""
         return self.classify(records), self.observe(records, scopes, positions)
 
-    def advance(self, watermark: float) -> list[dict]:
+    def advance(self, watermark: float) -> list[LogSummary]:
         """Close windows that end at or before `watermark` (e.g. wall clock minus a grace period),
         so a source that went quiet still gets its summary."""
         return self.summarizer.advance(watermark)
 
-    def flush(self) -> list[dict]:
+    def flush(self) -> list[LogSummary]:
         """Close all open windows (shutdown / end of file)."""
         return self.summarizer.flush()
 

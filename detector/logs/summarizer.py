@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from detector.logs.templates import embedding_text
+from detector.messages import Lead, LogSummary, SummaryWindow, TemplateCount
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class WindowSummarizer:
         scope: Hashable = None,
         position: int | None = None,
         error: bool = False,
-    ) -> list[dict]:
+    ) -> list[LogSummary]:
         """Count one mined line; returns the summary of the window it closed, if any.
 
         `scope` keeps separate windows for the same source (the Kafka partition); `position`
@@ -150,7 +151,7 @@ class WindowSummarizer:
         state = self._sources.get(source)
         if state is None:
             state = self._sources[source] = _SourceState()
-        out: list[dict] = []
+        out: list[LogSummary] = []
         window = state.windows.get(scope)
         if window is not None and ts >= window.end:
             out.append(self._close(source, state, scope))
@@ -171,7 +172,7 @@ class WindowSummarizer:
             window.errors[template_id] = window.errors.get(template_id, 0) + 1
         return out
 
-    def advance(self, watermark: float) -> list[dict]:
+    def advance(self, watermark: float) -> list[LogSummary]:
         """Close every open window that ends at or before `watermark` (e.g. wall clock - grace)."""
         out = []
         for source, state in self._sources.items():
@@ -179,7 +180,7 @@ class WindowSummarizer:
                 out.append(self._close(source, state, scope))
         return out
 
-    def flush(self) -> list[dict]:
+    def flush(self) -> list[LogSummary]:
         """Close all open windows (end of input, shutdown)."""
         out = []
         for source, state in self._sources.items():
@@ -217,7 +218,7 @@ class WindowSummarizer:
 
     # ------------------------------------------------------------------------------------------
 
-    def _close(self, source: str, state: _SourceState, scope: Hashable) -> dict:
+    def _close(self, source: str, state: _SourceState, scope: Hashable) -> LogSummary:
         window = state.windows.pop(scope)
         rising = {
             t
@@ -237,10 +238,8 @@ class WindowSummarizer:
         for t in [t for t in ids if t in flagged][: self.config.leads]:
             why = [w for w, on in (("error", t in window.errors), ("new", t in window.new),
                                    ("rising", t in rising)) if on]  # fmt: skip
-            lead = {"template": texts[t], "count": window.counts[t], "why": why}
-            if t in rising:
-                lead["usual"] = round(state.rate.get(t, 0.0), 2)
-            leads.append(lead)
+            usual = round(state.rate.get(t, 0.0), 2) if t in rising else None
+            leads.append(Lead(texts[t], window.counts[t], why, usual))
         highlights = self._highlights(source, state, window, ids, texts, flagged)
         state.seen.update(window.counts)
         a = self.config.rate_alpha
@@ -248,29 +247,24 @@ class WindowSummarizer:
             state.rate[t] = (1.0 - a) * state.rate.get(t, 0.0) + a * window.counts.get(t, 0)
         listed = ids[: self.config.max_summary_templates]
         templates = [
-            {
-                "template": texts[t],
-                "count": window.counts[t],
-                "new": t in window.new,
-                "rising": t in rising,
-                "errors": window.errors.get(t, 0),
-            }
+            TemplateCount(texts[t], window.counts[t], t in window.new, t in rising,
+                          window.errors.get(t, 0))
             for t in listed
-        ]
+        ]  # fmt: skip
         summary = self._text(source, window, ids, texts, leads)
         if self.abstractive is not None:
             summary = self.abstractive(
                 summary + " Highlights: " + " | ".join(highlights) if highlights else summary
             )
-        return {
-            "source": source,
-            "window": {"start": window.start, "end": window.end},
-            "lines": window.lines,
-            "templates": templates,
-            "leads": leads,
-            "highlights": highlights,
-            "summary": summary,
-        }
+        return LogSummary(
+            source=source,
+            window=SummaryWindow(window.start, window.end),
+            lines=window.lines,
+            templates=templates,
+            leads=leads,
+            highlights=highlights,
+            summary=summary,
+        )
 
     def _highlights(
         self,
@@ -328,7 +322,7 @@ class WindowSummarizer:
         window: _Window,
         ids: list[int],
         texts: dict[int, str],
-        leads: list[dict],
+        leads: list[Lead],
     ) -> str:
         n_new = len(window.new)
         parts = [
@@ -336,9 +330,9 @@ class WindowSummarizer:
             f"line{'s' if window.lines != 1 else ''}"
         ]
         for lead in leads[:3]:
-            what = " and ".join(lead["why"])
-            usual = f", usually {lead['usual']:g}" if "usual" in lead else ""
-            parts.append(f'{what}: "{_short(lead["template"])}" ({lead["count"]:,}{usual})')
+            what = " and ".join(lead.why)
+            usual = "" if lead.usual is None else f", usually {lead.usual:g}"
+            parts.append(f'{what}: "{_short(lead.template)}" ({lead.count:,}{usual})')
         parts += [
             f"{len(ids):,} template{'s' if len(ids) != 1 else ''}",
             f"{n_new:,} new template{'s' if n_new != 1 else ''}",
