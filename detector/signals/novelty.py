@@ -66,6 +66,7 @@ class PatternNovelty(Signal):
         if search not in (None, *SEARCHES):
             raise ValueError(f"search must be one of {list(SEARCHES)} or None, got {search!r}")
         self.dims, self.length = dims, length
+        self.reach = length  # the query: the newest `length` points
         # Past points kept per dimension: the whole budget for one dimension, a quarter of it
         # (at least 4 query lengths) per dimension for wide series, so cost grows slower than D.
         self.history = max(4 * length, history // max(1, int(math.sqrt(dims))))
@@ -80,13 +81,6 @@ class PatternNovelty(Signal):
             scale=((dims if dims > 1 else 0,), np.float64, 0.0),
             learned=((), np.float64, 0.0),
         )
-
-    def raw(self, slots: np.ndarray, windows: np.ndarray, times, n_new: int) -> np.ndarray:
-        if np.shape(windows)[1] < self.length + n_new - 1:
-            raise ValueError(
-                f"windows of {np.shape(windows)[1]} points are too short for length {self.length}"
-            )
-        return super().raw(slots, windows, times, n_new)
 
     def _fill(self, slots, windows, times, n_new, out) -> None:
         """Nearest-neighbour distance of the subsequence ending at each new point; then the

@@ -51,6 +51,19 @@ class LevelShift(Signal):
 
 
 @njit(cache=True)
+def recent_sum(windows, i, j, d, short):
+    """Sum and count of the known values among the `short` points of windows[i, :, d] ending at
+    j (shift.py's recent mean, spread.py's recent dispersion)."""
+    total, count = 0.0, 0
+    for k in range(max(0, j - short + 1), j + 1):
+        v = windows[i, k, d]
+        if math.isfinite(v):
+            total += v
+            count += 1
+    return total, count
+
+
+@njit(cache=True)
 def _shift(slots, windows, n_new, short, long_window, mean, n, scale, learned, out):
     length, dims = windows.shape[1], windows.shape[2]
     answered = np.empty(dims, dtype=np.int64)
@@ -65,12 +78,7 @@ def _shift(slots, windows, n_new, short, long_window, mean, n, scale, learned, o
                 x = windows[i, j, d]
                 if not math.isfinite(x):
                     continue
-                total, count = 0.0, 0
-                for k in range(max(0, j - short + 1), j + 1):
-                    v = windows[i, k, d]
-                    if math.isfinite(v):
-                        total += v
-                        count += 1
+                total, count = recent_sum(windows, i, j, d, short)
                 if n[s, d] >= short:
                     answered[n_answered] = d
                     gaps[n_answered] = abs(total / count - mean[s, d])

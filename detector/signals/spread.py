@@ -32,6 +32,7 @@ from numba import njit
 
 from detector.rows import SlotRows
 from detector.signals.base import Signal
+from detector.signals.shift import recent_sum
 from detector.signals.units import combine_dims
 
 
@@ -39,6 +40,7 @@ class SpreadShift(Signal):
     def __init__(self, dims: int, short: int = 32, long_window: int = 500,
                  capacity: int = 64) -> None:  # fmt: skip
         self.dims, self.short, self.long_window = dims, short, long_window
+        self.reach = short
         self.rows = SlotRows(
             capacity,
             spread=((dims,), np.float64, 0.0),  # running mean of the recent dispersion
@@ -46,13 +48,6 @@ class SpreadShift(Signal):
             scale=((dims if dims > 1 else 0,), np.float64, 0.0),
             learned=((), np.float64, 0.0),
         )
-
-    def raw(self, slots: np.ndarray, windows: np.ndarray, times, n_new: int) -> np.ndarray:
-        if np.shape(windows)[1] < self.short + n_new - 1:
-            raise ValueError(
-                f"windows of {np.shape(windows)[1]} points are too short for short {self.short}"
-            )
-        return super().raw(slots, windows, times, n_new)
 
     def _fill(self, slots, windows, times, n_new, out) -> None:
         r = self.rows
@@ -74,12 +69,7 @@ def _spread(slots, windows, n_new, short, long_window, spread, n, scale, learned
             for d in range(dims):
                 if not math.isfinite(windows[i, j, d]):
                     continue
-                total, count = 0.0, 0
-                for k in range(j - short + 1, j + 1):
-                    v = windows[i, k, d]
-                    if math.isfinite(v):
-                        total += v
-                        count += 1
+                total, count = recent_sum(windows, i, j, d, short)
                 if 2 * count < short:  # too few of the recent points are known
                     continue
                 mean = total / count
