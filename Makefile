@@ -3,7 +3,7 @@ VENV ?= .venv
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench default-model severity-model
+.PHONY: setup demo test lint bench default-model severity-model topic-model
 
 setup: $(STAMP)
 
@@ -37,3 +37,8 @@ default-model: setup
 # leave-one-system-out F1 it was calibrated on.
 severity-model: setup
 	$(VENV)/bin/python -m training.severity
+
+# The log topic head (detector/logs/models/topic): needs ../shared/data/loghub; prints the
+# leave-one-system-out F1 it was calibrated on.
+topic-model: setup
+	$(VENV)/bin/python -m training.topic

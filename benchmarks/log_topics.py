@@ -10,13 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 TOPICS = ("network", "storage", "security", "resources", "hardware", "application")
-TOPIC_C = 1.0  # scikit-learn's default L2 strength; 0.3 and 3 were tried (LOSO) and not better
 
 _W = r"(?<![A-Za-z])"
 TOPIC_KEYWORDS: tuple[tuple[str, str], ...] = (
@@ -95,6 +94,16 @@ class TopicSystem:
     emb: np.ndarray  # (distinct template inputs, 384): MiniLM embedding, as LogHead computes it
     zeroshot: np.ndarray  # (distinct template inputs, topics): zero-shot probabilities
     row: np.ndarray  # (lines,) row of emb / zeroshot for each line
+    templates: list[str] = field(default_factory=list)  # masked template of each distinct input
+    _features: dict[bool, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def features(self, ngrams: bool) -> np.ndarray:
+        """The topic head's feature rows (detector.logs.topic.features), computed once."""
+        from detector.logs.topic import features
+
+        if ngrams not in self._features:
+            self._features[ngrams] = features(self.emb, self.zeroshot, self.templates, ngrams)
+        return self._features[ngrams]
 
 
 def topic_system(loghub: Path, system: str, truth_map, encoder) -> TopicSystem:
@@ -102,7 +111,7 @@ def topic_system(loghub: Path, system: str, truth_map, encoder) -> TopicSystem:
     from detector.logs.head import LogHead, LogHeadConfig, LogRecord
 
     contents, truth = system_lines(loghub, system, truth_map)
-    head = LogHead(LogHeadConfig(labels="topic"), encoder=encoder)
+    head = LogHead(LogHeadConfig(labels="topic", topic_head=False), encoder=encoder)
     mined = head._mine([LogRecord(system, float(i), c) for i, c in enumerate(contents)])
     inputs = [head._input(m) for m in mined]
     distinct = list(dict.fromkeys(inputs))
@@ -110,62 +119,35 @@ def topic_system(loghub: Path, system: str, truth_map, encoder) -> TopicSystem:
     emb = head.encoder.encode([t.sentence for t in distinct])
     zeroshot = head.classifier.probabilities(distinct)
     rows = np.asarray([index[t] for t in inputs])
-    return TopicSystem(system, contents, truth, emb, zeroshot, rows)
+    templates = [t.raw or t.sentence for t in distinct]
+    return TopicSystem(system, contents, truth, emb, zeroshot, rows, templates)
 
 
-# Feature sets of the trained head: "e" the template embedding; "z" adds the zero-shot log
-# probabilities (label descriptions: nothing fitted on data), scaled to the embedding's range.
-FEATURE_SETS = ("e", "ez")
-HEAD_FEATURES = "ez"  # the design reported without --nested (picked on this LOSO score: optimistic)
+def fit_predict(train: list[TopicSystem], held: TopicSystem, design=None) -> list[str]:
+    """The topic head (`training.topic.fit`, `design` or the shipped one) fitted on `train`,
+    the topic of each line of `held`."""
+    from training.topic import DESIGN, fit
+
+    design = design or DESIGN
+    model = fit(train, design)
+    return [TOPICS[int(k)] for k in model.logits(held.features(design.ngrams)).argmax(1)[held.row]]
 
 
-def topic_features(d: TopicSystem, kind: str = HEAD_FEATURES) -> np.ndarray:
-    parts = [d.emb.astype(np.float64)]
-    if "z" in kind:
-        parts.append(0.3 * np.log(d.zeroshot + 1e-6))
-    return np.concatenate(parts, axis=1)
-
-
-def _training_rows(data: list[TopicSystem], kind: str):
-    """One row per distinct (system, template, topic), weighted by sqrt(lines), classes balanced
-    (the same weighting as the severity head: a chatty template must not drown the rest)."""
-    xs, ys, ws = [], [], []
-    for d in data:
-        y = np.asarray([TOPICS.index(t) for t in d.truth])
-        pairs, counts = np.unique(np.stack([d.row, y], axis=1), axis=0, return_counts=True)
-        xs.append(topic_features(d, kind)[pairs[:, 0]])
-        ys.append(pairs[:, 1])
-        ws.append(np.sqrt(counts))
-    x, y, w = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
-    for c in np.unique(y):
-        w[y == c] *= w.sum() / (len(np.unique(y)) * w[y == c].sum())
-    return x, y, w
-
-
-def fit_predict(
-    train: list[TopicSystem], held: TopicSystem, kind: str = HEAD_FEATURES
-) -> list[str]:
-    """A multinomial logistic regression fitted on `train`, the topic of each line of `held`
-    (benchmark only: not shipped)."""
-    from sklearn.linear_model import LogisticRegression
-
-    x, y, w = _training_rows(train, kind)
-    clf = LogisticRegression(C=TOPIC_C, max_iter=3000).fit(x, y, sample_weight=w)
-    return [TOPICS[int(k)] for k in clf.predict(topic_features(held, kind))[held.row]]
-
-
-def _loso_f1(data: list[TopicSystem], kind: str) -> float:
+def _loso_f1(data: list[TopicSystem], design) -> float:
     truth: list[str] = []
     pred: list[str] = []
     for held in data:
         truth += held.truth
-        pred += fit_predict([d for d in data if d is not held], held, kind)
+        pred += fit_predict([d for d in data if d is not held], held, design)
     return _f1(truth, pred, TOPICS)
 
 
-def nested_choice(others: list[TopicSystem]) -> str:
-    """The feature set with the best leave-one-system-out F1 among `others` only."""
-    return max(FEATURE_SETS, key=lambda kind: _loso_f1(others, kind))
+def nested_choice(others: list[TopicSystem]):
+    """The head design (`training.topic.DESIGNS`) with the best leave-one-system-out F1 among
+    `others` only."""
+    from training.topic import DESIGNS
+
+    return max(DESIGNS, key=lambda design: _loso_f1(others, design))
 
 
 def examples_file(data: list[TopicSystem], path: Path) -> Path:
@@ -191,13 +173,14 @@ def leave_one_system_out(
 ):
     """Per system and pooled macro-F1 of the keyword baseline, zero-shot (label descriptions,
     nothing fitted), few-shot (`--examples` from the other systems' templates) and the trained
-    topic head (fitted on the other systems; with `nested` its feature set is chosen by a
-    leave-one-system-out inside those systems). Returns (rows, pooled predictions, feature set
-    used for each held-out system)."""
+    topic head (fitted on the other systems; with `nested` its design, `training.topic.DESIGNS`,
+    is chosen by a leave-one-system-out inside those systems). Returns (rows, pooled predictions,
+    the design used for each held-out system)."""
     import tempfile
 
     from benchmarks.logs_bench import classify_all, records
     from detector.logs.head import LogHead, LogHeadConfig
+    from training.topic import DESIGN
 
     truth_map = load_topic_truth()
     data = [topic_system(loghub, s, truth_map, encoder) for s in systems]
@@ -208,23 +191,24 @@ def leave_one_system_out(
     for held in data:
         others = [d for d in data if d is not held]
         pred = {"keyword": [topic_keyword_label(c) for c in held.contents]}
-        head = LogHead(LogHeadConfig(labels="topic"), encoder=encoder)
+        head = LogHead(LogHeadConfig(labels="topic", topic_head=False), encoder=encoder)
         pred["zeroshot"] = [o.label for o in classify_all(head, records(held.name, held.contents))]
         if few_shot:
             with tempfile.TemporaryDirectory() as tmp:
                 ex = examples_file(others, Path(tmp) / "examples.jsonl")
-                head = LogHead(LogHeadConfig(labels="topic", examples=str(ex)), encoder=encoder)
+                config = LogHeadConfig(labels="topic", examples=str(ex), topic_head=False)
+                head = LogHead(config, encoder=encoder)
                 out = classify_all(head, records(held.name, held.contents))
             pred["fewshot"] = [o.label for o in out]
-        kind = nested_choice(others) if nested else HEAD_FEATURES
-        chosen[held.name] = kind
-        pred["head"] = fit_predict(others, held, kind)
+        design = nested_choice(others) if nested else DESIGN
+        chosen[held.name] = design.name
+        pred["head"] = fit_predict(others, held, design)
         present = tuple(t for t in TOPICS if t in set(held.truth))
         row = {
             "system": held.name,
             "lines": len(held.truth),
             "topics": len(present),
-            "features": kind,
+            "design": design.name,
         }
         for m in methods:
             row[f"{m}_f1"] = _f1(held.truth, pred[m], present)
@@ -243,7 +227,7 @@ def leave_one_system_out(
 
 
 COLUMNS = ["system", "lines", "topics", "keyword_f1", "zeroshot_f1", "zeroshot_vs_kw",
-           "fewshot_f1", "fewshot_vs_kw", "features", "head_f1", "head_vs_kw"]  # fmt: skip
+           "fewshot_f1", "fewshot_vs_kw", "design", "head_f1", "head_vs_kw"]  # fmt: skip
 TITLE = (
     "Topic, leave one system out (12 loghub systems, hand-labelled templates): keyword baseline, "
     "zero-shot (descriptions), few-shot (--examples from the other 11), trained head (fit on 11)"
@@ -264,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(p, "log_topics")
     p.add_argument("--no-few-shot", action="store_true", help="skip the few-shot column (slow)")
     p.add_argument(
-        "--nested", action="store_true", help="choose the head's features inside each fold (slow)"
+        "--nested", action="store_true", help="choose the head's design inside each fold (slow)"
     )
     args = p.parse_args(argv)
     if not LOGHUB.is_dir():

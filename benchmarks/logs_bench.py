@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--topic-nested",
         action="store_true",
-        help="choose the topic head's features inside each fold (slow)",
+        help="choose the topic head's design inside each fold (slow)",
     )
     args = p.parse_args(argv)
     if not LOGHUB.is_dir():

@@ -34,7 +34,8 @@ def register_cli(subparsers) -> None:
     c = sub.add_parser(
         "classify",
         help="one JSON line per input line: label, confidence, scores",
-        description="Classify each log line zero-shot (no training); prints JSON lines "
+        description="Classify each log line (the trained heads for the shipped severity and "
+        "topic sets, zero-shot for any other labels); prints JSON lines "
         '{"source", "ts", "message", "label", "confidence", "scores"}.',
     )
     label_group = c.add_mutually_exclusive_group()
@@ -64,6 +65,12 @@ def register_cli(subparsers) -> None:
         "labels are error/warning/info (default: the shipped one)",
     )
     c.add_argument(
+        "--topic-model",
+        metavar="DIR",
+        help="the trained topic head (topic.safetensors + topic.json) used with the shipped "
+        "topic labels (default: the shipped one)",
+    )
+    c.add_argument(
         "--examples",
         metavar="FILE",
         help='few-shot: labelled lines (JSON lines {"label", "message"} or CSV with label '
@@ -78,7 +85,8 @@ def register_cli(subparsers) -> None:
     c.add_argument(
         "--zero-shot",
         action="store_true",
-        help="score error/warning/info zero-shot too, instead of with the trained severity head",
+        help="score the shipped label sets zero-shot too, instead of with the trained severity "
+        "and topic heads",
     )
     _common(c)
     c.set_defaults(handler=_classify)
@@ -261,6 +269,8 @@ def _classify(args: argparse.Namespace) -> int:
             unknown_below=args.unknown_below,
             severity_head=not args.zero_shot,
             severity_model=args.severity_model,
+            topic_head=not args.zero_shot,
+            topic_model=args.topic_model,
             examples=args.examples,
             corrections=args.corrections,
             device=_device(args.device),

@@ -1,17 +1,25 @@
-"""The topic benchmark: hand labels cover loghub's templates, the keyword baseline, and the
-leave-one-system-out rule (the trained head never sees the system it scores)."""
+"""The topic benchmark and head: hand labels cover loghub's templates, the keyword baseline, the
+leave-one-system-out rule (the trained head never sees the system it scores), the shipped model
+and that serving scores what the benchmark measured."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import benchmarks.log_topics as topics
 from benchmarks.logs_bench import LOGHUB
+from detector.errors import UserError
 from detector.logs.classifier import load_label_set
+from detector.logs.encoder import CachedEncoder
+from detector.logs.head import LogHead, LogHeadConfig, LogRecord
+from detector.logs.topic import NGRAM_BUCKETS, TopicModel, ngram_features, ngram_words
 from detector.messages import LogClass
+from training.topic import DESIGN, DESIGNS, fit
 
 
 def test_topics_are_the_shipped_label_set() -> None:
@@ -58,7 +66,8 @@ def _system(name: str, n: int, rng: np.random.Generator) -> topics.TopicSystem:
     truth = [topics.TOPICS[i % len(topics.TOPICS)] for i in range(n)]
     emb = rng.standard_normal((n, 384)).astype(np.float32)
     zs = np.full((n, len(topics.TOPICS)), 1 / len(topics.TOPICS))
-    return topics.TopicSystem(name, [f"line {i}" for i in range(n)], truth, emb, zs, np.arange(n))
+    lines = [f"line {i}" for i in range(n)]
+    return topics.TopicSystem(name, lines, truth, emb, zs, np.arange(n), lines)
 
 
 def test_leave_one_system_out_never_fits_on_the_held_out_system(monkeypatch) -> None:
@@ -73,9 +82,9 @@ def test_leave_one_system_out_never_fits_on_the_held_out_system(monkeypatch) -> 
     seen: list[tuple[str, list[str]]] = []
     real = topics.fit_predict
 
-    def spy(train, held, kind=topics.HEAD_FEATURES):
+    def spy(train, held, design=None):
         seen.append((held.name, [d.name for d in train]))
-        return real(train, held, kind)
+        return real(train, held, design)
 
     monkeypatch.setattr(topics, "fit_predict", spy)
     rows, pooled, chosen = topics.leave_one_system_out(
@@ -86,6 +95,90 @@ def test_leave_one_system_out_never_fits_on_the_held_out_system(monkeypatch) -> 
     assert set(outer) == set(fake)
     for held, train in seen:
         assert held not in train
-    assert set(chosen) == set(fake) and set(chosen.values()) <= set(topics.FEATURE_SETS)
+    assert set(chosen) == set(fake) and set(chosen.values()) <= {d.name for d in DESIGNS}
     assert len(pooled["truth"]) == len(pooled["head"]) == 36
     assert rows[-2]["system"] == "overall (pooled)"
+
+
+# ----------------------------------------------------------------------------- the topic head
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "detector" / "logs" / "models" / "topic"
+
+
+class HashEncoder:
+    """Unit vectors from a hash of each text: a stand-in for MiniLM where meaning is not tested."""
+
+    def encode(self, texts):
+        out = np.empty((len(texts), 384), dtype=np.float32)
+        for i, t in enumerate(texts):
+            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
+            v = np.random.default_rng(seed).standard_normal(384).astype(np.float32)
+            out[i] = v / np.linalg.norm(v)
+        return out
+
+
+def test_ngrams_read_the_words_of_a_template() -> None:
+    assert ngram_words("ClusterFileSystem: domain <NUM> is full") == [
+        "cluster", "file", "system", "domain", "num", "is", "full",
+    ]  # fmt: skip
+    v = ngram_features("Failed password for <*> from <IP>")
+    assert v.shape == (NGRAM_BUCKETS,) and np.isclose(np.linalg.norm(v), 1.0)
+    assert np.array_equal(v, ngram_features("failed PASSWORD for <*> from <IP>"))
+    assert not ngram_features("").any()
+
+
+def test_shipped_topic_model_is_safetensors_and_json_with_a_card() -> None:
+    assert sorted(p.name for p in MODEL_DIR.iterdir()) == [
+        "README.md",
+        "topic.json",
+        "topic.safetensors",
+    ]
+    model = TopicModel.load()
+    width = 384 + len(topics.TOPICS) + NGRAM_BUCKETS
+    assert model.weight.shape == (len(topics.TOPICS), width)
+    assert tuple(model.meta["classes"]) == topics.TOPICS
+    assert model.meta["design"] == DESIGN.name
+    assert len(model.meta["trained_on"]["systems"]) == 12
+
+
+def test_a_card_for_another_label_set_is_one_clear_error(tmp_path) -> None:
+    model = TopicModel.load()
+    model.meta = dict(model.meta, label_set_sha256="0" * 64)
+    model.save(tmp_path)
+    with pytest.raises(UserError, match="another labels/topic.yaml"):
+        TopicModel.load(tmp_path)
+    with pytest.raises(UserError, match="make topic-model"):
+        TopicModel.load(tmp_path / "missing")
+
+
+def test_the_topic_head_serves_the_shipped_topic_set_only() -> None:
+    assert LogHead(LogHeadConfig(labels="topic"), encoder=HashEncoder()).topic is not None
+    off = LogHead(LogHeadConfig(labels="topic", topic_head=False), encoder=HashEncoder())
+    assert off.topic is None
+    renamed = ",".join(topics.TOPICS)  # the same names without the descriptions: zero-shot
+    assert LogHead(LogHeadConfig(labels=renamed), encoder=HashEncoder()).topic is None
+
+
+def test_serving_scores_what_the_benchmark_fitted() -> None:
+    """LogHead.classify with a model gives the labels fit_predict measured (same templates,
+    same features), so the leave-one-system-out figures are the served head's."""
+    if not LOGHUB.is_dir():
+        pytest.skip(f"loghub data not found at {LOGHUB}")
+    truth = topics.load_topic_truth()
+    encoder = CachedEncoder(HashEncoder())
+    data = [topics.topic_system(LOGHUB, s, truth, encoder) for s in ("Apache", "OpenSSH")]
+    train, held = data[0], data[1]
+    model = fit([train])
+    expected = topics.fit_predict([train], held)
+    head = LogHead(LogHeadConfig(labels="topic"), encoder=encoder, topic=model)
+    records = [LogRecord(held.name, float(i), c) for i, c in enumerate(held.contents)]
+    assert [o.label for o in head.classify(records)] == expected
+
+
+def test_examples_pull_the_topic_head(tmp_path) -> None:
+    ex = tmp_path / "ex.csv"
+    ex.write_text("label,message\nstorage,quota of tenant 5 nearly used up\n")
+    head = LogHead(LogHeadConfig(labels="topic", examples=str(ex)), encoder=HashEncoder())
+    assert head.topic is not None
+    (o,) = head.classify([LogRecord("a", 0.0, "quota of tenant 77 nearly used up")])
+    assert o.label == "storage" and o.confidence >= 0.99

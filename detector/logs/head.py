@@ -58,6 +58,8 @@ from detector.logs.templates import (
     mask_variables,
     prose_words,
 )
+from detector.logs.topic import TopicModel
+from detector.logs.topic import features as topic_features
 from detector.messages import LogClass, LogHeader, LogSummary, parse_ts
 
 UNKNOWN_SOURCE = "unknown"
@@ -89,6 +91,8 @@ class LogHeadConfig:
     unknown_below: float = 0.0  # confidence under which the label is "unknown" (0: never)
     severity_head: bool = True  # the trained head for error/warning/info label sets
     severity_model: str | None = None  # its directory (None: the shipped one)
+    topic_head: bool = True  # the trained head for the shipped topic label set
+    topic_model: str | None = None  # its directory (None: the shipped one)
     examples: str | None = None  # few-shot: a JSON lines or CSV file of labelled lines
     corrections: str | None = None  # JSON lines {"source", "message", "label"}: they override
     window_s: float = 300.0  # summary window (tumbling, per source)
@@ -351,13 +355,14 @@ class LogHead:
         config: LogHeadConfig | None = None,
         encoder: TextEncoder | None = None,
         severity: SeverityModel | None = None,
+        topic: TopicModel | None = None,
     ):
         """`severity`: a ready severity model (else the configured or shipped one is loaded when
-        the label set is error/warning/info)."""
+        the label set is error/warning/info); `topic`: likewise for the shipped topic set."""
         from detector.logs.encoder import shared_encoder
 
         self.config = config = config or LogHeadConfig()
-        self.label_set = config.label_set or load_label_set(config.labels)
+        self.label_set = given = config.label_set or load_label_set(config.labels)
         examples = load_examples(config.examples, self.label_set) if config.examples else {}
         self._prototypes: tuple[np.ndarray, np.ndarray] | None = None
         self._prototype_texts = [(text, name) for name, texts in examples.items() for text in texts]
@@ -391,11 +396,23 @@ class LogHead:
             self.severity = severity or SeverityModel.load(
                 None if config.severity_model is None else Path(config.severity_model)
             )
-        self._severity_probs: OrderedDict[TemplateText, np.ndarray] = OrderedDict()
+        # The trained topic head, for the shipped topic set as shipped (its zero-shot features
+        # come from those descriptions; a user's examples become prototypes, as for severity).
+        self.topic: TopicModel | None = None
+        if self.severity is None and config.topic_head and given == load_label_set("topic"):
+            self.topic = topic or TopicModel.load(
+                None if config.topic_model is None else Path(config.topic_model)
+            )
+            self._topic_zeroshot = ZeroShotClassifier(
+                given,
+                encoder=self.encoder,
+                config=ClassifierConfig(cache_size=50_000 if config.template_cache else 0),
+            )
+        self._trained_probs: OrderedDict[TemplateText, np.ndarray] = OrderedDict()
         # (source, template id) -> (label, template text when corrected)
         self._corrections: dict[tuple[str, int], tuple[str, str]] = {}
         self.corrected_lines = 0
-        if self.severity is not None and self._prototype_texts:
+        if (self.severity is not None or self.topic is not None) and self._prototype_texts:
             names = self.label_set.names
             vecs = self.encoder.encode([text for text, _ in self._prototype_texts])
             owners = np.asarray([names.index(name) for _, name in self._prototype_texts])
@@ -469,24 +486,27 @@ class LogHead:
     def prepare(self) -> None:
         """Load the embedding model and embed the label phrases now (startup work that the
         first classify would otherwise do)."""
-        if self.severity is None:
+        if self.topic is not None:
+            self._topic_zeroshot.prepare()
+        elif self.severity is None:
             self.classifier.prepare()
         else:
             self.encoder.encode(["load the model"])
 
     def probabilities(self, texts: list[TemplateText]) -> np.ndarray:
-        """(n, labels) probabilities in the label set's order: the trained severity head for the
-        three levels, the zero-shot classifier for any other label set."""
-        if self.severity is None:
+        """(n, labels) probabilities in the label set's order: a trained head (severity for the
+        three levels, topic for the shipped topic set), the zero-shot classifier for any other
+        label set."""
+        if self.severity is None and self.topic is None:
             return self.classifier.probabilities(texts)
         if not self.config.template_cache:  # every line scored, its embedding computed again
             if not texts:
                 return np.zeros((0, len(self.label_set.names)))
-            return self._severity_rows(texts)
-        cache = self._severity_probs
+            return self._trained_rows(texts)
+        cache = self._trained_probs
         todo = list(dict.fromkeys(t for t in texts if t not in cache))
         if todo:
-            rows = self._severity_rows(todo)
+            rows = self._trained_rows(todo)
             for text, row in zip(todo, rows, strict=True):
                 cache[text] = row
             while len(cache) > 50_000:
@@ -495,15 +515,20 @@ class LogHead:
             return np.zeros((0, len(self.label_set.names)))
         return np.stack([cache[t] if t in cache else self.probabilities([t])[0] for t in texts])
 
-    def _severity_rows(self, texts: list[TemplateText]) -> np.ndarray:
+    def _trained_rows(self, texts: list[TemplateText]) -> np.ndarray:
         """The trained head's probabilities in label set order, pulled towards a user example
         that the template nearly repeats (cosine c >= PROTOTYPE_MATCH: row = c * that label +
         (1 - c) * row)."""
-        assert self.severity is not None
         emb = self.encoder.encode([t.sentence for t in texts])
-        p = self.severity.probabilities(features(emb, [t.raw or t.sentence for t in texts]))
-        rows = np.empty_like(p)
-        rows[:, self.severity_columns] = p
+        raws = [t.raw or t.sentence for t in texts]
+        if self.topic is not None:  # the topics are the label set's names, in its order
+            zeroshot = self._topic_zeroshot.probabilities(texts)
+            rows = self.topic.probabilities(topic_features(emb, zeroshot, raws))
+        else:
+            assert self.severity is not None
+            p = self.severity.probabilities(features(emb, raws))
+            rows = np.empty_like(p)
+            rows[:, self.severity_columns] = p
         if self._prototypes is not None:
             vecs, owners = self._prototypes
             sims = emb @ vecs.T
@@ -570,7 +595,7 @@ class LogHead:
             # The uncached path: each line's own masked words, embedded every time.
             limit = self.config.max_line_chars
             masked = [mask_variables(r.text[:limit]) for r in records]
-            texts = [TemplateText(embedding_text(m) or m, prose_words(m)) for m in masked]
+            texts = [TemplateText(embedding_text(m) or m, prose_words(m), m) for m in masked]
             decisions = list(map(self.classifier.decide, self.probabilities(texts)))
         out = []
         mined_lines = self._mine(records) if self._corrections else [None] * len(records)

@@ -16,7 +16,6 @@ confidence 1; the head only judges lines that do not say.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import UserError
+from detector.logs.linear import LinearHead
 
 CLASSES = ("error", "warning", "info")
 MODEL_DIR = "models/severity"  # inside the detector.logs package
@@ -109,52 +109,29 @@ def features(embeddings: np.ndarray, templates: list[str]) -> np.ndarray:
 
 
 @dataclass
-class SeverityModel:
+class SeverityModel(LinearHead):
     """Weights (classes, features), bias (classes), temperature and the JSON card."""
 
-    weight: np.ndarray
-    bias: np.ndarray
-    temperature: float
-    meta: dict
+    NAME = "severity"
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        return x.astype(np.float64) @ self.weight.T.astype(np.float64) + self.bias
-
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        z = self.logits(x) / self.temperature
-        z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        return p / p.sum(axis=1, keepdims=True)
-
-    def save(self, directory: Path) -> None:
-        from safetensors.numpy import save_file
-
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {"weight": self.weight.astype(np.float32), "bias": self.bias.astype(np.float32)},
-            str(directory / "severity.safetensors"),
-        )
-        meta = dict(self.meta, temperature=self.temperature, classes=list(CLASSES))
+    def card(self) -> dict:
+        meta = dict(super().card(), classes=list(CLASSES))
         meta["features"] = {"embedding_dim": int(self.weight.shape[1]) - len(LEXICAL_NAMES),
                             "lexical": list(LEXICAL_NAMES)}  # fmt: skip
-        (directory / "severity.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return meta
+
+    def check(self, card: Path) -> None:
+        meta = self.meta
+        if tuple(meta.get("classes", ())) != CLASSES or meta.get("features", {}).get(
+            "lexical"
+        ) != list(LEXICAL_NAMES):
+            raise UserError(f"{card}: made for other classes or cues; retrain the severity model")
 
     @classmethod
     def load(cls, directory: Path | None = None) -> SeverityModel:
-        from safetensors.numpy import load_file
-
         if directory is None:
             directory = Path(str(resources.files("detector.logs").joinpath(MODEL_DIR)))
-        weights, card = directory / "severity.safetensors", directory / "severity.json"
-        if not weights.is_file() or not card.is_file():
-            raise UserError(f"severity model not found in {directory} (run `make severity-model`)")
-        meta = json.loads(card.read_text())
-        if tuple(meta.get("classes", ())) != CLASSES or meta["features"]["lexical"] != list(
-            LEXICAL_NAMES
-        ):
-            raise UserError(f"{card}: made for other classes or cues; retrain the severity model")
-        tensors = load_file(str(weights))
-        return cls(tensors["weight"], tensors["bias"], float(meta["temperature"]), meta)
+        return cls._load(directory)
 
 
 # Names a user may give the three levels (`--labels error,warning,info`, `err,warn,info`...).
