@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "bank capacity": r["bank_capacity"]})  # fmt: skip
     if per:
         print_table(rows, list(rows[0]), title="resident bytes per tracked series (target: "
-                    "<= 2048 beyond the window)")  # fmt: skip
+                    "<= 8 KiB beyond the window, issue 15)")  # fmt: skip
         print("per-series Python objects (sys.getsizeof):", per[-1]["breakdown"])
     if args.in_process:
         caps = [child_cap(args.stream, cap, args.samples) for cap in args.caps]

@@ -87,7 +87,9 @@ class DetectorConfig:
     # alone at about 1e-9, or several that agree). Higher raised kpi/train's event F1 further
     # but let a lasting level shift's score settle below the threshold (the rule stops firing).
     threshold: float = 0.4
-    hysteresis: float = 0.05
+    # An episode ends once the score stays under 0.3: a lasting shift whose score settles near
+    # the threshold stays one episode instead of flickering into several.
+    hysteresis: float = 0.1
     end_after: int = 10
     repeat: int = 100
     # The score is the largest fused score of the last `hold` points: an anomaly a few points

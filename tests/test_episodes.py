@@ -69,3 +69,15 @@ def test_a_repeat_within_the_damping_window_needs_a_higher_peak() -> None:
     # beats the peak (start); 0.6 more than 5 points after that start is news again.
     got = run([0.6, 0.8, 0.1, 0.7, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.6], cfg)
     assert got == [START, 0, END, 0, 0, START, END, 0, 0, 0, 0, START]
+
+
+def test_the_shipped_settings_keep_a_score_settling_near_the_threshold_one_episode() -> None:
+    """A lasting shift (the demo's drift): its score starts high, then swings with the series'
+    daily cycle between 0.33 and 0.44, around the shipped threshold (0.4), for longer than the
+    repeat damping lasts; one start, no end."""
+    from detector.detector import DetectorConfig
+
+    cfg = DetectorConfig().episodes
+    scores = [1.0, 0.9, *([0.44] * 30 + [0.33] * 30) * 8]
+    kinds = run(scores, cfg)
+    assert kinds.count(START) == 1 and kinds.count(END) == 0

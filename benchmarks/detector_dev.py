@@ -1,0 +1,124 @@
+"""Detector settings on a development set, fast: the model's errors are cached per series, and
+every run after the first re-runs only the rest of the `Detector` (signals, tails, fusion,
+episodes) with the settings given. The figures equal `tsguard evaluate labelled`'s for the same
+settings (same `Detector.run_series`, same `file_metrics`).
+
+    python -m benchmarks.detector_dev kpitrain                 # the model's own settings
+    python -m benchmarks.detector_dev kpitrain hysteresis=0.1  # DetectorConfig fields overridden
+
+Sets: `kpitrain` (the last 20,000 points of each KPI train series, the first 3,000 of them
+warm-up: where detection settings are chosen), `nab`, `kpitest`, `smd` (as `evaluate labelled`
+reads them, warm-up cut to 20,000). The cache is under --cache (per model version); delete it
+when the model changes. Prints one line of means over files and writes JSON (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import REPO, environment, write_json
+from detector.api import WindowScores
+
+DATA = REPO.parent / "shared" / "data"
+SETS = ("kpitrain", "nab", "kpitest", "smd")
+
+
+def series_set(name: str, data: Path = DATA) -> list:
+    from training.labelled import LabelledSeries, load_path, read_csv_series, trim_warmup
+
+    if name == "kpitrain":
+        out = []
+        for f in sorted((data / "kpi" / "train").glob("*.csv*")):
+            values, ts, labels, dims, _ = read_csv_series(f)
+            n = min(len(values), 20_000)
+            stem = f.name.split(".")[0]
+            out.append(LabelledSeries("kpitrain", stem, values[-n:], ts[-n:], labels[-n:], 3000,
+                                      dims))  # fmt: skip
+        return out
+    path = {"nab": data / "nab", "kpitest": data / "kpi", "smd": data / "smd"}[name]
+    return [trim_warmup(s, 20_000) for s in load_path(path)]
+
+
+class CachedErrors:
+    """The scorer, its answers recorded (npz) on the first pass over a series and replayed on
+    later ones: a series' windows come in the same batches every time."""
+
+    def __init__(self, scorer, path: Path) -> None:
+        self.scorer, self.path, self.answers, self.calls = scorer, path, [], 0
+        self.replaying = path.exists()
+        if self.replaying:
+            with np.load(path) as f:
+                self.answers = [WindowScores(f[f"e{i}"], f[f"c{i}"]) for i in range(len(f) // 2)]
+
+    def __getattr__(self, name):
+        return getattr(self.scorer, name)
+
+    def score(self, windows: np.ndarray, n_new: int) -> WindowScores:
+        self.calls += 1
+        if self.replaying:
+            return self.answers[self.calls - 1]
+        self.answers.append(self.scorer.score(windows, n_new))
+        return self.answers[-1]
+
+    def save(self) -> None:
+        if not self.replaying:
+            arrays = {}
+            for i, r in enumerate(self.answers):
+                arrays[f"e{i}"], arrays[f"c{i}"] = r.errors, r.contributions
+            np.savez(self.path, **arrays)
+
+
+def overrides(pairs: list[str]) -> dict:
+    """`key=value` pairs; values are Python literals (numbers, tuples) or bare words."""
+    out = {}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from detector.detector import START, Detector
+    from detector.scorer import load_scorer
+    from training.labelled import MEAN_KEYS, DetectorRun, file_metrics
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("set", choices=SETS)
+    p.add_argument("settings", nargs="*", help="DetectorConfig fields, key=value")
+    p.add_argument("--cache", type=Path, default=Path("/tmp/tsguard_detector_dev"))
+    p.add_argument("--out", type=Path, default=None, help="JSON here (default: none)")
+    args = p.parse_args(argv)
+    scorer = load_scorer(device="cpu")
+    settings = overrides(args.settings)
+    config = replace(scorer.calibration, **settings)
+    cache = args.cache / scorer.version / args.set
+    cache.mkdir(parents=True, exist_ok=True)
+    started, rows = time.time(), []
+    for s in series_set(args.set):
+        errors = CachedErrors(scorer, cache / (s.name.replace("/", "_") + ".npz"))
+        run = Detector(errors, config).run_series(s.values, s.timestamps)
+        errors.save()
+        rows.append(
+            {"series": s.name, **file_metrics(s, DetectorRun(run.scores, run.kinds == START))}
+        )
+    means = {k: float(np.nanmean([r[k] for r in rows if k in r])) for k in MEAN_KEYS
+             if any(k in r for r in rows)}  # fmt: skip
+    print(args.set, settings or "(model settings)",
+          " ".join(f"{k}={v:.4f}" for k, v in means.items()), f"({time.time() - started:.0f} s)")  # fmt: skip
+    if args.out:
+        write_json(args.out, {"set": args.set, "settings": settings, "means": means,
+                              "files": rows, "environment": environment()})  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
