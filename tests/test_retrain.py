@@ -19,7 +19,7 @@ from detector.scorer import DEFAULT_MODEL_DIR, load_scorer
 from stream.cli import main
 from training.history import TimeRange, group_points, parse_duration, time_range
 
-TINY = ["--window", "40", "--horizon", "8", "--patch", "8", "--d-model", "16", "--layers", "1"]
+TINY = ["--window", "80", "--horizon", "8", "--patch", "8", "--d-model", "16", "--layers", "1"]
 QUICK = ["--epochs", "1", "--device", "cpu", "--seed", "1"]
 
 

@@ -217,6 +217,7 @@ def read_parquet(paths: list[str], span: TimeRange) -> History:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
     names: list[str] = []
     ts_parts, value_parts = [], []
@@ -227,7 +228,9 @@ def read_parquet(paths: list[str], span: TimeRange) -> History:
             table = dataset.to_table()
         except (OSError, pa.ArrowInvalid) as exc:
             raise UserError(f"{raw}: cannot read Parquet ({exc})") from None
-        partition_keys = set(dataset.partitioning.schema.names) if dataset.partitioning else set()
+        files = parquet_files(Path(raw))
+        # Columns that come from folder names (hive partitions such as date=...), not the files.
+        partition_keys = set(table.column_names) - set(pq.read_schema(files[0]).names)
         ts_col = table.column("ts")
         if pa.types.is_timestamp(ts_col.type):
             ts = (
