@@ -15,8 +15,9 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from stream.cli import main
+from tests.conftest import stop, tsguard
 from tests.test_retrain import QUICK, TINY, produce_history
-from tests.test_serve_integration import scrape
+from tests.test_serve_integration import free_port, scrape
 
 
 def model_info(port: int) -> set[str]:
@@ -59,6 +60,61 @@ def train_from(bootstrap: str, out: Path, version: str, *args: str) -> None:
     argv = ["train", "--from-kafka", "--bootstrap", bootstrap, "--since", "1d", "--out", str(out),
             "--version", version, *QUICK, *args]  # fmt: skip
     assert main(argv) == 0
+
+
+def test_promote_swaps_a_better_model_into_a_running_serve_and_refuses_worse(
+    broker, tmp_path, capsys
+):
+    produce_history(broker.bootstrap, series=3, n=500, end=time.time())
+    serving = tmp_path / "current"
+    train_from(broker.bootstrap, tmp_path / "v1", "v1", *TINY)
+    assert promote(tmp_path / "v1", serving) == 0  # nothing served yet: installed as is
+    assert (
+        serving.is_symlink()
+        and json.loads((serving / "config.json").read_text())["version"] == "v1"
+    )
+
+    port = free_port()
+    proc = tsguard("serve", "--bootstrap", broker.bootstrap, "--model", str(serving),
+                   "--metrics-port", str(port), "--group-id", "it-promote",
+                   "--session-timeout-ms", "6000")  # fmt: skip
+    try:
+        wait_for_version(port, "v1", proc)
+        # Fine-tuned from the serving model on the same history: better on the held-back tail.
+        train_from(broker.bootstrap, tmp_path / "v2", "v2", "--init", str(serving),
+                   "--epochs", "4", "--lr", "2e-3")  # fmt: skip
+        capsys.readouterr()
+        assert promote(tmp_path / "v2", serving) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["decision"] == "promoted" and summary["swapped"]
+        (check,) = summary["checks"]
+        assert check["metric"] == "held_back.nll" and check["candidate"] < check["serving"]
+        wait_for_version(port, "v2", proc)
+
+        report = json.loads((tmp_path / "v2" / "promotion" / "promotion.json").read_text())
+        assert report["held_back"]["series"] == 3 and report["held_back"]["windows"] > 0
+        assert {r["series"] for r in report["disagreements"]} == {f"host-{s}/cpu" for s in range(3)}
+        assert (tmp_path / "v2" / "promotion" / "promotion.png").stat().st_size > 0
+        served = serving.resolve()
+
+        # Worse: every weight zeroed, and a model trained for a single step.
+        train_from(broker.bootstrap, tmp_path / "one-step", "one-step", *TINY,
+                   "--batch-size", "100000")  # fmt: skip
+        for worse in (
+            zeroed(tmp_path / "v2", tmp_path / "zeroed", "zeroed"),
+            tmp_path / "one-step",
+        ):
+            capsys.readouterr()
+            assert promote(worse, serving) == 1
+            out, err = capsys.readouterr()
+            assert json.loads(out)["decision"] == "refused"
+            assert (
+                err.startswith("tsguard: candidate refused: held_back.nll") and err.count("\n") == 1
+            )
+            assert serving.resolve() == served
+        assert model_info(port) == {"v2"}
+    finally:
+        stop(proc)
 
 
 def test_dry_run_reports_without_swapping_and_a_plain_directory_swaps_per_file(
