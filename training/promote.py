@@ -54,7 +54,12 @@ def register_cli(subparsers: Any) -> None:
         help="score a candidate model against the serving one; swap it in atomically if not worse",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("candidate", type=Path, metavar="CANDIDATE", help="candidate model directory")
+    p.add_argument(
+        "candidate",
+        type=Path,
+        metavar="CANDIDATE",
+        help="candidate model directory ('default': the shipped model)",
+    )
     p.add_argument(
         "--serving",
         type=Path,
@@ -372,6 +377,10 @@ def _prune(versions: Path, current: Path, keep: int) -> None:
 
 
 def run_promote(args: argparse.Namespace) -> int:
+    if str(args.candidate) == "default" and not args.candidate.exists():
+        from detector.scorer import DEFAULT_MODEL_DIR
+
+        args.candidate = DEFAULT_MODEL_DIR  # the shipped model, as `train --init default`
     if args.serving is None:
         raise UserError("--serving DIR is required (or TSGUARD_MODEL)")
     if args.candidate.resolve() == args.serving.resolve():
