@@ -135,6 +135,7 @@ class History:
     records: int = 0  # messages or rows read
     invalid: dict[str, int] = field(default_factory=dict)  # reason -> messages skipped
     outside: int = 0  # valid points outside the time range
+    seconds: float = 0.0  # reading and decoding
 
     @property
     def points(self) -> int:
@@ -149,6 +150,7 @@ class History:
             "points": self.points,
             "invalid": dict(sorted(self.invalid.items())),
             "outside_range": self.outside,
+            "seconds": round(self.seconds, 1),
         }
 
 
@@ -320,6 +322,7 @@ def kafka_source(args: argparse.Namespace) -> Source:
 
 def read_source(source: Source, progress: bool = True) -> History:
     """Read a recorded or requested source; a source with no usable point is a user error."""
+    started = time.monotonic()
     if source.kind == "kafka":
         from training.kafka_history import read_topic_slice
 
@@ -328,6 +331,7 @@ def read_source(source: Source, progress: bool = True) -> History:
         history = read_parquet(source.paths, source.range)
     else:
         raise UserError(f"unknown history source {source.kind!r}")
+    history.seconds = time.monotonic() - started
     if not history.series:
         where = source.topic if source.kind == "kafka" else ", ".join(source.paths)
         raise UserError(

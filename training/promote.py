@@ -340,8 +340,13 @@ def swap_in(candidate: Path, serving: Path, keep: int) -> Path:
     versions = serving.parent / f"{serving.name}.versions"
     version = json.loads((candidate / "config.json").read_text())["version"]
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    versions.mkdir(parents=True, exist_ok=True)
     target = versions / f"{_safe(version)}-{stamp}"
-    target.mkdir(parents=True, exist_ok=False)
+    for n in range(2, 100):  # the same version promoted twice within a second
+        if not target.exists():
+            break
+        target = versions / f"{_safe(version)}-{stamp}-{n}"
+    target.mkdir()
     for name in (*MODEL_FILES, *CARD_FILES):
         if (candidate / name).is_file():
             shutil.copyfile(candidate / name, target / name)
