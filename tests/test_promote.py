@@ -190,3 +190,20 @@ def test_refusals_and_user_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("tsguard: error: candidate: model directory") and err.count("\n") == 1
     with pytest.raises(SystemExit):
         main(["promote", str(tmp_path / "w80")])  # no --serving, no TSGUARD_MODEL
+
+
+def test_a_model_serve_cannot_run_is_refused_even_with_nothing_serving(tmp_path, capsys):
+    """A 40-point window is shorter than the Detector's spread signal reads: serve would fail at
+    its first batch, so promote refuses it instead of installing it."""
+    t = 1_796_083_200.0 + 60.0 * np.arange(300)
+    pd.DataFrame({"series": "a", "ts": t, "value": np.sin(np.arange(300) / 5)}).to_parquet(
+        tmp_path / "h.parquet"
+    )
+    short = [a if a != "80" else "40" for a in TINY]
+    assert main(["train", "--data", str(tmp_path / "h.parquet"), "--out", str(tmp_path / "w40"),
+                 *short, *QUICK]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert promote(tmp_path / "w40", tmp_path / "current") == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["decision"] == "refused" and not (tmp_path / "current").exists()
+    assert err.startswith("tsguard: candidate refused: serve: windows of 40 points are too short")

@@ -219,6 +219,11 @@ def compare(args: argparse.Namespace, serving_dir: Path | None) -> dict[str, Any
             "why": "serve keeps its window length across reloads: a restart is needed",
         })  # fmt: skip
         return report
+    problem = detector_problem(candidate)
+    if problem is not None:
+        report["checks"].append({"metric": "serve", "candidate": problem, "serving": None,
+                                 "ok": False, "why": "tsguard serve could not score with it"})  # fmt: skip
+        return report
     held = load_held_back(args, candidate.config, candidate.window_length, candidate.max_new)
     if not len(held.windows) and not args.labelled and serving is not None:
         raise UserError(
@@ -255,6 +260,20 @@ def compare(args: argparse.Namespace, serving_dir: Path | None) -> dict[str, Any
                     report["checks"].append(_check(f"labelled.{c}.vus_pr", cv, sv,
                                                    sv - args.max_vus_drop, lower=False))  # fmt: skip
     return report
+
+
+def detector_problem(scorer) -> str | None:
+    """Why `tsguard serve`'s Detector cannot run this model (e.g. a window shorter than a
+    signal reads), found by feeding it a short series as serve would; None when it runs."""
+    from detector.detector import Detector
+
+    n = 2 * scorer.window_length
+    t = np.arange(n, dtype=np.float64)
+    try:
+        Detector(scorer).run_series(10.0 + np.sin(t / 7.0), 1.7e9 + 60.0 * t)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _load(path: Path, what: str, device: str):
@@ -366,6 +385,12 @@ def _replace_files(candidate: Path, serving: Path) -> None:
             os.replace(tmp, serving / name)
 
 
+def _failure(check: dict[str, Any]) -> str:
+    if isinstance(check["candidate"], str):
+        return f"{check['metric']}: {check['candidate']}"
+    return f"{check['metric']} {check['candidate']:.4g} vs serving {check['serving']:.4g}"
+
+
 def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)[:80] or "model"
 
@@ -396,16 +421,13 @@ def run_promote(args: argparse.Namespace) -> int:
         raise UserError(f"--serving {args.serving}: holds no model (no config.json)")
     report = compare(args, serving_dir)
     passed = all(c["ok"] for c in report["checks"])
-    if serving_dir is None:
-        report["decision"] = (
-            "dry run: would promote (nothing serving)"
-            if args.dry_run
-            else "promoted (nothing serving)"
-        )
-    elif not passed:
+    first = " (nothing serving)" if serving_dir is None else ""
+    if not passed:
         report["decision"] = "refused"
+    elif args.dry_run:
+        report["decision"] = "dry run: would promote" + first
     else:
-        report["decision"] = "dry run: would promote" if args.dry_run else "promoted"
+        report["decision"] = "promoted" + first
     report["swapped"] = False
     if passed and not args.dry_run:
         report["served_from"] = str(swap_in(args.candidate, args.serving, args.keep))
@@ -426,9 +448,7 @@ def run_promote(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     if not passed:
         failed = [c for c in report["checks"] if not c["ok"]]
-        what = "; ".join(
-            f"{c['metric']} {c['candidate']:.4g} vs serving {c['serving']:.4g}" for c in failed
-        )
+        what = "; ".join(_failure(c) for c in failed)
         print(
             f"tsguard: candidate refused: {what} (report {out / 'promotion.json'})", file=sys.stderr
         )
