@@ -75,6 +75,13 @@ def test_group_points_orders_by_time_and_keeps_the_last_duplicate() -> None:
 def test_train_from_kafka_reads_the_slice_and_counts_what_it_skipped(broker, tmp_path, capsys):
     end = time.time()
     produce_history(broker.bootstrap, series=3, n=300, end=end)
+    # A multivariate series, 50 points per message: one training series per dimension.
+    points = [{"series": "db/io", "ts": end - 60 * (300 - i), "values": {"r": float(i), "w": None}}
+              for i in range(300)]  # fmt: skip
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    for i in range(0, 300, 50):
+        producer.send("tsguard.metrics", key=b"db/io", value=orjson.dumps(points[i : i + 50]))
+    producer.close()
     out = tmp_path / "m"
     rc = main(["train", "--from-kafka", "--bootstrap", broker.bootstrap, "--since", "1d",
                "--out", str(out), "--version", "from-kafka", *TINY, *QUICK])  # fmt: skip
@@ -82,7 +89,8 @@ def test_train_from_kafka_reads_the_slice_and_counts_what_it_skipped(broker, tmp
     assert json.loads(capsys.readouterr().out)["version"] == "from-kafka"
     real = data_summary(out)
     history = real["history"]
-    assert history["series"] == 3 and history["points"] == 900
+    assert history["series"] == 5 and history["points"] == 900 + 2 * 300
+    assert history["records"] == 900 + 6 + 3
     assert history["invalid"] == {"bad_ts": 1, "invalid_json": 1}
     assert history["outside_range"] == 1
     assert history["source"]["kind"] == "kafka" and history["source"]["topic"] == "tsguard.metrics"
