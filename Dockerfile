@@ -45,7 +45,9 @@ COPY training ./training
 # With the optional librdkafka client: TSGUARD_KAFKA_CLIENT=confluent selects it at run time.
 RUN pip install -c constraints.txt '.[confluent]' && rm -rf /src
 
-RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin tsguard
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin tsguard \
+    && mkdir /models && chown tsguard /models
+# /models: the model directories of `tsguard promote` (a named volume takes this owner).
 USER tsguard
 WORKDIR /home/tsguard
 # Compile the calibration and episode loops (numba) into the image: a container then loads them

@@ -18,6 +18,7 @@ from detector.errors import UserError
 SUBCOMMAND_MODULES = (
     "stream.commands",  # demo, serve, broker, replay
     "training.train",  # train
+    "training.promote",  # promote
     "training.evaluate",  # evaluate nab
     "stream.logs_cli",  # logs classify | summarize
 )

@@ -173,3 +173,17 @@ def test_report_counts_gpu_figures_only_for_the_current_default_model(tmp_path):
         (tmp_path / GPU_RESULTS).write_bytes(orjson.dumps(gpu))
         (line,) = [x for x in report.main(["--results", str(tmp_path)]).splitlines() if row in x]
         assert status in line, line
+
+
+def test_retrain_bench_smoke(tmp_path):
+    """Produce a little history, train --from-kafka --init default, promote: the row adds up."""
+    from benchmarks import retrain_bench
+
+    out = tmp_path / "retrain.json"
+    retrain_bench.main(["--series", "3", "--days", "0.25", "--points-per-message", "30",
+                        "--stride", "16", "--threads", "1", "--out", str(out)])  # fmt: skip
+    row = orjson.loads(out.read_bytes())["result"]
+    assert row["series"] == 3 and row["points"] == 3 * 360 and row["messages"] == 3 * 12
+    assert row["epochs"] == 1 and row["windows"] > 0
+    assert row["decision"] in ("promoted", "refused")
+    assert row["nll_candidate"] == row["nll_candidate"]  # a number, not NaN

@@ -105,15 +105,24 @@ def test_schema_rejects_a_misspelt_key(compose: dict):
 
 def test_services_images_and_profiles(compose: dict):
     s = services(compose)
-    assert set(s) == {"kafka", "tsguard", "demo-producer", "prometheus", "grafana"}
+    assert set(s) == {
+        "kafka",
+        "tsguard",
+        "models-init",
+        "retrain",
+        "demo-producer",
+        "prometheus",
+        "grafana",
+    }
     assert s["kafka"]["image"].startswith("apache/kafka:")
     assert s["prometheus"]["image"].startswith("prom/prometheus:")
     assert re.match(r"grafana/grafana:11\.", s["grafana"]["image"]), "dashboards target Grafana 11"
-    for name in ("tsguard", "demo-producer"):
+    for name in ("tsguard", "models-init", "retrain", "demo-producer"):
         assert s[name]["build"]["dockerfile"] == "Dockerfile"
         assert s[name]["build"]["args"]["BASE_IMAGE"].endswith(":-python:3.11-slim}")
     assert s["demo-producer"]["profiles"] == ["demo"]
-    for name in ("kafka", "tsguard", "prometheus", "grafana"):
+    assert s["retrain"]["profiles"] == ["retrain"]
+    for name in ("kafka", "tsguard", "models-init", "prometheus", "grafana"):
         assert "profiles" not in s[name], f"{name} must start without a profile"
 
 
@@ -131,7 +140,7 @@ def test_named_volumes_are_declared_and_used(compose: dict):
         for spec in svc.get("volumes", [])
         if not str(spec).startswith((".", "/"))
     }
-    assert used == declared == {"kafka-data", "prometheus-data", "grafana-data"}
+    assert used == declared == {"kafka-data", "prometheus-data", "grafana-data", "models"}
 
 
 def test_kafka_is_single_node_kraft_with_inside_and_host_listeners(compose: dict):
@@ -322,3 +331,34 @@ def test_entrypoint_is_the_tsguard_console_script():
         timeout=60,
     )
     assert out.returncode == 0 and "--metrics-port" in out.stdout
+
+
+def test_retrain_promotes_into_the_directory_serve_watches(compose: dict):
+    """The retrain profile's commands parse as tsguard commands, and promote swaps into the
+    model directory `tsguard serve` reads, on a volume both mount."""
+    import shlex
+
+    s = services(compose)
+    serve = build_parser().parse_args(cli_args(s["tsguard"]))
+    for name in ("tsguard", "models-init", "retrain"):
+        assert "models:/models" in s[name]["volumes"], name
+    assert s["tsguard"]["depends_on"]["models-init"]["condition"] == (
+        "service_completed_successfully"
+    )
+    environment = env(s["retrain"])
+    assert environment["TSGUARD_MODEL"] == serve.model == "/models/current"
+    e = env(s["kafka"])
+    inside = listeners(e["KAFKA_ADVERTISED_LISTENERS"])[e["KAFKA_INTER_BROKER_LISTENER_NAME"]]
+    assert environment["TSGUARD_BOOTSTRAP"] == f"{inside[0]}:{inside[1]}"
+    script = " ".join(s["models-init"]["command"]) + "\n" + s["retrain"]["command"][0]
+    commands = [
+        shlex.split(line.split("|| ", 1)[-1].replace("$$", "$"))[1:]
+        for line in script.splitlines()
+        if "tsguard " in line
+    ]
+    parsed = [build_parser().parse_args(c) for c in commands]
+    assert [p.command for p in parsed] == ["promote", "train", "promote"]
+    init, train, promote = parsed
+    assert str(init.candidate) == "default" and str(init.serving) == serve.model
+    assert train.from_kafka and train.init == serve.model
+    assert str(promote.serving) == serve.model and str(promote.candidate) == train.out

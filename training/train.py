@@ -3,6 +3,13 @@
     tsguard train --data ../shared/data/some.csv more/ --out models/mine --epochs 10
     tsguard train --synthetic 200 --out detector/default_model --seed 7
     tsguard train --synthetic 160 --kernelsynth 160 --out models/mixed
+    tsguard train --from-kafka --bootstrap kafka:9092 --since 7d --init default --out models/next
+
+History (training/history.py): `--from-kafka` reads a time slice of the metrics topic, and
+`--data` also takes long-form Parquet (`series,ts,value` rows, folders partitioned by date); the
+last `--holdout` of every real series is held back for `tsguard promote`. `--init DIR` (or
+`default`, the shipped model) fine-tunes an existing model: its architecture, weights and
+detection settings, at a lower learning rate.
 
 The objective is self-supervised next-steps forecasting: from the context of each window, predict
 the location and Laplace scale of each of its last `horizon` points in units of the context's
@@ -59,9 +66,18 @@ class TrainConfig:
     device: str = "auto"
     version: str = ""
     threads: int = 0  # torch CPU threads; 0 = torch default
+    source: dict | None = None  # a training/history.py Source: metrics topic or long Parquet
+    holdout: float = 0.1  # last share of every real series held back for `promote`
+    init: str = ""  # model directory to fine-tune ("default": the shipped model)
+    progress: bool = True  # progress bars on stderr (when it is a terminal)
+
+
+FINETUNE_LR = 5e-4  # --lr default with --init: adapt the shipped weights, do not overwrite them
 
 
 def register_cli(subparsers: Any) -> None:
+    from training.history import add_source_arguments
+
     d = TrainConfig(out="")
     p = subparsers.add_parser(
         "train",
@@ -98,9 +114,26 @@ def register_cli(subparsers: Any) -> None:
         metavar="N",
         help="points per generated series (--synthetic and --kernelsynth)",
     )
+    add_source_arguments(p)
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=d.holdout,
+        metavar="F",
+        help="hold back the last F of every real series for `tsguard promote` (default 0.1)",
+    )
+    p.add_argument(
+        "--init",
+        default="",
+        metavar="DIR",
+        help="fine-tune this model directory ('default': the shipped model); its architecture "
+        "and detection settings are kept",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument(
+        "--lr", type=float, default=None, help=f"default {d.lr}, with --init {FINETUNE_LR}"
+    )
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument(
         "--window", type=int, default=d.window, help="points per window (context + horizon)"
@@ -136,16 +169,48 @@ def register_cli(subparsers: Any) -> None:
     p.set_defaults(handler=_handle)
 
 
+def history_source(args: argparse.Namespace) -> tuple[list[str], dict | None]:
+    """(wide data files, history source) from the options: --from-kafka, or the long-form
+    Parquet among --data; the time options apply to the history source."""
+    from training.history import (
+        Source,
+        history_args_given,
+        is_long_parquet,
+        kafka_source,
+        time_range,
+    )
+
+    long = [p for p in args.data if is_long_parquet(p)]
+    wide = [p for p in args.data if p not in long]
+    if args.from_kafka:
+        if long:
+            raise UserError("read history from --from-kafka or long-form Parquet, not both")
+        return wide, kafka_source(args).to_dict()
+    if long:
+        span = time_range(args.since, args.from_ts, args.until)
+        return wide, Source("parquet", paths=long, start=span.start, end=span.end).to_dict()
+    if history_args_given(args):
+        raise UserError(
+            "--since/--from-ts/--until read history: add --from-kafka, or give long-form "
+            "Parquet (series,ts,value) in --data"
+        )
+    return wide, None
+
+
 def _handle(args: argparse.Namespace) -> int:
+    data, source = history_source(args)
     cfg = TrainConfig(
         out=args.out,
-        data=list(args.data),
+        data=data,
+        source=source,
+        holdout=args.holdout,
+        init=args.init,
         synthetic=args.synthetic,
         kernelsynth=args.kernelsynth,
         synthetic_length=args.synthetic_length,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=args.lr if args.lr is not None else (FINETUNE_LR if args.init else TrainConfig.lr),
         weight_decay=args.weight_decay,
         window=args.window,
         horizon=args.horizon,
@@ -178,9 +243,10 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def _check(cfg: TrainConfig) -> None:
-    if not cfg.data and cfg.synthetic <= 0 and cfg.kernelsynth <= 0:
+    if not cfg.data and not cfg.source and cfg.synthetic <= 0 and cfg.kernelsynth <= 0:
         raise UserError(
-            "nothing to train on: give --data PATH... and/or --synthetic N and/or --kernelsynth M"
+            "nothing to train on: give --data PATH... and/or --from-kafka and/or --synthetic N "
+            "and/or --kernelsynth M"
         )
     checks = [
         (cfg.epochs >= 1, "--epochs must be >= 1"),
@@ -192,6 +258,7 @@ def _check(cfg: TrainConfig) -> None:
         (cfg.max_minutes >= 0, "--max-minutes must be >= 0"),
         (cfg.synthetic >= 0, "--synthetic must be >= 0"),
         (cfg.kernelsynth >= 0, "--kernelsynth must be >= 0"),
+        (0.0 <= cfg.holdout < 0.9, "--holdout must be in [0, 0.9)"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -230,25 +297,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     import torch
 
     from detector.detector import DetectorConfig
-    from detector.model import ModelConfig, PatchForecaster
+    from detector.model import PatchForecaster
     from detector.scorer import resolve_device, save_model_dir
-    from training.datasets import cut_windows, kernelsynth_series, load_series, synthetic_series
+    from training.datasets import cut_windows, kernelsynth_series, synthetic_series
+    from training.history import Source, real_data
 
-    try:
-        arch = ModelConfig(
-            window=cfg.window,
-            horizon=cfg.horizon,
-            patch=cfg.patch,
-            d_model=cfg.d_model,
-            n_heads=cfg.n_heads,
-            n_layers=cfg.n_layers,
-            d_ff=cfg.d_ff,
-            dropout=cfg.dropout,
-            error_power=cfg.error_power,
-        )
-        arch.validate()
-    except ValueError as exc:
-        raise UserError(f"invalid architecture: {exc}") from None
+    init = _load_init(cfg.init) if cfg.init else None
+    arch = init.cfg if init is not None else _architecture(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -256,17 +311,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
 
     # ---- data
-    min_len = max(cfg.window + 1, int(math.ceil(cfg.window / max(1e-9, 1 - cfg.val_fraction))))
-    series = load_series(cfg.data, min_length=min_len) if cfg.data else []
-    n_file_series = len(series)
+    min_len = max(arch.window + 1, int(math.ceil(arch.window / max(1e-9, 1 - cfg.val_fraction))))
+    real = None
+    series: list = []
+    if cfg.data or cfg.source:
+        source = Source.from_dict(cfg.source) if cfg.source else None
+        real = real_data(cfg.data, source, cfg.holdout, min_len, progress=cfg.progress)
+        series = real.training_part()
+    n_file_series = len(series) if real is None else real.summary["file_series"]
     if cfg.synthetic:
         series += synthetic_series(cfg.synthetic, cfg.synthetic_length, seed=cfg.seed)
     if cfg.kernelsynth:
         series += kernelsynth_series(cfg.kernelsynth, cfg.synthetic_length, seed=cfg.seed)
-    train_w, val_w = cut_windows(series, cfg.window, cfg.stride, cfg.val_fraction)
+    train_w, val_w = cut_windows(series, arch.window, cfg.stride, cfg.val_fraction)
     if len(train_w) == 0:
         raise UserError(
-            f"no training windows: every series is shorter than the window ({cfg.window})"
+            f"no training windows: every series is shorter than the window ({arch.window})"
         )
     n_points = int(sum(len(s.values) for s in series))
     log.info(
@@ -278,7 +338,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
 
     # ---- model and optimiser
-    model = PatchForecaster(arch).to(device)
+    model = (init.model if init is not None else PatchForecaster(arch)).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and n != "pos"]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or n == "pos"]
     opt = torch.optim.AdamW(
@@ -384,6 +444,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "data": {
             "files": list(cfg.data),
             "file_series": n_file_series,
+            "real": real.summary if real is not None else None,
             "synthetic_series": cfg.synthetic,
             "kernelsynth_series": cfg.kernelsynth,
             "synthetic_length": cfg.synthetic_length if cfg.synthetic or cfg.kernelsynth else 0,
@@ -393,6 +454,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "generators": _generators(cfg),
             "evaluation_data": "not checked: the files in data.files"
             if cfg.data
+            else "held back: the last data.real.holdout of every history series (`tsguard "
+            "promote` scores on it)"
+            if real is not None
             else "none: generated series only",
             "series": len(series),
             "points": n_points,
@@ -402,6 +466,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "objective": f"forecast the last {arch.horizon} points from {arch.context}: "
         "Laplace negative log-likelihood of location and scale, robust-normalised",
         "seed": cfg.seed,
+        "init": {"dir": cfg.init, "version": init.version} if init is not None else None,
         "device": device,
         "epochs_run": len(history),
         "best_epoch": best_epoch,
@@ -422,16 +487,50 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "stopped_by",
             "final_train_loss",
             "best_val_loss",
+            "init",
         )
     }
     training_desc["parameters"] = sum(p.numel() for p in model.parameters())
     out = Path(cfg.out)
+    calibration = init.calibration if init is not None else DetectorConfig()
     save_model_dir(
-        out, model.cpu(), version=version, calibration=DetectorConfig(), training=training_desc
+        out, model.cpu(), version=version, calibration=calibration, training=training_desc
     )
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _plot(history, out / "loss.png")
     return report
+
+
+def _architecture(cfg: TrainConfig) -> Any:
+    from detector.model import ModelConfig
+
+    try:
+        arch = ModelConfig(
+            window=cfg.window,
+            horizon=cfg.horizon,
+            patch=cfg.patch,
+            d_model=cfg.d_model,
+            n_heads=cfg.n_heads,
+            n_layers=cfg.n_layers,
+            d_ff=cfg.d_ff,
+            dropout=cfg.dropout,
+            error_power=cfg.error_power,
+        )
+        arch.validate()
+    except ValueError as exc:
+        raise UserError(f"invalid architecture: {exc}") from None
+    return arch
+
+
+def _load_init(path: str) -> Any:
+    """The Scorer of the model directory to fine-tune ("default": the shipped model)."""
+    from detector.errors import ModelLoadError
+    from detector.scorer import load_scorer
+
+    try:
+        return load_scorer(None if path == "default" else path, device="cpu")
+    except ModelLoadError as exc:
+        raise UserError(f"--init: {exc}") from None
 
 
 def _generators(cfg: TrainConfig) -> list[dict[str, Any]]:
