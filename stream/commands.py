@@ -161,7 +161,7 @@ def serve(args: argparse.Namespace) -> int:
     with _broker_for(args.bootstrap) as bootstrap:
         settings = _settings(args, bootstrap)
         pipeline, metrics = build_service(settings)
-        metrics.serve(settings.metrics_port, settings.metrics_addr)
+        metrics.serve(settings.metrics_port, settings.metrics_addr, pipeline.health)
         _on_signals(pipeline)
         log.info(
             "serving %s from %s (group %s)", ",".join(pipeline.heads), bootstrap, settings.group_id

@@ -10,7 +10,7 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from detector.messages import InvalidMessage, InvalidReason
 
@@ -138,11 +138,13 @@ class Metrics:
         self.model_info.clear()
         self.model_info.labels(version, device).set(1)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str = "0.0.0.0", health=None) -> None:
+        """/metrics (and /healthz, /readyz from a stream.health.Health) on addr:port."""
         from detector.errors import UserError
+        from stream.health import serve_http
 
         try:
-            start_http_server(port, addr=addr, registry=self.registry)
+            serve_http(self.registry, port, addr, health)
         except OSError as exc:
             raise UserError(f"cannot serve metrics on {addr}:{port}: {exc.strerror}") from None
         log.info("metrics on http://%s:%d/metrics", addr, port)
