@@ -126,7 +126,14 @@ def build_service(settings):
         logs_head = LogsHead(settings, metrics)
         heads += [logs_head, LogFeedbackHead(settings, metrics, logs_head)]
     ensure_topics(settings, settings.topics.all())
-    return Pipeline(settings, heads, metrics), metrics
+    pipeline = Pipeline(settings, heads, metrics)
+    if settings.alertmanager:
+        from stream.alertmanager import AlertmanagerSink
+
+        pipeline.sinks.append(
+            AlertmanagerSink(list(settings.alertmanager), settings.topics.anomalies, metrics)
+        )
+    return pipeline, metrics
 
 
 @contextlib.contextmanager

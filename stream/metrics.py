@@ -98,6 +98,16 @@ class Metrics:
         self.model_reloads = Counter(
             "tsguard_model_reloads", "Model reload attempts", ["result"], registry=r
         )
+        # Are alerts reaching Alertmanager (--alertmanager; stream/alertmanager.py)?
+        self.alerts_sent = Counter(
+            "tsguard_alerts_sent", "Alerts posted to Alertmanager, per URL", ["state"], registry=r
+        )
+        self.alerts_failed = Counter(
+            "tsguard_alerts_failed",
+            "Alert posts that failed, and events dropped for a full alert queue",
+            ["reason"],
+            registry=r,
+        )
         # The log heads.
         self.log_lines = Counter("tsguard_log_lines", "Log lines classified", ["label"], registry=r)
         self.log_summaries = Counter(
@@ -114,6 +124,10 @@ class Metrics:
             self.dead_letter.labels(reason)
         for kind in ("start", "end"):
             self.anomaly_events.labels(kind)
+        for state in ("firing", "resolved"):
+            self.alerts_sent.labels(state)
+        for reason in ("http_error", "unreachable", "queue_full"):
+            self.alerts_failed.labels(reason)
         self._max_gauges = max_series_gauges
         # series -> its labelled gauge (labels() costs a lock and a dict lookup per call).
         self._gauged: OrderedDict[str, Any] = OrderedDict()

@@ -69,6 +69,7 @@ class Pipeline:
     def __init__(self, settings: Settings, heads: list[Head], metrics: Metrics):
         self.settings = settings
         self.heads = {h.topic: h for h in heads}
+        self.sinks: list = []  # see every output sent (e.g. stream/alertmanager.py); closed last
         self.metrics = metrics
         self.stop_event = threading.Event()
         self.health = Health()  # what /healthz and /readyz answer (stream/health.py)
@@ -303,6 +304,8 @@ class Pipeline:
         return any(h.has_pending() for h in self.heads.values())
 
     def _send(self, outputs: list[Output]) -> None:
+        for sink in self.sinks:
+            sink.take(outputs)
         for out in outputs:
             try:
                 future = self.producer.send(out.topic, key=out.key, value=out.value)
@@ -401,3 +404,5 @@ class Pipeline:
         if self._admin is not None:
             with contextlib.suppress(KafkaError):
                 self._admin.close()
+        for sink in self.sinks:
+            sink.close()

@@ -174,6 +174,10 @@ class Settings:
         50_000, "--rebuild-messages",
         help="messages per partition read back on assignment to rebuild windows (0: none)",
     )  # fmt: skip
+    alertmanager: tuple[str, ...] = setting(
+        (), "--alertmanager", env=True, type=_comma_list, metavar="URL[,URL]",
+        help="push anomaly episodes to these Alertmanagers (v2 API), e.g. http://alertmanager:9093",
+    )  # fmt: skip
     security: KafkaSecurity = setting(factory=KafkaSecurity)
     stop_at_end: bool = setting(
         False, "--stop-at-end",
