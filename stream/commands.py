@@ -73,6 +73,12 @@ def _settings(args: argparse.Namespace, bootstrap: str):
         raise UserError("--stop-timeout needs --stop-at-end")
     if stop_timeout is not None and not stop_timeout > 0:
         raise UserError(f"--stop-timeout must be a positive number of seconds, got {stop_timeout}")
+    if values["rules"]:
+        from stream.rules import load_rules
+
+        if "metrics" not in heads:
+            raise UserError("--rules applies to the metrics head; add it to --heads")
+        load_rules(values["rules"])  # a bad file: one line now, before the model loads
     return Settings(**values | {"bootstrap": bootstrap}, security=_security(args))
 
 
@@ -120,6 +126,10 @@ def build_service(settings):
         scorer = load_scorer(settings.model_dir, settings.device, compile=settings.compile)
         log.info("model %s on %s (window %d)", scorer.version, scorer.device, scorer.window_length)
         heads.append(MetricsHead(settings, scorer, metrics))
+        if settings.rules:
+            from stream.rules import RuleGate, RulesFile
+
+            heads[-1].rules = RuleGate(RulesFile(settings.rules, metrics), metrics)
     if "logs" in settings.heads:
         from stream.log_head import LogFeedbackHead, LogsHead
 
@@ -159,7 +169,14 @@ def _on_signals(pipeline) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGHUP, lambda *_: pipeline.reload_requested.set())
+
+    def hangup(_signum, _frame):  # reload the model and the operator rules
+        pipeline.reload_requested.set()
+        for head in pipeline.heads.values():
+            if getattr(head, "rules", None) is not None:
+                head.rules.source.request_reload()
+
+    signal.signal(signal.SIGHUP, hangup)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -98,6 +98,19 @@ class Metrics:
         self.model_reloads = Counter(
             "tsguard_model_reloads", "Model reload attempts", ["result"], registry=r
         )
+        # What do the operator rules (--rules; stream/rules.py) hold back?
+        self.events_held = Counter(
+            "tsguard_events_held",
+            "Anomaly episodes held by an operator rule (no events, no alert)",
+            ["reason"],
+            registry=r,
+        )
+        self.rules_loads = Counter(
+            "tsguard_rules_loads",
+            "Rules file loads, ok or refused (invalid)",
+            ["result"],
+            registry=r,
+        )
         # Are alerts reaching Alertmanager (--alertmanager; stream/alertmanager.py)?
         self.alerts_sent = Counter(
             "tsguard_alerts_sent", "Alerts posted to Alertmanager, per URL", ["state"], registry=r
@@ -124,6 +137,8 @@ class Metrics:
             self.dead_letter.labels(reason)
         for kind in ("start", "end"):
             self.anomaly_events.labels(kind)
+        for reason in ("mute", "direction", "min_delta"):
+            self.events_held.labels(reason)
         for state in ("firing", "resolved"):
             self.alerts_sent.labels(state)
         for reason in ("http_error", "unreachable", "queue_full"):

@@ -174,6 +174,11 @@ class Settings:
         50_000, "--rebuild-messages",
         help="messages per partition read back on assignment to rebuild windows (0: none)",
     )  # fmt: skip
+    rules: str | None = setting(
+        None, "--rules", env=True, metavar="FILE",
+        help="operator rules (YAML): direction, min_delta, sensitivity, labels and mutes per "
+        "series glob; re-read on change and SIGHUP",
+    )  # fmt: skip
     alertmanager: tuple[str, ...] = setting(
         (), "--alertmanager", env=True, type=_comma_list, metavar="URL[,URL]",
         help="push anomaly episodes to these Alertmanagers (v2 API), e.g. http://alertmanager:9093",
