@@ -111,6 +111,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.rules_refused = Gauge(
+            "tsguard_rules_file_refused",
+            "1 while the rules file's last load was refused (the rules before it in force)",
+            registry=r,
+        )
         # Are alerts reaching Alertmanager (--alertmanager; stream/alertmanager.py)?
         self.alerts_sent = Counter(
             "tsguard_alerts_sent", "Alerts posted to Alertmanager, per URL", ["state"], registry=r

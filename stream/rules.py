@@ -339,6 +339,7 @@ class RulesFile:
     def _count(self, result: str) -> None:
         if self.metrics is not None:
             self.metrics.rules_loads.labels(result).inc()
+            self.metrics.rules_refused.set(result == "refused")
 
 
 class RuleGate:

@@ -106,9 +106,13 @@ def test_reloaded_on_change_and_on_request_an_invalid_file_keeps_the_rules(tmp_p
         loads = metrics.registry.get_sample_value
         assert wait_until(lambda: loads("tsguard_rules_loads_total", {"result": "refused"}) == 1)
         assert rules.version == 1 and rules.rules.for_series("a1").labels == {"team": "two"}
+        assert loads("tsguard_rules_file_refused") == 1
         rules.request_reload()  # SIGHUP: read again even though the file did not change
         assert wait_until(lambda: loads("tsguard_rules_loads_total", {"result": "refused"}) == 2)
         assert loads("tsguard_rules_loads_total", {"result": "ok"}) == 2  # the start + one reload
+        path.write_text("rules: []\n")
+        assert wait_until(lambda: loads("tsguard_rules_file_refused") == 0)
+        assert rules.rules.for_series("a1") is None
     finally:
         rules.close()
 
