@@ -54,6 +54,7 @@ class InvalidReason(StrEnum):
     EMPTY = "empty"
     DIMENSION_MISMATCH = "dimension_mismatch"
     INVALID_LOG = "invalid_log"
+    INVALID_FEEDBACK = "invalid_feedback"
 
 
 class InvalidMessage(ValueError):

@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "training.train",  # train
     "training.evaluate",  # evaluate nab
     "stream.logs_cli",  # logs classify | summarize
+    "stream.feedback",  # feedback
 )
 
 

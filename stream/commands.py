@@ -125,17 +125,25 @@ def build_service(settings):
 
         scorer = load_scorer(settings.model_dir, settings.device, compile=settings.compile)
         log.info("model %s on %s (window %d)", scorer.version, scorer.device, scorer.window_length)
-        heads.append(MetricsHead(settings, scorer, metrics))
-        if settings.rules:
-            from stream.rules import RuleGate, RulesFile
+        head = MetricsHead(settings, scorer, metrics)
+        # Operator rules (--rules) and verdicts (tsguard.feedback) tune the metrics head's series.
+        from stream.feedback import FeedbackHead, Verdicts
+        from stream.rules import RuleGate, RulesFile
 
-            heads[-1].rules = RuleGate(RulesFile(settings.rules, metrics), metrics)
+        verdicts = Verdicts()
+        rules = RulesFile(settings.rules, metrics) if settings.rules else None
+        head.rules = RuleGate(rules, metrics, verdicts)
+        heads += [head, FeedbackHead(settings, metrics, verdicts)]
     if "logs" in settings.heads:
         from stream.log_head import LogFeedbackHead, LogsHead
 
         logs_head = LogsHead(settings, metrics)
         heads += [logs_head, LogFeedbackHead(settings, metrics, logs_head)]
-    ensure_topics(settings, settings.topics.all())
+    ensure_topics(settings, [t for t in settings.topics.all() if t != settings.topics.feedback])
+    if "metrics" in settings.heads:
+        from stream.feedback import ensure_topic
+
+        ensure_topic(settings)  # co-partitioned with the metrics topic
     pipeline = Pipeline(settings, heads, metrics)
     if settings.alertmanager:
         from stream.alertmanager import AlertmanagerSink
@@ -173,7 +181,7 @@ def _on_signals(pipeline) -> None:
     def hangup(_signum, _frame):  # reload the model and the operator rules
         pipeline.reload_requested.set()
         for head in pipeline.heads.values():
-            if getattr(head, "rules", None) is not None:
+            if getattr(head, "rules", None) is not None and head.rules.source is not None:
                 head.rules.source.request_reload()
 
     signal.signal(signal.SIGHUP, hangup)

@@ -116,6 +116,12 @@ class Metrics:
             "1 while the rules file's last load was refused (the rules before it in force)",
             registry=r,
         )
+        self.feedback_verdicts = Counter(
+            "tsguard_feedback_verdicts",
+            "Operator verdicts on anomaly events read from tsguard.feedback (tsguard feedback)",
+            ["verdict"],
+            registry=r,
+        )
         # Are alerts reaching Alertmanager (--alertmanager; stream/alertmanager.py)?
         self.alerts_sent = Counter(
             "tsguard_alerts_sent", "Alerts posted to Alertmanager, per URL", ["state"], registry=r
@@ -144,6 +150,8 @@ class Metrics:
             self.anomaly_events.labels(kind)
         for reason in ("mute", "direction", "min_delta"):
             self.events_held.labels(reason)
+        for verdict in ("false_positive", "true_positive"):
+            self.feedback_verdicts.labels(verdict)
         for state in ("firing", "resolved"):
             self.alerts_sent.labels(state)
         for reason in ("http_error", "unreachable", "queue_full"):

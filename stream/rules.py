@@ -147,6 +147,9 @@ class Rules:
         return rule
 
 
+NO_RULES = Rules()
+
+
 # -- the file ---------------------------------------------------------------------------------
 def parse_rules(text: str, source: str = "rules") -> Rules:
     """Rules from the file's text; RulesError (one line, naming the rule) when it is not valid."""
@@ -343,23 +346,35 @@ class RulesFile:
 
 
 class RuleGate:
-    """What the metrics head asks of the rules in force (see the module docstring)."""
+    """What the metrics head asks of the rules in force (see the module docstring) and of the
+    operators' verdicts (stream/feedback.py), which raise a series' thresholds."""
 
-    def __init__(self, source: RulesFile, metrics) -> None:
-        self.source = source
+    def __init__(self, source: RulesFile | None, metrics, verdicts=None) -> None:
+        self.source = source  # None: no --rules
         self.metrics = metrics
+        self.verdicts = verdicts  # stream.feedback.Verdicts, or None
         self._held: dict[str, str] = {}  # series -> its held (open) episode
+        self._tuned = False  # a scale was set: from then on, every batch sets them
+
+    @property
+    def rules(self) -> Rules:
+        return self.source.rules if self.source is not None else NO_RULES
 
     def prepare(self, detector, dims: int, series: list[str], slots: list[int],
                 times: np.ndarray) -> list[int]:  # fmt: skip
         """Before a batch is scored: each series' threshold scale set in the detector, and the
         slot of a window whose newest point is in a `learn: false` mute replaced by -1 (the
         detector skips it)."""
-        rules = self.source.rules
+        rules, verdicts = self.rules, self.verdicts
+        if not (rules.rules or verdicts or self._tuned):  # every scale is still the default 1
+            return slots
+        self._tuned = True
         for name, slot in dict(zip(series, slots, strict=True)).items():
             if slot >= 0:
                 rule = rules.for_series(name)
                 scale = rule.threshold_scale if rule is not None else 1.0
+                if verdicts:  # a false positive's floor (the larger of the two wins)
+                    scale = max(scale, verdicts.scale(name))
                 detector.set_threshold_scale(dims, slot, scale)
         if not rules.unlearning:
             return slots
@@ -378,7 +393,7 @@ class RuleGate:
         if kind != "start":
             return self._held.pop(series, None) != episode_id
         self._held.pop(series, None)
-        rule = self.source.rules.for_series(series)
+        rule = self.rules.for_series(series)
         if rule is None:
             return True
         reason = None
@@ -400,7 +415,7 @@ class RuleGate:
         return False
 
     def labels(self, series: str) -> dict[str, str]:
-        rule = self.source.rules.for_series(series)
+        rule = self.rules.for_series(series)
         return dict(rule.labels) if rule is not None else {}
 
 

@@ -52,6 +52,7 @@ class Topics:
     log_classes: str = "tsguard.log-classes"
     log_summaries: str = "tsguard.log-summaries"
     log_feedback: str = "tsguard.log-feedback"  # label corrections, keyed by source
+    feedback: str = "tsguard.feedback"  # verdicts on anomaly events, keyed by series
 
     def all(self) -> list[str]:
         return [
@@ -62,6 +63,7 @@ class Topics:
             self.log_classes,
             self.log_summaries,
             self.log_feedback,
+            self.feedback,
         ]
 
 
