@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from datetime import datetime
 
 import numpy as np
 import orjson
@@ -117,6 +118,27 @@ def test_sink_fires_and_resolves_an_episode(alertmanager):
     assert sent("tsguard_alerts_sent_total", {"state": "firing"}) >= 1
     assert sent("tsguard_alerts_sent_total", {"state": "resolved"}) >= 1
     assert sent("tsguard_alerts_failed_total", {"reason": "unreachable"}) == 0
+
+
+@needs_alertmanager
+def test_an_open_episode_is_re_sent_with_a_later_end(alertmanager):
+    metrics = Metrics()
+    sink = AlertmanagerSink([alertmanager.url], "tsguard.anomalies", metrics, resend_s=0.5)
+    try:
+        sink.take([event("start", "s/open", time.time() - 60)])
+        alerts = alertmanager.wait_for(lambda a: "s/open" in by_series(a))
+
+        def ends(alerts: list[dict]) -> datetime:
+            return datetime.fromisoformat(by_series(alerts)["s/open"]["endsAt"])
+
+        first_end = ends(alerts)
+        alerts = alertmanager.wait_for(lambda a: "s/open" in by_series(a) and ends(a) > first_end)
+        assert ends(alerts) > first_end
+        assert (
+            metrics.registry.get_sample_value("tsguard_alerts_sent_total", {"state": "firing"}) >= 2
+        )
+    finally:
+        sink.close()
 
 
 def test_an_absent_alertmanager_never_blocks_and_is_counted():
