@@ -239,36 +239,38 @@ def feedback(args: argparse.Namespace) -> int:
 def ensure_topic(settings: Settings) -> None:
     """Create tsguard.feedback co-partitioned with tsguard.metrics: as many partitions as it has
     (settings.partitions when neither exists yet); an existing one that differs is logged."""
+    import contextlib
     import logging
 
     from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-    from stream.kafka_io import make_admin, make_consumer
+    from stream.kafka_io import make_admin
 
     topics = settings.topics
-    consumer = make_consumer(settings, group=False)
+    admin = make_admin(settings)  # kafka-python's admin, whichever client serves
     try:
-        existing = consumer.topics()
-        counts = {t: len(consumer.partitions_for_topic(t) or ()) for t in
-                  (topics.metrics, topics.feedback) if t in existing}  # fmt: skip
-    except KafkaError as exc:
-        raise UserError(f"cannot read topics from {settings.bootstrap}: {exc}") from None
-    finally:
-        consumer.close()
-    want = counts.get(topics.metrics) or settings.partitions
-    if topics.feedback in counts:
-        if counts[topics.feedback] != want:
+        existing = set(admin.list_topics())
+        wanted = [t for t in (topics.metrics, topics.feedback) if t in existing]
+        counts = (
+            {
+                d.get("name", d.get("topic")): len(d["partitions"])
+                for d in admin.describe_topics(wanted)
+            }
+            if wanted
+            else {}
+        )
+        want = counts.get(topics.metrics) or settings.partitions
+        if topics.feedback not in counts:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(topics.feedback, want, 1)], timeout_ms=10000)
+        elif counts[topics.feedback] != want:
             logging.getLogger(__name__).warning(
                 "%s has %d partitions and %s %d: a series' verdicts may reach another member",
                 topics.feedback, counts[topics.feedback], topics.metrics, want,
             )  # fmt: skip
-        return
-    admin = make_admin(settings)
-    try:
-        admin.create_topics([NewTopic(topics.feedback, want, 1)], timeout_ms=10000)
-    except TopicAlreadyExistsError:
-        pass
+    except KafkaError as exc:
+        raise UserError(f"cannot create {topics.feedback} on {settings.bootstrap}: {exc}") from None
     finally:
         admin.close()
 
