@@ -56,8 +56,10 @@ ENV NUMBA_CACHE_DIR=/home/tsguard/.cache/numba
 RUN python -c "from stream.heads import load_kernels; load_kernels()"
 
 EXPOSE 9109
+# Liveness: /healthz answers 200 while the pipeline loop turns (any non-2xx makes urlopen raise).
+# Orchestrators probe readiness at /readyz (partitions assigned, model loaded, broker answering).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=5 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9109/metrics', timeout=3)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9109/healthz', timeout=3)"]
 
 ENTRYPOINT ["tsguard"]
 CMD ["serve", "--bootstrap", "kafka:9092", "--metrics-port", "9109"]

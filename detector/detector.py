@@ -247,6 +247,10 @@ class Detector:
     def remove(self, dims: int, slot: int) -> None:
         self.banks[dims].free.append(slot)
 
+    def set_threshold_scale(self, dims: int, slot: int, scale: float) -> None:
+        """This series' episode thresholds times `scale` (see EpisodeBank.set_scale)."""
+        self.banks[dims].episodes.set_scale(slot, scale)
+
     def bytes_per_series(self, dims: int = 1) -> int:
         bank = self.banks.get(dims) or self._new_bank(dims)
         return bank.bytes_per_series

@@ -49,6 +49,8 @@ class EpisodeBank:
             calm=((), np.int32, 0),
             since=((), np.float64, np.inf),  # points since the last start
             peak=((), np.float64, 0.0),  # highest score of the last (or open) episode
+            # this series' thresholds relative to the config's (an operator's sensitivity rule)
+            scale=((), np.float64, 1.0),
         )
 
     @property
@@ -64,6 +66,11 @@ class EpisodeBank:
         for name in ("open", "calm", "since", "peak"):
             self.rows.reset_field(name)
 
+    def set_scale(self, slot: int, scale: float) -> None:
+        """Multiply this series' start and calm thresholds by `scale` (1: the config's; below 1
+        alerts on smaller surprises). A threshold above 1 is never reached."""
+        self.rows.scale[slot] = scale
+
     def is_open(self, slot: int) -> bool:
         return bool(self.rows.open[slot])
 
@@ -75,25 +82,26 @@ class EpisodeBank:
         _track(np.ascontiguousarray(slots, dtype=np.int64),
                np.ascontiguousarray(scores, dtype=np.float64), c.threshold,
                c.threshold - c.hysteresis, c.end_after, float(c.repeat), r.open, r.calm,
-               r.since, r.peak, kinds)  # fmt: skip
+               r.since, r.peak, r.scale, kinds)  # fmt: skip
         return kinds
 
 
 @njit(cache=True)
 def _track(slots, scores, threshold, calm_below, end_after, repeat, is_open, calm, since, peak,
-           kinds):  # fmt: skip
+           scale, kinds):  # fmt: skip
     for i in range(scores.shape[0]):
         s = slots[i]
         if s < 0:
             continue
+        start_at, calm_at = threshold * scale[s], calm_below * scale[s]
         for j in range(scores.shape[1]):
             score = scores[i, j]
             since[s] += 1.0
             if is_open[s] == 0:
-                if score >= threshold and (since[s] > repeat or score > peak[s]):
+                if score >= start_at and (since[s] > repeat or score > peak[s]):
                     is_open[s], calm[s], since[s], peak[s] = 1, 0, 0.0, score
                     kinds[i, j] = START
-            elif score >= calm_below:
+            elif score >= calm_at:
                 calm[s] = 0
                 peak[s] = max(peak[s], score)
             else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -54,6 +54,7 @@ class InvalidReason(StrEnum):
     EMPTY = "empty"
     DIMENSION_MISMATCH = "dimension_mismatch"
     INVALID_LOG = "invalid_log"
+    INVALID_FEEDBACK = "invalid_feedback"
 
 
 class InvalidMessage(ValueError):
@@ -125,6 +126,7 @@ class AnomalyEvent:
     window: EventWindow
     contributions: dict[str, float]  # dimension -> share of the error
     detected_at: float
+    labels: dict[str, str] = field(default_factory=dict)  # the series' operator rule's labels
 
     def encode(self) -> bytes:
         return dumps(self)

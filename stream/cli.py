@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "training.promote",  # promote
     "training.evaluate",  # evaluate nab
     "stream.logs_cli",  # logs classify | summarize
+    "stream.feedback",  # feedback
 )
 
 

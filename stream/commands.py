@@ -73,6 +73,12 @@ def _settings(args: argparse.Namespace, bootstrap: str):
         raise UserError("--stop-timeout needs --stop-at-end")
     if stop_timeout is not None and not stop_timeout > 0:
         raise UserError(f"--stop-timeout must be a positive number of seconds, got {stop_timeout}")
+    if values["rules"]:
+        from stream.rules import load_rules
+
+        if "metrics" not in heads:
+            raise UserError("--rules applies to the metrics head; add it to --heads")
+        load_rules(values["rules"])  # a bad file: one line now, before the model loads
     return Settings(**values | {"bootstrap": bootstrap}, security=_security(args))
 
 
@@ -119,14 +125,33 @@ def build_service(settings):
 
         scorer = load_scorer(settings.model_dir, settings.device, compile=settings.compile)
         log.info("model %s on %s (window %d)", scorer.version, scorer.device, scorer.window_length)
-        heads.append(MetricsHead(settings, scorer, metrics))
+        head = MetricsHead(settings, scorer, metrics)
+        # Operator rules (--rules) and verdicts (tsguard.feedback) tune the metrics head's series.
+        from stream.feedback import FeedbackHead, Verdicts
+        from stream.rules import RuleGate, RulesFile
+
+        verdicts = Verdicts()
+        rules = RulesFile(settings.rules, metrics) if settings.rules else None
+        head.rules = RuleGate(rules, metrics, verdicts)
+        heads += [head, FeedbackHead(settings, metrics, verdicts)]
     if "logs" in settings.heads:
         from stream.log_head import LogFeedbackHead, LogsHead
 
         logs_head = LogsHead(settings, metrics)
         heads += [logs_head, LogFeedbackHead(settings, metrics, logs_head)]
-    ensure_topics(settings, settings.topics.all())
-    return Pipeline(settings, heads, metrics), metrics
+    ensure_topics(settings, [t for t in settings.topics.all() if t != settings.topics.feedback])
+    if "metrics" in settings.heads:
+        from stream.feedback import ensure_topic
+
+        ensure_topic(settings)  # co-partitioned with the metrics topic
+    pipeline = Pipeline(settings, heads, metrics)
+    if settings.alertmanager:
+        from stream.alertmanager import AlertmanagerSink
+
+        pipeline.sinks.append(
+            AlertmanagerSink(list(settings.alertmanager), settings.topics.anomalies, metrics)
+        )
+    return pipeline, metrics
 
 
 @contextlib.contextmanager
@@ -152,7 +177,14 @@ def _on_signals(pipeline) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGHUP, lambda *_: pipeline.reload_requested.set())
+
+    def hangup(_signum, _frame):  # reload the model and the operator rules
+        pipeline.reload_requested.set()
+        for head in pipeline.heads.values():
+            if getattr(head, "rules", None) is not None and head.rules.source is not None:
+                head.rules.source.request_reload()
+
+    signal.signal(signal.SIGHUP, hangup)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -161,7 +193,7 @@ def serve(args: argparse.Namespace) -> int:
     with _broker_for(args.bootstrap) as bootstrap:
         settings = _settings(args, bootstrap)
         pipeline, metrics = build_service(settings)
-        metrics.serve(settings.metrics_port, settings.metrics_addr)
+        metrics.serve(settings.metrics_port, settings.metrics_addr, pipeline.health)
         _on_signals(pipeline)
         log.info(
             "serving %s from %s (group %s)", ",".join(pipeline.heads), bootstrap, settings.group_id

@@ -99,10 +99,10 @@ def run_demo(args: argparse.Namespace) -> int:
         pipeline, metrics = build_service(settings)
         port = args.metrics_port
         try:
-            metrics.serve(port, "127.0.0.1")
+            metrics.serve(port, "127.0.0.1", pipeline.health)
         except Exception:
             port = free_port()
-            metrics.serve(port, "127.0.0.1")
+            metrics.serve(port, "127.0.0.1", pipeline.health)
         head = pipeline.heads[settings.topics.metrics]
         say(f"model {head.scorer.version} on {head.scorer.device}, window {head.scorer.window_length} points, "
             f"alert threshold {head.detector.threshold:.3f}")  # fmt: skip

@@ -114,6 +114,7 @@ class MetricsHead:
         self.state: dict[str, _SeriesState] = {}
         # partition -> committed offset, while records before it are re-read to rebuild state
         self.replay_until: dict[int, int] = {}
+        self.rules = None  # stream.rules.RuleGate with --rules: holds events, adds labels
         self.set_scorer(scorer)
         load_kernels()  # now rather than in the first batch
 
@@ -305,6 +306,9 @@ class MetricsHead:
         state = self.state
         # A window whose series was evicted or revoked while it waited is skipped (slot -1).
         slot_list = [st.slot if (st := state.get(name)) is not None else -1 for name in series]
+        rules = self.rules
+        if rules is not None:  # per-series thresholds; `learn: false` mutes skip the detector
+            slot_list = rules.prepare(self.detector, dims, series, slot_list, ts)
         slots = np.array(slot_list, dtype=np.int64)
         t0 = time.perf_counter()
         det = self.detector.score(dims, slots, windows, ts, stride)
@@ -322,6 +326,10 @@ class MetricsHead:
             if kind == "start":
                 st.episode_id = _digest(name, t, version)
             if t > st.mute_until:
+                if rules is not None and not rules.admit(
+                    kind, name, st.episode_id, t, windows[i], base + j, det.contributions[i, j]
+                ):
+                    continue
                 score = float(scores[i, j])
                 out.append(
                     self._event(kind, name, st, ts[i], base + j, score, det.contributions[i, j])
@@ -363,6 +371,7 @@ class MetricsHead:
             ),
             contributions=shares,
             detected_at=time.time(),
+            labels=self.rules.labels(series) if self.rules is not None else {},
         )
         log.info("anomaly %s series=%s ts=%s score=%.4f", kind, series, ts, score)
         return Output(self.settings.topics.anomalies, series.encode(), event.encode())

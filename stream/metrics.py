@@ -10,7 +10,7 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from detector.messages import InvalidMessage, InvalidReason
 
@@ -98,6 +98,40 @@ class Metrics:
         self.model_reloads = Counter(
             "tsguard_model_reloads", "Model reload attempts", ["result"], registry=r
         )
+        # What do the operator rules (--rules; stream/rules.py) hold back?
+        self.events_held = Counter(
+            "tsguard_events_held",
+            "Anomaly episodes held by an operator rule (no events, no alert)",
+            ["reason"],
+            registry=r,
+        )
+        self.rules_loads = Counter(
+            "tsguard_rules_loads",
+            "Rules file loads, ok or refused (invalid)",
+            ["result"],
+            registry=r,
+        )
+        self.rules_refused = Gauge(
+            "tsguard_rules_file_refused",
+            "1 while the rules file's last load was refused (the rules before it in force)",
+            registry=r,
+        )
+        self.feedback_verdicts = Counter(
+            "tsguard_feedback_verdicts",
+            "Operator verdicts on anomaly events read from tsguard.feedback (tsguard feedback)",
+            ["verdict"],
+            registry=r,
+        )
+        # Are alerts reaching Alertmanager (--alertmanager; stream/alertmanager.py)?
+        self.alerts_sent = Counter(
+            "tsguard_alerts_sent", "Alerts posted to Alertmanager, per URL", ["state"], registry=r
+        )
+        self.alerts_failed = Counter(
+            "tsguard_alerts_failed",
+            "Alert posts that failed, and events dropped for a full alert queue",
+            ["reason"],
+            registry=r,
+        )
         # The log heads.
         self.log_lines = Counter("tsguard_log_lines", "Log lines classified", ["label"], registry=r)
         self.log_summaries = Counter(
@@ -114,6 +148,14 @@ class Metrics:
             self.dead_letter.labels(reason)
         for kind in ("start", "end"):
             self.anomaly_events.labels(kind)
+        for reason in ("mute", "direction", "min_delta"):
+            self.events_held.labels(reason)
+        for verdict in ("false_positive", "true_positive"):
+            self.feedback_verdicts.labels(verdict)
+        for state in ("firing", "resolved"):
+            self.alerts_sent.labels(state)
+        for reason in ("http_error", "unreachable", "queue_full"):
+            self.alerts_failed.labels(reason)
         self._max_gauges = max_series_gauges
         # series -> its labelled gauge (labels() costs a lock and a dict lookup per call).
         self._gauged: OrderedDict[str, Any] = OrderedDict()
@@ -138,11 +180,13 @@ class Metrics:
         self.model_info.clear()
         self.model_info.labels(version, device).set(1)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+    def serve(self, port: int, addr: str = "0.0.0.0", health=None) -> None:
+        """/metrics (and /healthz, /readyz from a stream.health.Health) on addr:port."""
         from detector.errors import UserError
+        from stream.health import serve_http
 
         try:
-            start_http_server(port, addr=addr, registry=self.registry)
+            serve_http(self.registry, port, addr, health)
         except OSError as exc:
             raise UserError(f"cannot serve metrics on {addr}:{port}: {exc.strerror}") from None
         log.info("metrics on http://%s:%d/metrics", addr, port)

@@ -25,6 +25,7 @@ from kafka.errors import KafkaError
 
 from stream.end_of_input import EndOfInput, StopTimeout
 from stream.heads import Head, Output
+from stream.health import Health
 from stream.kafka_io import (
     end_offsets,
     group_committed,
@@ -68,8 +69,11 @@ class Pipeline:
     def __init__(self, settings: Settings, heads: list[Head], metrics: Metrics):
         self.settings = settings
         self.heads = {h.topic: h for h in heads}
+        self.sinks: list = []  # see every output sent (e.g. stream/alertmanager.py); closed last
         self.metrics = metrics
         self.stop_event = threading.Event()
+        self.health = Health()  # what /healthz and /readyz answer (stream/health.py)
+        self.health.model_loaded = True  # the heads, the model among them, are built
         self.assigned: set[TopicPartition] = set()
         self.end: EndOfInput | None = None  # --stop-at-end: set when run() starts
         self._admin = None  # --stop-at-end: reads the group's committed offsets
@@ -96,6 +100,8 @@ class Pipeline:
     def note_assignment(self, assigned: set[TopicPartition]) -> None:
         lost, gained = self.assigned - assigned, assigned - self.assigned
         self.assigned = assigned
+        self.health.partitions = len(assigned)
+        self.health.broker_answered()  # the group coordinator just did
         self._to_forget |= lost
         self._to_forget -= assigned
         self._to_rebuild = (self._to_rebuild | gained) & assigned
@@ -178,9 +184,11 @@ class Pipeline:
                 raise timed_out
             return 0
         finally:
+            self.health.stopped = True
             self.close()
 
     def step(self) -> None:
+        self.health.loop_turned()
         wait_ms = int(min(self.settings.max_wait_ms, 200)) if self._any_pending() else 200
         try:
             polled = self.consumer.poll(timeout_ms=wait_ms)
@@ -189,6 +197,8 @@ class Pipeline:
             log.warning("poll failed, retrying: %s", exc)
             time.sleep(1.0)
             return
+        if polled:
+            self.health.broker_answered()
         if self._to_forget or self._to_rebuild:
             self._apply_assignment()
         now = time.monotonic()
@@ -294,6 +304,8 @@ class Pipeline:
         return any(h.has_pending() for h in self.heads.values())
 
     def _send(self, outputs: list[Output]) -> None:
+        for sink in self.sinks:
+            sink.take(outputs)
         for out in outputs:
             try:
                 future = self.producer.send(out.topic, key=out.key, value=out.value)
@@ -373,6 +385,7 @@ class Pipeline:
             for tp, end in ends.items():
                 pos = self.consumer.position(tp)
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - pos))
+            self.health.broker_answered()
         except KafkaError as exc:
             self.metrics.kafka_errors.labels("lag").inc()
             log.warning("cannot reach Kafka to update consumer lag (will retry): %s", exc)
@@ -391,3 +404,5 @@ class Pipeline:
         if self._admin is not None:
             with contextlib.suppress(KafkaError):
                 self._admin.close()
+        for sink in self.sinks:
+            sink.close()

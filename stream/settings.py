@@ -52,6 +52,7 @@ class Topics:
     log_classes: str = "tsguard.log-classes"
     log_summaries: str = "tsguard.log-summaries"
     log_feedback: str = "tsguard.log-feedback"  # label corrections, keyed by source
+    feedback: str = "tsguard.feedback"  # verdicts on anomaly events, keyed by series
 
     def all(self) -> list[str]:
         return [
@@ -62,6 +63,7 @@ class Topics:
             self.log_classes,
             self.log_summaries,
             self.log_feedback,
+            self.feedback,
         ]
 
 
@@ -173,6 +175,15 @@ class Settings:
     rebuild_messages: int = setting(
         50_000, "--rebuild-messages",
         help="messages per partition read back on assignment to rebuild windows (0: none)",
+    )  # fmt: skip
+    rules: str | None = setting(
+        None, "--rules", env=True, metavar="FILE",
+        help="operator rules (YAML): direction, min_delta, sensitivity, labels and mutes per "
+        "series glob; re-read on change and SIGHUP",
+    )  # fmt: skip
+    alertmanager: tuple[str, ...] = setting(
+        (), "--alertmanager", env=True, type=_comma_list, metavar="URL[,URL]",
+        help="push anomaly episodes to these Alertmanagers (v2 API), e.g. http://alertmanager:9093",
     )  # fmt: skip
     security: KafkaSecurity = setting(factory=KafkaSecurity)
     stop_at_end: bool = setting(

@@ -53,6 +53,13 @@ CONTRACT_LABELS: dict[str, set[str]] = {
     "tsguard_log_summaries_total": set(),
     "tsguard_dead_letter_total": {"reason"},
     "tsguard_anomaly_threshold": set(),
+    # --alertmanager and --rules (stream/alertmanager.py, stream/rules.py)
+    "tsguard_alerts_sent_total": {"state"},
+    "tsguard_alerts_failed_total": {"reason"},
+    "tsguard_events_held_total": {"reason"},
+    "tsguard_rules_loads_total": {"result"},
+    "tsguard_rules_file_refused": set(),
+    "tsguard_feedback_verdicts_total": {"verdict"},
 }
 HISTOGRAMS = {"tsguard_scoring_seconds", "tsguard_batch_size", "tsguard_end_to_end_seconds"}
 SCRAPE_LABELS = {"job", "instance"}

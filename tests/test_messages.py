@@ -28,7 +28,7 @@ def test_anomaly_event() -> None:
         b'{"event_id":"e1","episode_id":"p1","kind":"start","series":"web-01/cpu",'
         b'"ts":1700000000.0,"score":0.5,"threshold":0.3,"model_version":"v1",'
         b'"window":{"start":1699999000.0,"end":1700000000.0,"length":128},'
-        b'"contributions":{"value":1.0},"detected_at":1.5}'
+        b'"contributions":{"value":1.0},"detected_at":1.5,"labels":{}}'
     )
 
 

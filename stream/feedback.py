@@ -1,0 +1,321 @@
+"""Operator verdicts on anomaly events: `tsguard feedback` publishes them to tsguard.feedback,
+and `FeedbackHead` applies them to the series they are about.
+
+- `false_positive`: the series becomes less sensitive to surprises of that size. Its episode
+  thresholds rise to just above the score of the event judged (a surprise as large as that one
+  is normal for this series; a larger one still alerts), never past `MAX_THRESHOLD`. A verdict
+  without the event's score (the event could not be found) raises them by `FP_FACTOR` instead.
+- `true_positive`: kept on the topic (which is not compacted) as a labelled example for
+  retraining, and counted; detection does not change.
+
+The latest verdict on an event wins, and a verdict read twice counts once, so re-reading the
+topic gives the same state. tsguard.feedback is keyed by series with as many partitions as
+tsguard.metrics, so the process that owns a series owns its verdicts; on assignment the pipeline
+reads back up to `--rebuild-messages` records of each partition (this head rebuilds state), so
+verdicts survive restarts and rebalances. A record that is not a verdict goes to the dead-letter
+topic with its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+
+from detector.errors import UserError
+
+if TYPE_CHECKING:  # `tsguard --help` imports this module: heavy imports stay in functions
+    from stream.heads import Output
+    from stream.metrics import Metrics
+    from stream.settings import Settings
+
+VERDICTS = ("false_positive", "true_positive")
+MARGIN = 1.01  # a false positive's score times this is the series' new start threshold
+MAX_THRESHOLD = 0.99  # a series never goes fully silent: a score of 1 still alerts
+FP_FACTOR = 1.25  # a verdict without the event's score: thresholds times this
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A record of tsguard.feedback (`score`/`threshold`: the event's, when it was found)."""
+
+    event_id: str
+    series: str
+    verdict: str
+    ts: float
+    by: str = ""
+    note: str = ""
+    score: float | None = None
+    threshold: float | None = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps({k: v for k, v in asdict(self).items() if v is not None})
+
+    @staticmethod
+    def decode(value: bytes | None, key: bytes | None = None) -> Verdict:
+        """ValueError (the reason, one line) for anything that is not a verdict."""
+        try:
+            obj = orjson.loads(value or b"")
+        except orjson.JSONDecodeError:
+            raise ValueError("invalid JSON") from None
+        if not isinstance(obj, dict):
+            raise ValueError("JSON value is not an object")
+        series = obj.get("series") or (key.decode("utf-8", errors="replace") if key else None)
+        event_id, verdict = obj.get("event_id"), obj.get("verdict")
+        if not all(isinstance(f, str) and f for f in (series, event_id)):
+            raise ValueError("needs an event_id and a series (or key)")
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be false_positive or true_positive, got {verdict!r}")
+        score, threshold = obj.get("score"), obj.get("threshold")
+        ok = (score is None or _unit(score)) and (threshold is None or _unit(threshold))
+        if not ok or (threshold is not None and threshold <= 0):
+            raise ValueError("score and threshold, when given, are numbers in 0..1")
+        ts = obj.get("ts", 0.0)
+        return Verdict(event_id, series, verdict,
+                       float(ts) if isinstance(ts, int | float) else 0.0,
+                       str(obj.get("by") or ""), str(obj.get("note") or ""),
+                       None if score is None else float(score),
+                       None if threshold is None else float(threshold))  # fmt: skip
+
+
+def _unit(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and 0.0 <= x <= 1.0
+
+
+class Verdicts:
+    """The verdicts in force, per series, and the threshold scale they ask for.
+
+    >>> v = Verdicts()
+    >>> v.add(Verdict("e1", "web-01/cpu", "false_positive", 0.0, score=0.6, threshold=0.4))
+    >>> round(v.scale("web-01/cpu"), 3), v.scale("db-01/cpu")
+    (1.515, 1.0)
+    >>> v.add(Verdict("e1", "web-01/cpu", "false_positive", 0.0, score=0.6, threshold=0.4))
+    >>> round(v.scale("web-01/cpu"), 3)  # the same verdict again: no change
+    1.515
+    """
+
+    def __init__(self) -> None:
+        self._by_series: dict[str, dict[str, Verdict]] = {}  # series -> event_id -> latest
+        self._scale: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        """Series with a verdict (even one that asks for nothing now: its scale must reset)."""
+        return len(self._by_series)
+
+    def add(self, v: Verdict) -> None:
+        events = self._by_series.setdefault(v.series, {})
+        events[v.event_id] = v
+        scale = 1.0
+        for fp in events.values():
+            if fp.verdict != "false_positive":
+                continue
+            if fp.score is not None and fp.threshold:
+                need = min(fp.score * MARGIN, MAX_THRESHOLD) / fp.threshold
+            else:
+                need = scale * FP_FACTOR
+            scale = max(scale, need)
+        if scale > 1.0:
+            self._scale[v.series] = scale
+        else:
+            self._scale.pop(v.series, None)
+
+    def scale(self, series: str) -> float:
+        return self._scale.get(series, 1.0)
+
+
+class FeedbackHead:
+    """tsguard.feedback -> the verdicts in force (no outputs but dead letters)."""
+
+    rebuilds_state = True
+
+    def __init__(self, settings: Settings, metrics: Metrics, verdicts: Verdicts):
+        self.settings = settings
+        self.topic = settings.topics.feedback
+        self.metrics = metrics
+        self.verdicts = verdicts
+        self.replay_until: dict[int, int] = {}
+
+    def handle(self, records: list, now: float) -> list[Output]:
+        from detector.messages import InvalidMessage, InvalidReason
+        from stream.heads import dead_letter
+
+        out: list[Output] = []
+        for rec in records:
+            replayed = rec.offset < self.replay_until.get(rec.partition, -1)
+            try:
+                verdict = Verdict.decode(rec.value, rec.key)
+            except ValueError as exc:
+                if not replayed:  # read back to rebuild: its dead letter went out the first time
+                    error = InvalidMessage(InvalidReason.INVALID_FEEDBACK, f"feedback: {exc}")
+                    out.append(dead_letter(self.settings, self.metrics, rec, error))
+                continue
+            self.verdicts.add(verdict)
+            if not replayed:
+                self.metrics.feedback_verdicts.labels(verdict.verdict).inc()
+        for rec in records[::-1]:
+            if rec.offset + 1 >= self.replay_until.get(rec.partition, math.inf):
+                del self.replay_until[rec.partition]  # rebuilt: back to the steady state
+        return out
+
+    def has_pending(self) -> bool:
+        return False
+
+    def commit_holds(self) -> dict[int, int]:
+        return {}
+
+    def due(self, now: float) -> bool:
+        return False
+
+    def drain_in_parts(self, now: float) -> Iterator[list[Output]]:
+        yield []
+
+    def discard_pending(self) -> None:
+        """Nothing pending."""
+
+    def finish(self) -> list[Output]:
+        return []
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Verdicts stay: still right if the partition comes back, harmless if it does not."""
+
+
+# -- `tsguard feedback` -------------------------------------------------------------------------
+def register_cli(sub) -> None:
+    from stream.cli import env_default
+
+    p = sub.add_parser(
+        "feedback", help="publish an operator's verdict on an anomaly event to tsguard.feedback"
+    )
+    p.add_argument("--event-id", required=True, help="the event's event_id (tsguard.anomalies)")
+    p.add_argument("--series", help="the event's series (default: looked up on tsguard.anomalies)")
+    p.add_argument("--verdict", required=True, choices=VERDICTS)
+    p.add_argument("--by", default=None, help="who judged it (default: the user name)")
+    p.add_argument("--note", default="", help="free text kept with the verdict")
+    p.add_argument("--bootstrap", default=env_default("bootstrap", "127.0.0.1:9092"))
+    p.add_argument("--lookup-timeout", type=float, default=30.0, metavar="S",
+                   help="longest to search tsguard.anomalies for the event")  # fmt: skip
+    p.set_defaults(handler=feedback)
+
+
+def feedback(args: argparse.Namespace) -> int:
+    from stream.kafka_io import ensure_topics, make_producer
+    from stream.settings import Settings
+
+    settings = Settings(bootstrap=args.bootstrap)
+    ensure_topics(settings, [settings.topics.anomalies])  # waits for the broker
+    ensure_topic(settings)
+    event = find_event(settings, args.event_id, args.series, args.lookup_timeout)
+    if event is None and not args.series:
+        raise UserError(
+            f"event {args.event_id} not found on {settings.topics.anomalies}; give --series"
+        )
+    verdict = Verdict(
+        event_id=args.event_id,
+        series=args.series or event["series"],
+        verdict=args.verdict,
+        ts=time.time(),
+        by=args.by if args.by is not None else _user(),
+        note=args.note,
+        score=None if event is None else float(event["score"]),
+        threshold=None if event is None else float(event["threshold"]),
+    )
+    producer = make_producer(settings)
+    try:
+        producer.send(settings.topics.feedback, key=verdict.series.encode(), value=verdict.encode())
+        producer.flush(timeout=30)
+    finally:
+        producer.close(timeout=10)
+    sys.stdout.write(verdict.encode().decode() + "\n")
+    return 0
+
+
+def ensure_topic(settings: Settings) -> None:
+    """Create tsguard.feedback co-partitioned with tsguard.metrics: as many partitions as it has
+    (settings.partitions when neither exists yet); an existing one that differs is logged."""
+    import contextlib
+    import logging
+
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    from stream.kafka_io import make_admin
+
+    topics = settings.topics
+    admin = make_admin(settings)  # kafka-python's admin, whichever client serves
+    try:
+        existing = set(admin.list_topics())
+        wanted = [t for t in (topics.metrics, topics.feedback) if t in existing]
+        counts = (
+            {
+                d.get("name", d.get("topic")): len(d["partitions"])
+                for d in admin.describe_topics(wanted)
+            }
+            if wanted
+            else {}
+        )
+        want = counts.get(topics.metrics) or settings.partitions
+        if topics.feedback not in counts:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(topics.feedback, want, 1)], timeout_ms=10000)
+        elif counts[topics.feedback] != want:
+            logging.getLogger(__name__).warning(
+                "%s has %d partitions and %s %d: a series' verdicts may reach another member",
+                topics.feedback, counts[topics.feedback], topics.metrics, want,
+            )  # fmt: skip
+    except KafkaError as exc:
+        raise UserError(f"cannot create {topics.feedback} on {settings.bootstrap}: {exc}") from None
+    finally:
+        admin.close()
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
+
+
+def find_event(settings: Settings, event_id: str, series: str | None, timeout_s: float):
+    """The event with this id on the anomalies topic (only the series' partition when the
+    series is known), or None once every partition was read to its end."""
+    from kafka import TopicPartition
+
+    from stream.kafka_io import make_consumer
+
+    topic = settings.topics.anomalies
+    consumer = make_consumer(settings, group=False)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return None
+        ends = consumer.end_offsets(tps)
+        tps = [tp for tp in tps if ends[tp] > 0]
+        if not tps:
+            return None
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for rec in records:
+                    if series is not None and rec.key != series.encode():
+                        continue
+                    try:
+                        event = orjson.loads(rec.value)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(event, dict) and event.get("event_id") == event_id:
+                        return event
+            if all(consumer.position(tp) >= ends[tp] for tp in tps):
+                return None
+        raise UserError(f"could not read {topic} to its end within {timeout_s:g}s")
+    finally:
+        consumer.close()
