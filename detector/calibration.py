@@ -217,8 +217,10 @@ def _tail_step(st, heap, e, k):
     if u < 0.0:
         u = 0.0
     # An alarm is not a peak (SPOT, Algorithm 1): one huge anomaly would otherwise widen the
-    # tail and deafen it to the next one for hundreds of points.
-    if x > u and raw < k[_K_ALARM]:
+    # tail and deafen it to the next one for hundreds of points. Except in a tail that has no
+    # scale yet (a flat warm-up: mean excess 0), where every excess is an alarm: its first one
+    # is its scale, or the tail would alarm on every later excess forever.
+    if x > u and (raw < k[_K_ALARM] or peak_mean == 0.0):
         n_peaks += 1.0
         peak_mean += ((x - u) - peak_mean) / min(n_peaks, k[_K_PEAK_MEMORY])
     st[_U], st[_MEAN_ERR], st[_N_PEAKS], st[_PEAK_MEAN] = u, mean_err, n_peaks, peak_mean
@@ -301,8 +303,8 @@ def _warm_up(st, heap, x, k):
             n_above += 1
     spread = (above - n_above * u) + ((count - n_above) * u - (st[_WARM_SUM] - above))
     st[_U], st[_PEAK_MEAN] = u, m
-    # A flat warm-up (no excess at all) keeps one pseudo-peak of size 0: any later error above u
-    # then scores 1, which is right for a series that never moved.
+    # A flat warm-up (no excess at all) keeps one pseudo-peak of size 0: the first later error
+    # above u scores 1, which is right for a series that never moved, and becomes the scale.
     st[_N_PEAKS] = max(1, peaks)
     st[_MEAN_ERR] = max(0.0, spread / count)
     heap[:] = 0.0

@@ -97,6 +97,16 @@ def test_a_flat_series_that_moves_scores_one() -> None:
     assert (scores[:300] == 0).all() and scores[300] == 1.0
 
 
+def test_a_flat_series_that_starts_moving_does_not_alarm_forever() -> None:
+    """A metric that sat at 0 through the warm-up, then varies as usual: its first excess gives
+    the tail its scale (before, every later excess scored 1 and no alarm was learned: stuck)."""
+    tail = Tail()
+    tail.update(np.zeros(300))
+    moving = tail.update(_calm(3000, seed=11))
+    assert moving[0] == 1.0  # the first move after a flat warm-up is still certain
+    assert (moving[-1000:] >= THRESHOLD).mean() < 0.01
+
+
 def test_calm_false_alarm_rate_is_low() -> None:
     scores = Tail().update(_calm(20000, seed=3))[100:]
     assert (scores >= THRESHOLD).mean() < 1e-3  # P = 1e-4 per point
@@ -221,7 +231,8 @@ def test_tail_follows_the_spot_formulas(warmup: int) -> None:
             mean_err += alpha * (abs(x - u) - mean_err)
             u += cfg.quantile_rate * mean_err * alpha / (1 - cfg.q) * ((x > u) - (1 - cfg.q))
             u = max(u, 0.0)
-            if x > u and want < cfg.alarm:  # an alarm is not learned as a peak
+            # An alarm is not learned as a peak, unless the tail has no scale yet.
+            if x > u and (want < cfg.alarm or peak_mean == 0.0):
                 n_peaks += 1
                 peak_mean += ((x - u) - peak_mean) / min(
                     n_peaks, max(5.0, cfg.long_window * (1 - cfg.q) + 1)
