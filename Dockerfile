@@ -51,7 +51,7 @@ WORKDIR /home/tsguard
 # Compile the calibration and episode loops (numba) into the image: a container then loads them
 # in well under a second instead of compiling them for a few seconds at every start.
 ENV NUMBA_CACHE_DIR=/home/tsguard/.cache/numba
-RUN python -c "from stream.heads import load_kernels; load_kernels()"
+RUN python -c "from stream.heads.metrics import load_kernels; load_kernels()"
 
 EXPOSE 9109
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=5 \

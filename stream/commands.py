@@ -101,7 +101,7 @@ def _security(args: argparse.Namespace):
 
 def build_service(settings):
     """Load the model and heads, create topics, and return a ready (not yet running) pipeline."""
-    from stream.heads import MetricsHead
+    from stream.heads.metrics import MetricsHead
     from stream.kafka_io import ensure_topics
     from stream.metrics import Metrics
     from stream.pipeline import Pipeline
@@ -121,7 +121,7 @@ def build_service(settings):
         log.info("model %s on %s (window %d)", scorer.version, scorer.device, scorer.window_length)
         heads.append(MetricsHead(settings, scorer, metrics))
     if "logs" in settings.heads:
-        from stream.log_head import LogFeedbackHead, LogsHead
+        from stream.heads.logs import LogFeedbackHead, LogsHead
 
         logs_head = LogsHead(settings, metrics)
         heads += [logs_head, LogFeedbackHead(settings, metrics, logs_head)]
@@ -142,7 +142,7 @@ def _broker_for(bootstrap: str | None):
         yield b.bootstrap
 
 
-def _on_signals(pipeline) -> None:
+def _on_signals(pipeline, reload: threading.Event | None) -> None:
     def handler(signum, _frame):
         log.info(
             "%s: finishing the batch in flight, flushing and committing",
@@ -152,7 +152,8 @@ def _on_signals(pipeline) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGHUP, lambda *_: pipeline.reload_requested.set())
+    # SIGHUP reloads the model (the metrics head's); without that head it is ignored.
+    signal.signal(signal.SIGHUP, lambda *_: reload is not None and reload.set())
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -162,7 +163,8 @@ def serve(args: argparse.Namespace) -> int:
         settings = _settings(args, bootstrap)
         pipeline, metrics = build_service(settings)
         metrics.serve(settings.metrics_port, settings.metrics_addr)
-        _on_signals(pipeline)
+        head = pipeline.heads.get(settings.topics.metrics)
+        _on_signals(pipeline, head.reload_requested if head is not None else None)
         log.info(
             "serving %s from %s (group %s)", ",".join(pipeline.heads), bootstrap, settings.group_id
         )

@@ -173,7 +173,7 @@ def _available_heads(wanted: tuple[str, ...]) -> tuple[str, ...]:
     if "logs" not in wanted:
         return wanted
     try:
-        import detector.logs.head  # noqa: F401
+        import detector.logs.analyzer  # noqa: F401
     except ImportError:
         log.warning("log heads not available; running the metrics head only")
         return tuple(h for h in wanted if h != "logs")
