@@ -22,19 +22,17 @@ import time
 from bisect import bisect_left
 from operator import attrgetter
 
-from kafka import ConsumerRebalanceListener, OffsetAndMetadata, TopicPartition
-from kafka.errors import KafkaError
-
-from stream.end_of_input import EndOfInput, StopTimeout
-from stream.heads.base import Head, Output
-from stream.kafka_io import (
+from stream.clients import (
+    KafkaError,
+    TopicPartition,
     end_offsets,
-    group_committed,
     input_partitions,
-    make_admin,
     make_consumer,
     make_producer,
 )
+from stream.end_of_input import EndOfInput, StopTimeout
+from stream.heads.base import Head, Output
+from stream.kafka_io import GroupOffsets
 from stream.metrics import Metrics
 from stream.settings import Settings
 
@@ -60,22 +58,6 @@ def split_replayed(records: list, floor: int) -> tuple[list, list]:
     return records[:cut], records[cut:]
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    """Runs on kafka-python's IO thread, where blocking client calls are not allowed: it only
-    records the change (and pauses new partitions); the main loop does the work after poll."""
-
-    def __init__(self, pipeline: Pipeline):
-        self.pipeline = pipeline
-
-    def on_partitions_revoked(self, revoked):
-        # No commit here (it would block the IO thread). Whatever we consumed past the last
-        # commit is consumed again by the next owner; event ids make that harmless.
-        log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in revoked))
-
-    def on_partitions_assigned(self, assigned):
-        self.pipeline.note_assignment(set(assigned))
-
-
 class Pipeline:
     def __init__(self, settings: Settings, heads: list[Head], metrics: Metrics):
         self.settings = settings
@@ -84,7 +66,7 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.assigned: set[TopicPartition] = set()
         self.end: EndOfInput | None = None  # --stop-at-end: set when run() starts
-        self._admin = None  # --stop-at-end: reads the group's committed offsets
+        self._group_offsets = GroupOffsets(settings)  # --stop-at-end: is the group done?
         self._last_end_check = 0.0
         self._to_forget: set[TopicPartition] = set()
         self._to_rebuild: set[TopicPartition] = set()
@@ -99,7 +81,7 @@ class Pipeline:
         self.consumer = make_consumer(settings)
         self.producer = make_producer(settings)
         log.info("kafka client: %s", settings.kafka_client)
-        self.consumer.subscribe(list(self.heads), listener=_Rebalance(self))
+        self.consumer.subscribe(list(self.heads), listener=self)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -128,10 +110,8 @@ class Pipeline:
             self.close()
 
     def step(self) -> None:
-        # Never wait longer than a pending window may (max_wait_ms).
-        wait_ms = int(min(self.settings.max_wait_ms, 200))
-        try:
-            polled = self.consumer.poll(timeout_ms=wait_ms)
+        try:  # never longer than a pending window may wait (max_wait_ms)
+            polled = self.consumer.poll(min(self.settings.max_wait_ms, 200) / 1000)
         except KafkaError as exc:
             self.metrics.kafka_errors.labels("poll").inc()
             log.warning("poll failed, retrying: %s", exc)
@@ -181,11 +161,9 @@ class Pipeline:
     def _send(self, outputs: list[Output]) -> None:
         for out in outputs:
             try:
-                future = self.producer.send(out.topic, key=out.key, value=out.value)
+                self.producer.send(out.topic, out.key, out.value, self._on_send_error)
             except KafkaError as exc:  # e.g. no metadata while the broker is away
                 self._on_send_error(exc)
-            else:
-                future.add_errback(self._on_send_error)
 
     def _on_send_error(self, exc: Exception) -> None:
         self._send_failed = exc  # may run on the producer's IO thread
@@ -202,7 +180,7 @@ class Pipeline:
             return
         self._last_commit = now
         try:
-            self.producer.flush(timeout=FLUSH_TIMEOUT_S)
+            self.producer.flush(FLUSH_TIMEOUT_S)
         except KafkaError as exc:
             self.metrics.kafka_errors.labels("flush").inc()
             log.warning("flush did not complete, offsets stay uncommitted: %s", exc)
@@ -218,7 +196,7 @@ class Pipeline:
         if not advance:
             return
         # Never move a partition's commit back while its state is rebuilt from before it.
-        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in done.items()
+        offsets = {tp: off for tp, off in done.items()
                    if tp in self.assigned and off >= self._floor.get(tp, 0)}  # fmt: skip
         try:
             if offsets:
@@ -248,7 +226,15 @@ class Pipeline:
         self._commit(force=True)
 
     # -- assignment: state lives with the partition ------------------------------------------
-    def note_assignment(self, assigned: set[TopicPartition]) -> None:
+    # The consumer calls these from inside poll or from its own thread, where blocking client
+    # calls are not allowed: they record the change (and pause new partitions); the loop does
+    # the work after poll (_apply_assignment).
+    def on_revoked(self, partitions: set[TopicPartition]) -> None:
+        # No commit here. Whatever we consumed past the last commit is consumed again by the
+        # next owner; event ids make that harmless.
+        log.info("revoked %s", sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
         lost, gained = self.assigned - assigned, assigned - self.assigned
         self.assigned = assigned
         self._to_forget |= lost
@@ -256,7 +242,7 @@ class Pipeline:
         self._to_rebuild = (self._to_rebuild | gained) & assigned
         if gained:
             # Held back until their state is rebuilt from the log (see _apply_assignment).
-            self.consumer.pause(*gained)
+            self.consumer.pause(sorted(gained))
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in assigned))
 
     def _apply_assignment(self) -> None:
@@ -269,7 +255,7 @@ class Pipeline:
         gained, self._to_rebuild = sorted(self._to_rebuild), set()
         self._rebuild(gained)
         if gained:
-            self.consumer.resume(*gained)
+            self.consumer.resume(gained)
 
     def _revoke(self, partitions: set[TopicPartition]) -> None:
         for head in self.heads.values():
@@ -356,9 +342,7 @@ class Pipeline:
         return False, None
 
     def _group_committed(self) -> dict[TopicPartition, int]:
-        if self._admin is None:
-            self._admin = make_admin(self.settings)
-        return group_committed(self._admin, self.settings.group_id, sorted(self.end.targets))
+        return self._group_offsets.read(sorted(self.end.targets))
 
     def _consumed_to_end(self, tp: TopicPartition) -> bool:
         target = self.end.targets.get(tp, 0)
@@ -375,7 +359,7 @@ class Pipeline:
         if not self.assigned:
             return
         try:
-            ends = self.consumer.end_offsets(list(self.assigned), timeout_ms=2000)
+            ends = self.consumer.end_offsets(list(self.assigned), timeout_s=2.0)
             for tp, end in ends.items():
                 pos = self.consumer.position(tp)
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - pos))
@@ -387,13 +371,11 @@ class Pipeline:
         """Bounded, whatever the broker's state: outputs not flushed by now were never committed,
         so they are produced again by whoever consumes these offsets next."""
         try:
-            self.producer.close(timeout=10)
+            self.producer.close(timeout_s=10)
         except KafkaError as exc:
             log.warning("closing the producer: %s", exc)
         try:
-            self.consumer.close(autocommit=False)
+            self.consumer.close()
         except KafkaError as exc:
             log.warning("closing the consumer: %s", exc)
-        if self._admin is not None:
-            with contextlib.suppress(KafkaError):
-                self._admin.close()
+        self._group_offsets.close()
