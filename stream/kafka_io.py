@@ -66,6 +66,20 @@ def _error(exc: Exception) -> KafkaError:
     return KafkaError(f"kafka-python: {exc}")
 
 
+class _Errors:
+    """`with _errors:` raises kafka-python's errors as tsguard's KafkaError."""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if isinstance(exc, kerr.KafkaError):
+            raise _error(exc) from None
+
+
+_errors = _Errors()
+
+
 def _tp(tp: TopicPartition) -> kafka.TopicPartition:
     return kafka.TopicPartition(tp.topic, tp.partition)
 
@@ -101,10 +115,8 @@ class KafkaPythonConsumer:
         self._c.assign(_tps(partitions))
 
     def poll(self, timeout_s: float) -> dict[TopicPartition, list[Record]]:
-        try:
+        with _errors:
             polled = self._c.poll(timeout_ms=int(timeout_s * 1000))
-        except kerr.KafkaError as exc:
-            raise _error(exc) from None
         return {TopicPartition(*tp): records for tp, records in polled.items()}
 
     def pause(self, partitions: list[TopicPartition]) -> None:
@@ -120,52 +132,38 @@ class KafkaPythonConsumer:
         self._c.seek_to_beginning(_tp(tp))
 
     def position(self, tp: TopicPartition) -> int:
-        try:
+        with _errors:
             return self._c.position(_tp(tp))
-        except kerr.KafkaError as exc:
-            raise _error(exc) from None
 
     def committed(self, tp: TopicPartition) -> int | None:
-        try:
+        with _errors:
             return self._c.committed(_tp(tp))
-        except kerr.KafkaError as exc:
-            raise _error(exc) from None
 
     def commit(self, offsets: dict[TopicPartition, int]) -> None:
         meta = {_tp(tp): kafka.OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
-        try:
+        with _errors:
             self._c.commit(meta)
-        except kerr.KafkaError as exc:
-            raise _error(exc) from None
 
     def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
-        try:
+        with _errors:
             got = self._c.beginning_offsets(_tps(partitions))
-        except kerr.KafkaError as exc:
-            raise _error(exc) from None
         return {TopicPartition(*tp): off for tp, off in got.items()}
 
     def end_offsets(
         self, partitions: list[TopicPartition], timeout_s: float | None = None
     ) -> dict[TopicPartition, int]:
         timeout = {} if timeout_s is None else {"timeout_ms": int(timeout_s * 1000)}
-        try:
+        with _errors:
             got = self._c.end_offsets(_tps(partitions), **timeout)
-        except kerr.KafkaError as exc:
-            raise _error(exc) from None
         return {TopicPartition(*tp): off for tp, off in got.items()}
 
     def partitions_for(self, topic: str) -> set[int]:
-        try:
+        with _errors:
             return self._c.partitions_for_topic(topic) or set()
-        except kerr.KafkaError as exc:
-            raise _error(exc) from None
 
     def close(self) -> None:
-        try:
+        with _errors:
             self._c.close(autocommit=False)
-        except kerr.KafkaError as exc:
-            raise _error(exc) from None
 
 
 class KafkaPythonProducer:
@@ -182,24 +180,18 @@ class KafkaPythonProducer:
         value: bytes,
         on_error: Callable[[KafkaError], None] | None = None,
     ) -> None:
-        try:
+        with _errors:  # e.g. no metadata while the broker is away
             future = self._p.send(topic, key=key, value=value)
-        except kerr.KafkaError as exc:  # e.g. no metadata while the broker is away
-            raise _error(exc) from None
         if on_error is not None:
             future.add_errback(lambda exc: on_error(_error(exc)))
 
     def flush(self, timeout_s: float | None = None) -> None:
-        try:
+        with _errors:
             self._p.flush(timeout=timeout_s)
-        except kerr.KafkaError as exc:
-            raise _error(exc) from None
 
     def close(self, timeout_s: float | None = None) -> None:
-        try:
+        with _errors:
             self._p.close(timeout=timeout_s)
-        except kerr.KafkaError as exc:
-            raise _error(exc) from None
 
 
 def make_admin(settings: Settings) -> KafkaAdminClient:
@@ -247,12 +239,10 @@ class GroupOffsets:
 
     def read(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         group = self.settings.group_id
-        try:
+        with _errors:
             if self._admin is None:
                 self._admin = make_admin(self.settings)
             got = self._admin.list_group_offsets({group: _tps(partitions)}).get(group, {})
-        except kerr.KafkaError as exc:
-            raise _error(exc) from None
         return {tp: max(0, got[tp].offset) if tp in got else 0 for tp in partitions}
 
     def close(self) -> None:
