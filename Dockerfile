@@ -53,7 +53,7 @@ WORKDIR /home/tsguard
 # Compile the calibration and episode loops (numba) into the image: a container then loads them
 # in well under a second instead of compiling them for a few seconds at every start.
 ENV NUMBA_CACHE_DIR=/home/tsguard/.cache/numba
-RUN python -c "from stream.heads import load_kernels; load_kernels()"
+RUN python -c "from stream.heads.metrics import load_kernels; load_kernels()"
 
 EXPOSE 9109
 # Liveness: /healthz answers 200 while the pipeline loop turns (any non-2xx makes urlopen raise).

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# TSB-AD's metric code, the reference tests/test_labelled.py checks VUS-PR against; --no-deps
 	# because the package pins numpy < 2 and pulls transformers, which its metrics do not use.
 	$(PIP) install -q --no-deps tsb-ad==1.5
-	$(VENV)/bin/python -c "from stream.heads import load_kernels; load_kernels()"
+	$(VENV)/bin/python -c "from stream.heads.metrics import load_kernels; load_kernels()"
 	touch $(STAMP)
 
 demo: setup

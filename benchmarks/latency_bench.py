@@ -186,7 +186,7 @@ def _floor_reader(
     produce -> consume latency of every point sent after it started on `out` when `stop` is set.
 
     Points sent before are left out: the embedded broker reports the end of a partition as the
-    base offset of its last record batch (see stream.kafka_io.end_offsets), so "the end" still
+    base offset of its last record batch (see stream.clients.end_offsets), so "the end" still
     holds the last batch of what came before, whose age would swamp the latency.
 
     `client`: kafka-python, or confluent (a bare librdkafka consumer, the floor for serve's

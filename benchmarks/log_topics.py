@@ -91,7 +91,7 @@ class TopicSystem:
     name: str
     contents: list[str]
     truth: list[str]  # per line
-    emb: np.ndarray  # (distinct template inputs, 384): MiniLM embedding, as LogHead computes it
+    emb: np.ndarray  # (distinct template inputs, 384): MiniLM embedding, as LogAnalyzer computes it
     zeroshot: np.ndarray  # (distinct template inputs, topics): zero-shot probabilities
     row: np.ndarray  # (lines,) row of emb / zeroshot for each line
     templates: list[str] = field(default_factory=list)  # masked template of each distinct input
@@ -107,11 +107,11 @@ class TopicSystem:
 
 
 def topic_system(loghub: Path, system: str, truth_map, encoder) -> TopicSystem:
-    """A system's lines mined and embedded exactly as LogHead does (mask, Drain per source)."""
-    from detector.logs.head import LogHead, LogHeadConfig, LogRecord
+    """A system's lines mined and embedded exactly as LogAnalyzer does (mask, Drain per source)."""
+    from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, LogRecord
 
     contents, truth = system_lines(loghub, system, truth_map)
-    head = LogHead(LogHeadConfig(labels="topic", topic_head=False), encoder=encoder)
+    head = LogAnalyzer(LogAnalyzerConfig(labels="topic", topic_head=False), encoder=encoder)
     mined = head._mine([LogRecord(system, float(i), c) for i, c in enumerate(contents)])
     inputs = [head._input(m) for m in mined]
     distinct = list(dict.fromkeys(inputs))
@@ -179,7 +179,7 @@ def leave_one_system_out(
     import tempfile
 
     from benchmarks.logs_bench import classify_all, records
-    from detector.logs.head import LogHead, LogHeadConfig
+    from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig
     from training.topic import DESIGN
 
     truth_map = load_topic_truth()
@@ -191,13 +191,13 @@ def leave_one_system_out(
     for held in data:
         others = [d for d in data if d is not held]
         pred = {"keyword": [topic_keyword_label(c) for c in held.contents]}
-        head = LogHead(LogHeadConfig(labels="topic", topic_head=False), encoder=encoder)
+        head = LogAnalyzer(LogAnalyzerConfig(labels="topic", topic_head=False), encoder=encoder)
         pred["zeroshot"] = [o.label for o in classify_all(head, records(held.name, held.contents))]
         if few_shot:
             with tempfile.TemporaryDirectory() as tmp:
                 ex = examples_file(others, Path(tmp) / "examples.jsonl")
-                config = LogHeadConfig(labels="topic", examples=str(ex), topic_head=False)
-                head = LogHead(config, encoder=encoder)
+                config = LogAnalyzerConfig(labels="topic", examples=str(ex), topic_head=False)
+                head = LogAnalyzer(config, encoder=encoder)
                 out = classify_all(head, records(held.name, held.contents))
             pred["fewshot"] = [o.label for o in out]
         design = nested_choice(others) if nested else DESIGN

@@ -3,7 +3,7 @@
 Leave one system out (the honest number). Only six of the twelve loghub samples have a level
 column (below), so the protocol runs over those six: for each, the trained severity head
 (training/severity.py) is fitted on the other five, its temperature on the other five's own
-leave-one-out logits, and the held-out system's Content lines go through LogHead.classify with
+leave-one-out logits, and the held-out system's Content lines go through LogAnalyzer.classify with
 that model; macro-F1 per system (over the classes it logs) and pooled, beside the keyword
 baseline, and the ECE of the pooled confidences. Nothing fitted sees the system it is scored on.
 Raw `.log` lines of all twelve: the share whose header is parsed, whose header states a level
@@ -24,7 +24,7 @@ Topic (the second label set: network, storage, security, resources, hardware, ap
 twelve systems, leave one system out, against a keyword baseline written before measuring: see
 `benchmarks/log_topics.py` (ground truth: hand-labelled templates, `benchmarks/data/`).
 
-Throughput. Lines per second through LogHead.classify (mask, Drain3, classify, output dicts) with
+Throughput. Lines per second through LogAnalyzer.classify (mask, Drain3, classify, output dicts) with
 the template cache on and off, the model loaded and warm beforehand, `--chunk` lines per classify
 call (default 2000: `tsguard logs classify` reads its input 1 MiB at a time, thousands of loghub
 lines, and the Kafka head gets polls of up to 5000 records; the new templates of one call are
@@ -101,13 +101,13 @@ def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
 
 
 def make_head(encoder, severity=None, **kw):
-    from detector.logs.head import LogHead, LogHeadConfig
+    from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig
 
-    return LogHead(LogHeadConfig(**kw), encoder=encoder, severity=severity)
+    return LogAnalyzer(LogAnalyzerConfig(**kw), encoder=encoder, severity=severity)
 
 
 def records(system: str, lines: list[str]):
-    from detector.logs.head import LogRecord
+    from detector.logs.analyzer import LogRecord
 
     return [LogRecord(system, float(i), line) for i, line in enumerate(lines)]
 
@@ -205,7 +205,7 @@ def leave_one_system_out(encoder) -> tuple[list[dict], dict]:
 
     For each levelled system: the head is fitted on the other five (training.severity.fit), its
     temperature on those five's own leave-one-out logits (nested: the held-out system is in no
-    fit), and the held-out system's Content lines go through LogHead.classify with that model.
+    fit), and the held-out system's Content lines go through LogAnalyzer.classify with that model.
     """
     from detector.logs.severity import SeverityModel
     from training.severity import fit, fit_temperature, leave_one_out, system_data
@@ -276,7 +276,7 @@ def leave_one_system_out(encoder) -> tuple[list[dict], dict]:
 def stated_levels() -> list[dict]:
     """Raw `.log` lines: how often the header is parsed and states a level, and (where the
     structured CSV has levels) how often the stated level is the true one."""
-    from detector.logs.head import parse_log_value
+    from detector.logs.analyzer import parse_log_value
     from detector.logs.severity import STATED_LEVELS
 
     rows = []
@@ -306,7 +306,7 @@ def stated_levels() -> list[dict]:
 def throughput(
     encoder, systems: list[str], nocache_lines: int, chunk: int, cold_passes: int = 1
 ) -> list[dict]:
-    from detector.logs.head import parse_log_value
+    from detector.logs.analyzer import parse_log_value
 
     rows = []
     corpus = {s: load_structured(s)[0] for s in systems}
@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(
             t_rows,
             ["mode", "system", "lines", "seconds", "lines_per_s", "embedded", "load1"],
-            f"Throughput, LogHead.classify, {len(all_systems)} loghub files, "
+            f"Throughput, LogAnalyzer.classify, {len(all_systems)} loghub files, "
             f"{args.threads} torch thread(s), {args.chunk}-line calls",
         )
         result["throughput"] = t_rows

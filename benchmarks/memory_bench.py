@@ -45,7 +45,7 @@ def build_head(max_series: int):
     import torch
 
     from detector.scorer import load_scorer
-    from stream.heads import MetricsHead
+    from stream.heads.metrics import MetricsHead
     from stream.metrics import Metrics
     from stream.settings import Settings
 

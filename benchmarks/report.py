@@ -180,7 +180,7 @@ def logs(d: dict) -> str:
     if d.get("throughput"):
         rows = [[r["mode"], r["system"], _f(r["lines"]), _f(r["lines_per_s"]), str(r["embedded"])]
                 for r in d["throughput"] if r["system"] == "all"]  # fmt: skip
-        out += "\n\nThroughput, LogHead.classify (all loghub files):\n\n" + _table(
+        out += "\n\nThroughput, LogAnalyzer.classify (all loghub files):\n\n" + _table(
             ["mode", "system", "lines", "lines/s", "embedded"], rows
         )
     return out

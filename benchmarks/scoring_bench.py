@@ -7,7 +7,7 @@ with the same model, so the framework's overhead is measured against the model's
    `torch.compile`).
 2. pipeline (in-process, no Kafka): N pre-encoded messages through the real `MetricsHead`
    (decode, windows, batching, scoring, calibration, episodes, events) as the pipeline drives it:
-   `handle` per poll-sized chunk, `drain` when due. Framework overhead = (pipeline time - model
+   `handle` per poll-sized chunk, `ready` after each. Framework overhead = (pipeline time - model
    time) / model time, model time = the tsguard_scoring_seconds histogram sum.
    The pipeline with Kafka in the loop is in ingest_bench.py.
 3. decode + windows alone (no model): the per-point API (`decode_points` + `WindowStore.add`)
@@ -114,7 +114,7 @@ def hot_loop(length: int, args: argparse.Namespace) -> list[dict]:
 
 def pipeline_run(scorer, args: argparse.Namespace) -> dict:
     """The real MetricsHead over pre-encoded messages, driven as Pipeline.step drives it."""
-    from stream.heads import MetricsHead
+    from stream.heads.metrics import MetricsHead
     from stream.metrics import Metrics
     from stream.settings import Settings
 
@@ -135,13 +135,12 @@ def pipeline_run(scorer, args: argparse.Namespace) -> dict:
         a = time.perf_counter()
         outputs += len(head.handle(records[lo : lo + POLL_RECORDS], time.monotonic()))
         b = time.perf_counter()
-        now = time.monotonic()
-        if head.due(now):
-            outputs += len(head.drain(now))
+        for part in head.ready(time.monotonic()):
+            outputs += len(part)
         handle_s += b - a
         drain_s += time.perf_counter() - b
     a = time.perf_counter()
-    outputs += len(head.drain(time.monotonic()))
+    outputs += sum(map(len, head.ready(time.monotonic(), flush=True)))
     drain_s += time.perf_counter() - a
     total = time.perf_counter() - t
     sample = metrics.registry.get_sample_value

@@ -1,6 +1,6 @@
 """The Detector: windows of many series in, a calibrated score and episodes per point out.
 
-One object owns per-series detection, for `tsguard serve` (stream/heads.py) and for every
+One object owns per-series detection, for `tsguard serve` (stream/heads/metrics.py) and for every
 `tsguard evaluate` command alike, so what is measured is what serves:
 
     windows [B, L, D] --scorer--> forecast residual ---------\

@@ -1,11 +1,11 @@
 """The values on tsguard's topics, as types (docs/ARCHITECTURE.md, "Topics").
 
 Outputs are dataclasses with one encoder each, `encode() -> bytes`: the UTF-8 JSON on the topic.
-    tsguard.anomalies      AnomalyEvent   (built by stream/heads.py)
-    tsguard.dead-letter    DeadLetter     (stream/heads.py, for any input topic)
-    tsguard.log-classes    LogClass       (detector/logs/head.py)
+    tsguard.anomalies      AnomalyEvent   (built by stream/heads/metrics.py)
+    tsguard.dead-letter    DeadLetter     (stream/heads/base.py, for any input topic)
+    tsguard.log-classes    LogClass       (detector/logs/analyzer.py)
     tsguard.log-summaries  LogSummary     (detector/logs/summarizer.py)
-Inputs are decoded by stream/codec.py (tsguard.metrics) and detector/logs/head.py (tsguard.logs);
+Inputs are decoded by stream/codec.py (tsguard.metrics) and detector/logs/analyzer.py (tsguard.logs);
 both read `ts` with `parse_ts`, and a message that cannot be used raises `InvalidMessage`
 whose `InvalidReason` is the `reason` label of tsguard_messages_invalid_total.
 

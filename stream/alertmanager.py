@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from detector.errors import UserError
-from stream.heads import Output
+from stream.heads.base import Output
 from stream.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -107,7 +107,7 @@ def _security(args: argparse.Namespace):
 
 def build_service(settings):
     """Load the model and heads, create topics, and return a ready (not yet running) pipeline."""
-    from stream.heads import MetricsHead
+    from stream.heads.metrics import MetricsHead
     from stream.kafka_io import ensure_topics
     from stream.metrics import Metrics
     from stream.pipeline import Pipeline
@@ -127,7 +127,8 @@ def build_service(settings):
         log.info("model %s on %s (window %d)", scorer.version, scorer.device, scorer.window_length)
         head = MetricsHead(settings, scorer, metrics)
         # Operator rules (--rules) and verdicts (tsguard.feedback) tune the metrics head's series.
-        from stream.feedback import FeedbackHead, Verdicts
+        from stream.feedback import Verdicts
+        from stream.heads.feedback import FeedbackHead
         from stream.rules import RuleGate, RulesFile
 
         verdicts = Verdicts()
@@ -135,7 +136,7 @@ def build_service(settings):
         head.rules = RuleGate(rules, metrics, verdicts)
         heads += [head, FeedbackHead(settings, metrics, verdicts)]
     if "logs" in settings.heads:
-        from stream.log_head import LogFeedbackHead, LogsHead
+        from stream.heads.logs import LogFeedbackHead, LogsHead
 
         logs_head = LogsHead(settings, metrics)
         heads += [logs_head, LogFeedbackHead(settings, metrics, logs_head)]
@@ -167,7 +168,7 @@ def _broker_for(bootstrap: str | None):
         yield b.bootstrap
 
 
-def _on_signals(pipeline) -> None:
+def _on_signals(pipeline, reload: threading.Event | None) -> None:
     def handler(signum, _frame):
         log.info(
             "%s: finishing the batch in flight, flushing and committing",
@@ -178,8 +179,9 @@ def _on_signals(pipeline) -> None:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
-    def hangup(_signum, _frame):  # reload the model and the operator rules
-        pipeline.reload_requested.set()
+    def hangup(_signum, _frame):  # reload the model (the metrics head's) and the operator rules
+        if reload is not None:
+            reload.set()
         for head in pipeline.heads.values():
             if getattr(head, "rules", None) is not None and head.rules.source is not None:
                 head.rules.source.request_reload()
@@ -194,7 +196,8 @@ def serve(args: argparse.Namespace) -> int:
         settings = _settings(args, bootstrap)
         pipeline, metrics = build_service(settings)
         metrics.serve(settings.metrics_port, settings.metrics_addr, pipeline.health)
-        _on_signals(pipeline)
+        head = pipeline.heads.get(settings.topics.metrics)
+        _on_signals(pipeline, head.reload_requested if head is not None else None)
         log.info(
             "serving %s from %s (group %s)", ",".join(pipeline.heads), bootstrap, settings.group_id
         )

@@ -1,10 +1,8 @@
-"""The optional librdkafka client (`--kafka-client confluent`), behind kafka-python's interface.
+"""The optional librdkafka client (`--kafka-client confluent`) behind tsguard's `Consumer` and
+`Producer` (stream/clients.py).
 
-kafka-python stays the default. With it, a poll costs serve about 7.5 us of Python per record
-in bulk and more per record at live rates, where polls are small; librdkafka fetches on its own
-C threads and hands over whole batches. The pipeline does not know which client it has: these
-two classes offer the part of `KafkaConsumer` / `KafkaProducer` it uses, with kafka-python's
-`TopicPartition`, records that carry the same fields, and `kafka.errors.KafkaError` for failures.
+kafka-python stays the default; librdkafka fetches on its own C threads and hands over whole
+batches, which costs serve less Python per record (benchmarks/README.md).
 
 Where librdkafka differs, and what is done about it:
 - Rebalance callbacks run inside `consume()` on the polling thread (kafka-python: its IO thread).
@@ -14,7 +12,7 @@ Where librdkafka differs, and what is done about it:
   (Pausing needs no such care: librdkafka drops what it fetched ahead and refetches on resume.)
 - librdkafka knows a partition's position only once it delivered a record (a seek makes it
   unknown again): until then `position()` reports the last seek, else the committed offset (or
-  the partition's start), as kafka-python does.
+  the partition's start).
 - Delivery reports arrive only when the producer is polled: every `send` polls it without
   waiting, and `flush` waits for all of them.
 """
@@ -23,12 +21,18 @@ from __future__ import annotations
 
 import logging
 from collections import namedtuple
-
-from kafka import TopicPartition
-from kafka.errors import KafkaError, KafkaTimeoutError
+from collections.abc import Callable
 
 from detector.errors import UserError
-from stream.settings import Settings
+from stream.clients import (
+    ConsumerConfig,
+    KafkaError,
+    ProducerConfig,
+    Rebalance,
+    Record,
+    TopicPartition,
+)
+from stream.settings import KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +41,8 @@ try:
 except ImportError:  # optional dependency
     ck = None
 
-# The fields of kafka-python's ConsumerRecord that tsguard reads.
-Record = namedtuple("Record", "topic partition offset timestamp key value")
+_Record = namedtuple("_Record", "topic partition offset timestamp key value")
 
-MAX_POLL_RECORDS = 5000
 REQUEST_TIMEOUT_S = 10.0
 
 
@@ -64,7 +66,7 @@ def fetch_config(fetch_wait_ms: int) -> dict:
     }
 
 
-def take(consumer, timeout_s: float, limit: int = MAX_POLL_RECORDS) -> list:
+def take(consumer, timeout_s: float, limit: int = 5000) -> list:
     """Up to `limit` messages from a librdkafka consumer, waiting up to timeout_s for the first.
 
     `consume(n, timeout)` waits until n records or the whole timeout: at live rates every poll
@@ -74,15 +76,40 @@ def take(consumer, timeout_s: float, limit: int = MAX_POLL_RECORDS) -> list:
     return [] if first is None else [first, *consumer.consume(limit - 1, 0)]
 
 
-def _config(settings: Settings) -> dict:
-    conf = {"bootstrap.servers": settings.bootstrap, **settings.security.librdkafka_config()}
+def _common(bootstrap: str, security: KafkaSecurity) -> dict:
     # librdkafka logs a line per dropped connection at level 6 (info); keep warnings and above.
-    conf["log_level"] = 4
-    return conf
+    return {"bootstrap.servers": bootstrap, **security.librdkafka_config(), "log_level": 4}
+
+
+def consumer_conf(config: ConsumerConfig) -> dict:
+    return {
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        # The Python client wants a group id even for a consumer that only assigns partitions;
+        # one that never subscribes or commits never joins that group.
+        "group.id": config.group_id if config.joins_group else f"{config.group_id}.probe",
+        "session.timeout.ms": config.session_timeout_ms,
+        "heartbeat.interval.ms": config.heartbeat_interval_ms,
+        "fetch.max.bytes": config.fetch_max_bytes,
+        "max.partition.fetch.bytes": config.max_partition_fetch_bytes,
+        "receive.message.max.bytes": config.fetch_max_bytes + 1_000_000,
+        **fetch_config(config.fetch_max_wait_ms),
+        **_common(config.bootstrap, config.security),
+    }
+
+
+def producer_conf(config: ProducerConfig) -> dict:
+    return {
+        "acks": "all",
+        "linger.ms": config.linger_ms,
+        "enable.idempotence": False,
+        "message.max.bytes": config.max_request_bytes,
+        **_common(config.bootstrap, config.security),
+    }
 
 
 def _error(exc: Exception) -> KafkaError:
-    """librdkafka's exception as the kafka-python error the pipeline handles."""
     err = exc.args[0] if exc.args else exc
     text = err.str() if hasattr(err, "str") else str(err)
     return KafkaError(f"librdkafka: {text}")
@@ -95,39 +122,21 @@ def _tp(tp: TopicPartition, offset: int | None = None) -> ck.TopicPartition:
 
 
 class ConfluentConsumer:
-    """A librdkafka consumer with the KafkaConsumer methods the pipeline calls."""
-
-    def __init__(
-        self, settings: Settings, group: bool = True, fetch_max_wait_ms: int | None = None
-    ):
+    def __init__(self, config: ConsumerConfig):
         require()
-        conf = _config(settings)
-        conf.update({
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": False,
-            "session.timeout.ms": settings.session_timeout_ms,
-            "heartbeat.interval.ms": max(500, settings.session_timeout_ms // 5),
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": max(1_048_576, settings.max_message_bytes * 2),
-            "receive.message.max.bytes": 64 * 1024 * 1024 + 1_000_000,
-            **fetch_config(fetch_max_wait_ms or settings.fetch_max_wait_ms),
-        })  # fmt: skip
-        # The Python client wants a group id even for a consumer that only assigns partitions;
-        # one that never subscribes or commits never joins that group.
-        conf["group.id"] = settings.group_id if group else f"{settings.group_id}.probe"
         try:
-            self._c = ck.Consumer(conf)
+            self._c = ck.Consumer(consumer_conf(config))
         except ck.KafkaException as exc:
             raise UserError(f"cannot create the Kafka consumer: {_error(exc)}") from None
-        self._listener = None
+        self._max_records = config.max_poll_records
+        self._listener: Rebalance | None = None
         # librdkafka knows a partition's position only once it delivered a record; until then
         # the last seek says where it is. `_owed`: seeks librdkafka has not taken yet.
         self._seeks: dict[TopicPartition, int] = {}
         self._owed: set[TopicPartition] = set()
 
     # -- group membership
-    def subscribe(self, topics: list[str], listener=None) -> None:
+    def subscribe(self, topics: list[str], listener: Rebalance) -> None:
         self._listener = listener
         self._c.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
 
@@ -136,25 +145,21 @@ class ConfluentConsumer:
         self._seeks.clear()
         self._owed.clear()
         if self._listener is not None:
-            self._listener.on_partitions_assigned(
-                {TopicPartition(p.topic, p.partition) for p in partitions}
-            )
+            self._listener.on_assigned({TopicPartition(p.topic, p.partition) for p in partitions})
 
     def _on_revoke(self, consumer, partitions) -> None:
         if self._listener is not None:
-            self._listener.on_partitions_revoked(
-                {TopicPartition(p.topic, p.partition) for p in partitions}
-            )
+            self._listener.on_revoked({TopicPartition(p.topic, p.partition) for p in partitions})
         consumer.unassign()
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self._c.assign([_tp(tp) for tp in partitions])
 
     # -- consuming
-    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
+    def poll(self, timeout_s: float) -> dict[TopicPartition, list[Record]]:
         self._retry_seeks()
         try:
-            messages = take(self._c, timeout_ms / 1000)
+            messages = take(self._c, timeout_s, self._max_records)
         except ck.KafkaException as exc:
             raise _error(exc) from None
         by_partition: dict[tuple[str, int], list[Record]] = {}
@@ -169,7 +174,7 @@ class ConfluentConsumer:
             records = by_partition.get(key)
             if records is None:
                 records = by_partition[key] = []
-            records.append(Record(*key, m.offset(), m.timestamp()[1], m.key(), m.value()))
+            records.append(_Record(*key, m.offset(), m.timestamp()[1], m.key(), m.value()))
         out: dict[TopicPartition, list[Record]] = {}
         for key, records in by_partition.items():
             tp = TopicPartition(*key)
@@ -180,10 +185,10 @@ class ConfluentConsumer:
         self._retry_seeks()
         return out
 
-    def pause(self, *partitions: TopicPartition) -> None:
+    def pause(self, partitions: list[TopicPartition]) -> None:
         self._c.pause([_tp(tp) for tp in partitions])
 
-    def resume(self, *partitions: TopicPartition) -> None:
+    def resume(self, partitions: list[TopicPartition]) -> None:
         self._c.resume([_tp(tp) for tp in partitions])
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
@@ -217,23 +222,23 @@ class ConfluentConsumer:
             raise _error(exc) from None
         return got.offset if got.offset >= 0 else None
 
-    def partitions_for_topic(self, topic: str) -> set[int]:
+    def partitions_for(self, topic: str) -> set[int]:
         try:
             meta = self._c.list_topics(topic, timeout=REQUEST_TIMEOUT_S).topics.get(topic)
         except ck.KafkaException as exc:
             raise _error(exc) from None
         return set(meta.partitions) if meta is not None and meta.error is None else set()
 
-    def commit(self, offsets: dict) -> None:
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:
             self._c.commit(
-                offsets=[_tp(tp, meta.offset) for tp, meta in offsets.items()], asynchronous=False
+                offsets=[_tp(tp, off) for tp, off in offsets.items()], asynchronous=False
             )
         except ck.KafkaException as exc:
             raise _error(exc) from None
 
-    def _watermarks(self, partitions, timeout_ms: int | None) -> dict[TopicPartition, tuple]:
-        timeout = REQUEST_TIMEOUT_S if timeout_ms is None else timeout_ms / 1000
+    def _watermarks(self, partitions, timeout_s: float | None) -> dict[TopicPartition, tuple]:
+        timeout = REQUEST_TIMEOUT_S if timeout_s is None else timeout_s
         try:
             return {
                 tp: self._c.get_watermark_offsets(_tp(tp), timeout=timeout) for tp in partitions
@@ -241,11 +246,13 @@ class ConfluentConsumer:
         except ck.KafkaException as exc:
             raise _error(exc) from None
 
-    def beginning_offsets(self, partitions, timeout_ms: int | None = None) -> dict:
-        return {tp: low for tp, (low, _) in self._watermarks(partitions, timeout_ms).items()}
+    def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: low for tp, (low, _) in self._watermarks(partitions, None).items()}
 
-    def end_offsets(self, partitions, timeout_ms: int | None = None) -> dict:
-        return {tp: high for tp, (_, high) in self._watermarks(partitions, timeout_ms).items()}
+    def end_offsets(
+        self, partitions: list[TopicPartition], timeout_s: float | None = None
+    ) -> dict[TopicPartition, int]:
+        return {tp: high for tp, (_, high) in self._watermarks(partitions, timeout_s).items()}
 
     def position(self, partition: TopicPartition) -> int:
         sought = self._seeks.get(partition)
@@ -261,66 +268,56 @@ class ConfluentConsumer:
             return committed
         return self.beginning_offsets([partition])[partition]
 
-    def close(self, autocommit: bool = False) -> None:
-        del autocommit  # auto-commit is off: nothing is committed on close
-        self._c.close()
+    def close(self) -> None:
+        try:
+            self._c.close()  # auto-commit is off: nothing is committed on close
+        except ck.KafkaException as exc:
+            raise _error(exc) from None
 
 
-class _Delivery:
-    """What `send` returns: kafka-python's future, reduced to the errback the pipeline uses."""
+def on_delivery(on_error: Callable[[KafkaError], None] | None) -> Callable:
+    """librdkafka's delivery report callback, calling `on_error` when delivery failed."""
 
-    __slots__ = ("errbacks",)
+    def report(err, _msg) -> None:
+        if err is not None and on_error is not None:
+            on_error(KafkaError(f"librdkafka: {err.str()}"))
 
-    def __init__(self) -> None:
-        self.errbacks: list = []
-
-    def add_errback(self, fn) -> None:
-        self.errbacks.append(fn)
-
-    def __call__(self, err, _msg) -> None:
-        if err is not None:
-            for fn in self.errbacks:
-                fn(KafkaError(f"librdkafka: {err.str()}"))
+    return report
 
 
 class ConfluentProducer:
-    """A librdkafka producer with the KafkaProducer methods the pipeline calls."""
-
-    def __init__(self, settings: Settings):
+    def __init__(self, config: ProducerConfig):
         require()
-        conf = _config(settings)
-        conf.update({
-            "acks": "all",
-            "linger.ms": 5,
-            # As for kafka-python: duplicates are harmless (deterministic event ids).
-            "enable.idempotence": False,
-            "message.max.bytes": max(1_048_576, settings.max_message_bytes * 2),
-        })  # fmt: skip
         try:
-            self._p = ck.Producer(conf)
+            self._p = ck.Producer(producer_conf(config))
         except ck.KafkaException as exc:
             raise UserError(f"cannot create the Kafka producer: {_error(exc)}") from None
 
-    def send(self, topic: str, key: bytes | None = None, value: bytes | None = None) -> _Delivery:
-        delivery = _Delivery()
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        on_error: Callable[[KafkaError], None] | None = None,
+    ) -> None:
+        report = on_delivery(on_error)
         while True:
             try:
-                self._p.produce(topic, value=value, key=key, on_delivery=delivery)
+                self._p.produce(topic, value=value, key=key, on_delivery=report)
                 break
             except BufferError:  # the local queue is full: wait for deliveries to drain it
                 self._p.poll(0.1)
             except ck.KafkaException as exc:
                 raise _error(exc) from None
         self._p.poll(0)  # serve delivery reports that are due; never waits
-        return delivery
 
-    def flush(self, timeout: float | None = None) -> None:
-        left = self._p.flush(-1 if timeout is None else timeout)
+    def flush(self, timeout_s: float | None = None) -> None:
+        left = self._p.flush(-1 if timeout_s is None else timeout_s)
         if left:
-            raise KafkaTimeoutError(f"{left} messages not delivered within {timeout} s")
+            raise KafkaError(f"librdkafka: {left} messages not delivered within {timeout_s} s")
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout_s: float | None = None) -> None:
         try:
-            self.flush(timeout)
-        except KafkaTimeoutError as exc:
+            self.flush(timeout_s)
+        except KafkaError as exc:
             log.warning("closing the producer: %s", exc)

@@ -77,8 +77,8 @@ def _plan(args: argparse.Namespace, rng: np.random.Generator):
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from stream.clients import make_consumer, make_producer
     from stream.commands import build_service
-    from stream.kafka_io import make_consumer, make_producer
     from stream.settings import Settings
 
     rng = np.random.default_rng(args.seed)
@@ -173,7 +173,7 @@ def _available_heads(wanted: tuple[str, ...]) -> tuple[str, ...]:
     if "logs" not in wanted:
         return wanted
     try:
-        import detector.logs.head  # noqa: F401
+        import detector.logs.analyzer  # noqa: F401
     except ImportError:
         log.warning("log heads not available; running the metrics head only")
         return tuple(h for h in wanted if h != "logs")
@@ -186,21 +186,22 @@ def _msg(series: str, base_ts: float, i: int, value: float) -> dict:
 
 def _print_events(consumer, settings, injections, caught, say, stop, t_start) -> None:
     import orjson
-    from kafka import TopicPartition
+
+    from stream.clients import TopicPartition
 
     topics = [settings.topics.anomalies, settings.topics.log_summaries]
     assignment = []
     for topic in topics:
-        parts = None
-        while parts is None and not stop.is_set():
-            parts = consumer.partitions_for_topic(topic)
-            if parts is None:
+        parts: set[int] = set()
+        while not parts and not stop.is_set():
+            parts = consumer.partitions_for(topic)
+            if not parts:
                 time.sleep(0.2)
-        assignment += [TopicPartition(topic, p) for p in sorted(parts or [])]
+        assignment += [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(assignment)
 
     while not stop.is_set():
-        for tp, records in consumer.poll(timeout_ms=200).items():
+        for tp, records in consumer.poll(0.2).items():
             for r in records:
                 ev = orjson.loads(r.value)
                 if tp.topic == settings.topics.log_summaries:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from kafka import TopicPartition
+from stream.clients import TopicPartition
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Operator verdicts on anomaly events: `tsguard feedback` publishes them to tsguard.feedback,
-and `FeedbackHead` applies them to the series they are about.
+and `stream.heads.feedback.FeedbackHead` applies them to the series they are about.
 
 - `false_positive`: the series becomes less sensitive to surprises of that size. Its episode
   thresholds rise to just above the score of the event judged (a surprise as large as that one
@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import math
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -32,8 +30,6 @@ import orjson
 from detector.errors import UserError
 
 if TYPE_CHECKING:  # `tsguard --help` imports this module: heavy imports stay in functions
-    from stream.heads import Output
-    from stream.metrics import Metrics
     from stream.settings import Settings
 
 VERDICTS = ("false_positive", "true_positive")
@@ -130,62 +126,6 @@ class Verdicts:
         return self._scale.get(series, 1.0)
 
 
-class FeedbackHead:
-    """tsguard.feedback -> the verdicts in force (no outputs but dead letters)."""
-
-    rebuilds_state = True
-
-    def __init__(self, settings: Settings, metrics: Metrics, verdicts: Verdicts):
-        self.settings = settings
-        self.topic = settings.topics.feedback
-        self.metrics = metrics
-        self.verdicts = verdicts
-        self.replay_until: dict[int, int] = {}
-
-    def handle(self, records: list, now: float) -> list[Output]:
-        from detector.messages import InvalidMessage, InvalidReason
-        from stream.heads import dead_letter
-
-        out: list[Output] = []
-        for rec in records:
-            replayed = rec.offset < self.replay_until.get(rec.partition, -1)
-            try:
-                verdict = Verdict.decode(rec.value, rec.key)
-            except ValueError as exc:
-                if not replayed:  # read back to rebuild: its dead letter went out the first time
-                    error = InvalidMessage(InvalidReason.INVALID_FEEDBACK, f"feedback: {exc}")
-                    out.append(dead_letter(self.settings, self.metrics, rec, error))
-                continue
-            self.verdicts.add(verdict)
-            if not replayed:
-                self.metrics.feedback_verdicts.labels(verdict.verdict).inc()
-        for rec in records[::-1]:
-            if rec.offset + 1 >= self.replay_until.get(rec.partition, math.inf):
-                del self.replay_until[rec.partition]  # rebuilt: back to the steady state
-        return out
-
-    def has_pending(self) -> bool:
-        return False
-
-    def commit_holds(self) -> dict[int, int]:
-        return {}
-
-    def due(self, now: float) -> bool:
-        return False
-
-    def drain_in_parts(self, now: float) -> Iterator[list[Output]]:
-        yield []
-
-    def discard_pending(self) -> None:
-        """Nothing pending."""
-
-    def finish(self) -> list[Output]:
-        return []
-
-    def forget_partitions(self, partitions: set[int]) -> None:
-        """Verdicts stay: still right if the partition comes back, harmless if it does not."""
-
-
 # -- `tsguard feedback` -------------------------------------------------------------------------
 def register_cli(sub) -> None:
     from stream.cli import env_default
@@ -205,7 +145,8 @@ def register_cli(sub) -> None:
 
 
 def feedback(args: argparse.Namespace) -> int:
-    from stream.kafka_io import ensure_topics, make_producer
+    from stream.clients import make_producer
+    from stream.kafka_io import ensure_topics
     from stream.settings import Settings
 
     settings = Settings(bootstrap=args.bootstrap)
@@ -228,10 +169,10 @@ def feedback(args: argparse.Namespace) -> int:
     )
     producer = make_producer(settings)
     try:
-        producer.send(settings.topics.feedback, key=verdict.series.encode(), value=verdict.encode())
-        producer.flush(timeout=30)
+        producer.send(settings.topics.feedback, verdict.series.encode(), verdict.encode())
+        producer.flush(timeout_s=30)
     finally:
-        producer.close(timeout=10)
+        producer.close(timeout_s=10)
     sys.stdout.write(verdict.encode().decode() + "\n")
     return 0
 
@@ -285,12 +226,14 @@ def _user() -> str:
 def find_event(settings: Settings, event_id: str, series: str | None, timeout_s: float):
     """The event with this id on the anomalies topic (only the series' partition when the
     series is known), or None once every partition was read to its end."""
-    from kafka import TopicPartition
+    from kafka import KafkaConsumer, TopicPartition
 
-    from stream.kafka_io import make_consumer
+    from stream.clients import ConsumerConfig
+    from stream.kafka_io import consumer_kwargs
 
     topic = settings.topics.anomalies
-    consumer = make_consumer(settings, group=False)
+    # An outside reader, like a user's script: kafka-python's own consumer.
+    consumer = KafkaConsumer(**consumer_kwargs(ConsumerConfig.of(settings, group=False)))
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

@@ -1,72 +1,203 @@
-"""Kafka clients, built in one place so every part of tsguard uses the same settings.
+"""kafka-python behind tsguard's `Consumer` and `Producer` (stream/clients.py), and the admin
+client that creates topics and reads the group's committed offsets, whichever client consumes.
 
-kafka-python by default; `Settings.kafka_client = "confluent"` gives the service (consumer and
-producer) the librdkafka client of stream/confluent_io.py behind the same interface. Topic
-creation and the demo's own clients always use kafka-python."""
+kafka-python's records already carry the fields of `clients.Record` and its TopicPartition is a
+(topic, partition) tuple, so polled records are handed over as they come: no object per record.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+import kafka
+import kafka.errors as kerr
+from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from detector.errors import UserError
-from stream.settings import Settings
+from stream.clients import (
+    ConsumerConfig,
+    KafkaError,
+    ProducerConfig,
+    Rebalance,
+    Record,
+    TopicPartition,
+)
+from stream.settings import KafkaSecurity, Settings
 
 log = logging.getLogger(__name__)
 
 
-def _common(settings: Settings) -> dict:
-    return {"bootstrap_servers": settings.bootstrap.split(","), **settings.security.client_kwargs()}
+def _common(bootstrap: str, security: KafkaSecurity) -> dict:
+    return {"bootstrap_servers": bootstrap.split(","), **security.client_kwargs()}
 
 
-def make_producer(settings: Settings) -> KafkaProducer:
-    if settings.kafka_client == "confluent":
-        from stream.confluent_io import ConfluentProducer
-
-        return ConfluentProducer(settings)
-    try:
-        return KafkaProducer(
-            acks="all",
-            linger_ms=5,
-            # Duplicates are harmless (deterministic event ids), and idempotent producers cannot
-            # recover when a broker comes back without their producer state.
-            enable_idempotence=False,
-            retries=10,
-            max_request_size=max(1_048_576, settings.max_message_bytes * 2),
-            **_common(settings),
-        )
-    except KafkaTimeoutError:
-        raise UserError(f"no Kafka broker reachable at {settings.bootstrap}") from None
-
-
-def make_consumer(settings: Settings, group: bool = True, **overrides) -> KafkaConsumer:
-    if settings.kafka_client == "confluent":
-        from stream.confluent_io import ConfluentConsumer
-
-        return ConfluentConsumer(settings, group, overrides.get("fetch_max_wait_ms"))
-    kwargs = dict(
-        group_id=settings.group_id if group else None,
+def consumer_kwargs(config: ConsumerConfig) -> dict:
+    return dict(
+        group_id=config.group_id if config.joins_group else None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=max(500, settings.session_timeout_ms // 5),
-        max_poll_records=5000,
-        # How long the broker may hold an empty fetch: kafka-python's 500 ms default is most of
-        # the end-to-end latency at low rates.
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes * 2),
-        **_common(settings),
+        session_timeout_ms=config.session_timeout_ms,
+        heartbeat_interval_ms=config.heartbeat_interval_ms,
+        max_poll_records=config.max_poll_records,
+        # kafka-python's 500 ms default is most of the end-to-end latency at low rates.
+        fetch_max_wait_ms=config.fetch_max_wait_ms,
+        fetch_max_bytes=config.fetch_max_bytes,
+        max_partition_fetch_bytes=config.max_partition_fetch_bytes,
+        **_common(config.bootstrap, config.security),
     )
-    kwargs.update(overrides)
-    try:
-        return KafkaConsumer(**kwargs)
-    except KafkaTimeoutError:
-        raise UserError(f"no Kafka broker reachable at {settings.bootstrap}") from None
+
+
+def producer_kwargs(config: ProducerConfig) -> dict:
+    return dict(
+        acks="all",
+        linger_ms=config.linger_ms,
+        enable_idempotence=False,
+        retries=10,
+        max_request_size=config.max_request_bytes,
+        **_common(config.bootstrap, config.security),
+    )
+
+
+def _error(exc: Exception) -> KafkaError:
+    return KafkaError(f"kafka-python: {exc}")
+
+
+class _Errors:
+    """`with _errors:` raises kafka-python's errors as tsguard's KafkaError."""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if isinstance(exc, kerr.KafkaError):
+            raise _error(exc) from None
+
+
+_errors = _Errors()
+
+
+def _tp(tp: TopicPartition) -> kafka.TopicPartition:
+    return kafka.TopicPartition(tp.topic, tp.partition)
+
+
+def _tps(partitions) -> list[kafka.TopicPartition]:
+    return [_tp(tp) for tp in partitions]
+
+
+class _Listener(kafka.ConsumerRebalanceListener):
+    """Runs on kafka-python's IO thread."""
+
+    def __init__(self, listener: Rebalance):
+        self.listener = listener
+
+    def on_partitions_revoked(self, revoked):
+        self.listener.on_revoked({TopicPartition(*tp) for tp in revoked})
+
+    def on_partitions_assigned(self, assigned):
+        self.listener.on_assigned({TopicPartition(*tp) for tp in assigned})
+
+
+class KafkaPythonConsumer:
+    def __init__(self, config: ConsumerConfig):
+        try:
+            self._c = kafka.KafkaConsumer(**consumer_kwargs(config))
+        except kerr.KafkaTimeoutError:
+            raise UserError(f"no Kafka broker reachable at {config.bootstrap}") from None
+
+    def subscribe(self, topics: list[str], listener: Rebalance) -> None:
+        self._c.subscribe(topics, listener=_Listener(listener))
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self._c.assign(_tps(partitions))
+
+    def poll(self, timeout_s: float) -> dict[TopicPartition, list[Record]]:
+        with _errors:
+            polled = self._c.poll(timeout_ms=int(timeout_s * 1000))
+        return {TopicPartition(*tp): records for tp, records in polled.items()}
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self._c.pause(*_tps(partitions))
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self._c.resume(*_tps(partitions))
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._c.seek(_tp(tp), offset)
+
+    def seek_to_beginning(self, tp: TopicPartition) -> None:
+        self._c.seek_to_beginning(_tp(tp))
+
+    def position(self, tp: TopicPartition) -> int:
+        with _errors:
+            return self._c.position(_tp(tp))
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        with _errors:
+            return self._c.committed(_tp(tp))
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        meta = {_tp(tp): kafka.OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+        with _errors:
+            self._c.commit(meta)
+
+    def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        with _errors:
+            got = self._c.beginning_offsets(_tps(partitions))
+        return {TopicPartition(*tp): off for tp, off in got.items()}
+
+    def end_offsets(
+        self, partitions: list[TopicPartition], timeout_s: float | None = None
+    ) -> dict[TopicPartition, int]:
+        timeout = {} if timeout_s is None else {"timeout_ms": int(timeout_s * 1000)}
+        with _errors:
+            got = self._c.end_offsets(_tps(partitions), **timeout)
+        return {TopicPartition(*tp): off for tp, off in got.items()}
+
+    def partitions_for(self, topic: str) -> set[int]:
+        with _errors:
+            return self._c.partitions_for_topic(topic) or set()
+
+    def close(self) -> None:
+        with _errors:
+            self._c.close(autocommit=False)
+
+
+class KafkaPythonProducer:
+    def __init__(self, config: ProducerConfig):
+        try:
+            self._p = kafka.KafkaProducer(**producer_kwargs(config))
+        except kerr.KafkaTimeoutError:
+            raise UserError(f"no Kafka broker reachable at {config.bootstrap}") from None
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        on_error: Callable[[KafkaError], None] | None = None,
+    ) -> None:
+        with _errors:  # e.g. no metadata while the broker is away
+            future = self._p.send(topic, key=key, value=value)
+        if on_error is not None:
+            future.add_errback(lambda exc: on_error(_error(exc)))
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        with _errors:
+            self._p.flush(timeout=timeout_s)
+
+    def close(self, timeout_s: float | None = None) -> None:
+        with _errors:
+            self._p.close(timeout=timeout_s)
+
+
+def make_admin(settings: Settings) -> KafkaAdminClient:
+    return KafkaAdminClient(
+        request_timeout_ms=5000, **_common(settings.bootstrap, settings.security)
+    )
 
 
 def ensure_topics(settings: Settings, topics: list[str], timeout_s: float = 20.0) -> None:
@@ -77,7 +208,7 @@ def ensure_topics(settings: Settings, topics: list[str], timeout_s: float = 20.0
         try:
             admin = make_admin(settings)
             break
-        except (KafkaError, OSError):
+        except (kerr.KafkaError, OSError):
             if time.monotonic() > deadline:
                 raise UserError(f"no Kafka broker reachable at {settings.bootstrap}") from None
             time.sleep(0.5)
@@ -90,58 +221,31 @@ def ensure_topics(settings: Settings, topics: list[str], timeout_s: float = 20.0
                     [NewTopic(t, settings.partitions, 1) for t in missing], timeout_ms=10000
                 )
                 log.info("created topics %s", ", ".join(missing))
-            except TopicAlreadyExistsError:
+            except kerr.TopicAlreadyExistsError:
                 pass
     finally:
         admin.close()
 
 
-def end_offsets(
-    consumer: KafkaConsumer, partitions: list[TopicPartition], settings: Settings
-) -> dict[TopicPartition, int]:
-    """One past the last record present now, per partition.
-
-    The broker's reported end offset is trusted only as a lower bound: we read from the record
-    just before it and take the last offset of what comes back, which is exact on any
-    Kafka-protocol broker (some report the base offset of the last record batch instead)."""
-    result = dict(consumer.end_offsets(partitions))
-    probe_from = {tp: end - 1 for tp, end in result.items() if end > 0}
-    if not probe_from:
-        return result
-    # The probe shares the service's connection and security settings; it joins no group.
-    probe = make_consumer(settings, group=False, fetch_max_wait_ms=50, max_poll_records=1_000_000)
-    try:
-        probe.assign(list(probe_from))
-        for tp, offset in probe_from.items():
-            probe.seek(tp, offset)
-        waiting = set(probe_from)  # partitions whose probe fetch has not answered yet
-        deadline = time.monotonic() + 10.0
-        while waiting and time.monotonic() < deadline:
-            for tp, records in probe.poll(timeout_ms=100).items():
-                result[tp] = max(result[tp], records[-1].offset + 1)
-                waiting.discard(tp)
-        return result
-    finally:
-        probe.close()
-
-
-def input_partitions(consumer: KafkaConsumer, topics: list[str]) -> list[TopicPartition]:
-    """Every partition of the given topics, from the cluster's metadata."""
-    return sorted(
-        TopicPartition(topic, p) for topic in topics for p in consumer.partitions_for_topic(topic)
-    )
-
-
-def make_admin(settings: Settings) -> KafkaAdminClient:
-    return KafkaAdminClient(request_timeout_ms=5000, **_common(settings))
-
-
-def group_committed(
-    admin: KafkaAdminClient, group_id: str, partitions: list[TopicPartition]
-) -> dict[TopicPartition, int]:
+class GroupOffsets:
     """The consumer group's committed offset of each partition (0 where none), whichever member
     committed it: one offset fetch from the group coordinator, over the admin client's own
     connection, whichever client the service consumes with. (Asked through a kafka-python
     consumer that is joining the group, the fetch held its join back on the embedded broker.)"""
-    got = admin.list_group_offsets({group_id: partitions}).get(group_id, {})
-    return {tp: max(0, got[tp].offset) if tp in got else 0 for tp in partitions}
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._admin: KafkaAdminClient | None = None
+
+    def read(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        group = self.settings.group_id
+        with _errors:
+            if self._admin is None:
+                self._admin = make_admin(self.settings)
+            got = self._admin.list_group_offsets({group: _tps(partitions)}).get(group, {})
+        return {tp: max(0, got[tp].offset) if tp in got else 0 for tp in partitions}
+
+    def close(self) -> None:
+        if self._admin is not None:
+            with contextlib.suppress(kerr.KafkaError):
+                self._admin.close()

@@ -2,7 +2,7 @@
 
 Input: one log entry per line, either raw text (loghub `.log` form: a leading timestamp is parsed
 when recognised) or a JSON object {"source", "ts", "message"}. Both commands drive the same
-detector.logs.head.LogHead as the Kafka pipeline does.
+detector.logs.analyzer.LogAnalyzer as the Kafka pipeline does.
 
     tsguard logs classify [--labels severity|topic|A,B,C|FILE.yaml] [FILE|-]   -> JSON lines
     tsguard logs summarize [--window S] [FILE|-]                               -> JSON lines
@@ -213,7 +213,7 @@ def _line_batches(fd: int) -> Iterator[list[tuple[int, bytes]]]:
 
 
 def _run(args: argparse.Namespace, emit) -> int:
-    from detector.logs.head import parse_log_value
+    from detector.logs.analyzer import parse_log_value
 
     fd, owned = _open_input(args.file)
     source = args.source or ("stdin" if args.file == "-" else Path(args.file).name.split(".")[0])
@@ -260,11 +260,11 @@ def _run(args: argparse.Namespace, emit) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from detector.logs.head import LogHead, LogHeadConfig
+    from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig
 
     labels = args.label_set or args.labels or "severity"
-    head = LogHead(
-        LogHeadConfig(
+    analyzer = LogAnalyzer(
+        LogAnalyzerConfig(
             labels=labels,
             unknown_below=args.unknown_below,
             severity_head=not args.zero_shot,
@@ -280,18 +280,18 @@ def _classify(args: argparse.Namespace) -> int:
     def emit(records, out) -> None:
         if records is None:
             return
-        out.write(b"".join(c.encode() + b"\n" for c in head.classify(records)))
+        out.write(b"".join(c.encode() + b"\n" for c in analyzer.classify(records)))
 
     return _run(args, emit)
 
 
 def _summarize(args: argparse.Namespace) -> int:
-    from detector.logs.head import LogHead, LogHeadConfig
+    from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig
 
     if args.highlights < 0:
         raise UserError("--highlights must be zero or more")
-    head = LogHead(
-        LogHeadConfig(
+    analyzer = LogAnalyzer(
+        LogAnalyzerConfig(
             window_s=args.window,
             highlights=args.highlights,
             summarizer_model=args.summarizer_model,
@@ -300,7 +300,7 @@ def _summarize(args: argparse.Namespace) -> int:
     )
 
     def emit(records, out) -> None:
-        summaries = head.flush() if records is None else head.observe(records)
+        summaries = analyzer.flush() if records is None else analyzer.observe(records)
         out.write(b"".join(s.encode() + b"\n" for s in summaries))
 
     return _run(args, emit)

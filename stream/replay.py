@@ -70,7 +70,7 @@ def read_points(path: Path, series: str) -> Iterator[dict]:
 def replay_csv(
     path: Path, series: str | None, topic: str, bootstrap: str, rate: float = 0.0
 ) -> int:
-    from stream.kafka_io import make_producer
+    from stream.clients import make_producer
     from stream.settings import Settings
 
     series = series or path.stem
@@ -83,10 +83,10 @@ def replay_csv(
     n = 0
     start = time.monotonic()
     try:
-        producer.send(topic, key=key, value=dumps(first))
+        producer.send(topic, key, dumps(first))
         n = 1
         for msg in points:
-            producer.send(topic, key=key, value=dumps(msg))
+            producer.send(topic, key, dumps(msg))
             n += 1
             if rate > 0:
                 ahead = n / rate - (time.monotonic() - start)

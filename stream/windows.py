@@ -10,6 +10,7 @@ which keeps scores (and so event ids) deterministic however the batches are cut.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -440,10 +441,20 @@ class WindowStore:
         pend.series.clear()
         pend.first_at = math.inf
 
-    def discard_pending(self) -> None:
-        """Drop every snapshot waiting to be scored (its series' state is being rebuilt)."""
-        for d in self._banks:
-            self.clear_pending(d)
+    def keep_pending(self, keep: Callable[[str], bool]) -> None:
+        """Drop the snapshots waiting to be scored whose series fails `keep` (its state is gone,
+        or about to be rebuilt), keeping the order of the others."""
+        for bank in self._banks.values():
+            pend = bank.pending
+            rows = [i for i, name in enumerate(pend.series) if keep(name)]
+            if len(rows) == len(pend):
+                continue
+            n = len(rows)
+            pend.windows[:n] = pend.windows[rows]
+            pend.ts[:n] = pend.ts[rows]
+            pend.series[:] = [pend.series[i] for i in rows]
+            if n == 0:
+                pend.first_at = math.inf
 
     def drop(self, series: str) -> None:
         s = self._series.pop(series, None)

@@ -15,7 +15,7 @@ import pytest
 
 from stream.alertmanager import AlertmanagerSink
 from stream.broker import free_port
-from stream.heads import Output
+from stream.heads.base import Output
 from stream.metrics import Metrics
 from tests.conftest import point, produce, stop, tsguard
 

@@ -6,8 +6,8 @@ import logging
 from collections import namedtuple
 
 import pytest
-from kafka import TopicPartition
 
+from stream.clients import TopicPartition
 from stream.end_of_input import WAIT_LOG_EVERY_S, EndOfInput
 
 Rec = namedtuple("Rec", "offset")

@@ -14,9 +14,9 @@ import pytest
 import benchmarks.log_topics as topics
 from benchmarks.logs_bench import LOGHUB
 from detector.errors import UserError
+from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, LogRecord
 from detector.logs.classifier import load_label_set
 from detector.logs.encoder import CachedEncoder
-from detector.logs.head import LogHead, LogHeadConfig, LogRecord
 from detector.logs.topic import NGRAM_BUCKETS, TopicModel, ngram_features, ngram_words
 from detector.messages import LogClass
 from training.topic import DESIGN, DESIGNS, fit
@@ -152,15 +152,15 @@ def test_a_card_for_another_label_set_is_one_clear_error(tmp_path) -> None:
 
 
 def test_the_topic_head_serves_the_shipped_topic_set_only() -> None:
-    assert LogHead(LogHeadConfig(labels="topic"), encoder=HashEncoder()).topic is not None
-    off = LogHead(LogHeadConfig(labels="topic", topic_head=False), encoder=HashEncoder())
+    assert LogAnalyzer(LogAnalyzerConfig(labels="topic"), encoder=HashEncoder()).topic is not None
+    off = LogAnalyzer(LogAnalyzerConfig(labels="topic", topic_head=False), encoder=HashEncoder())
     assert off.topic is None
     renamed = ",".join(topics.TOPICS)  # the same names without the descriptions: zero-shot
-    assert LogHead(LogHeadConfig(labels=renamed), encoder=HashEncoder()).topic is None
+    assert LogAnalyzer(LogAnalyzerConfig(labels=renamed), encoder=HashEncoder()).topic is None
 
 
 def test_serving_scores_what_the_benchmark_fitted() -> None:
-    """LogHead.classify with a model gives the labels fit_predict measured (same templates,
+    """LogAnalyzer.classify with a model gives the labels fit_predict measured (same templates,
     same features), so the leave-one-system-out figures are the served head's."""
     if not LOGHUB.is_dir():
         pytest.skip(f"loghub data not found at {LOGHUB}")
@@ -170,7 +170,7 @@ def test_serving_scores_what_the_benchmark_fitted() -> None:
     train, held = data[0], data[1]
     model = fit([train])
     expected = topics.fit_predict([train], held)
-    head = LogHead(LogHeadConfig(labels="topic"), encoder=encoder, topic=model)
+    head = LogAnalyzer(LogAnalyzerConfig(labels="topic"), encoder=encoder, topic=model)
     records = [LogRecord(held.name, float(i), c) for i, c in enumerate(held.contents)]
     assert [o.label for o in head.classify(records)] == expected
 
@@ -178,7 +178,7 @@ def test_serving_scores_what_the_benchmark_fitted() -> None:
 def test_examples_pull_the_topic_head(tmp_path) -> None:
     ex = tmp_path / "ex.csv"
     ex.write_text("label,message\nstorage,quota of tenant 5 nearly used up\n")
-    head = LogHead(LogHeadConfig(labels="topic", examples=str(ex)), encoder=HashEncoder())
+    head = LogAnalyzer(LogAnalyzerConfig(labels="topic", examples=str(ex)), encoder=HashEncoder())
     assert head.topic is not None
     (o,) = head.classify([LogRecord("a", 0.0, "quota of tenant 77 nearly used up")])
     assert o.label == "storage" and o.confidence >= 0.99

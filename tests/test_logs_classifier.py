@@ -9,13 +9,13 @@ import orjson
 import pytest
 
 from detector.errors import UserError
+from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, LogRecord
 from detector.logs.classifier import (
     UNKNOWN,
     ZeroShotClassifier,
     load_label_set,
 )
 from detector.logs.encoder import CachedEncoder, shared_encoder
-from detector.logs.head import LogHead, LogHeadConfig, LogRecord
 
 LOGHUB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "loghub"
 CLASS_KEYS = {"source", "ts", "message", "label", "confidence", "scores"}
@@ -49,7 +49,7 @@ def _records(lines: list[str], source: str = "app") -> list[LogRecord]:
 
 def test_obvious_lines_get_their_severity_zero_shot(encoder) -> None:
     # The zero-shot path (the trained head off): what any other label set gets.
-    head = LogHead(LogHeadConfig(unknown_below=0.0, severity_head=False), encoder=encoder)
+    head = LogAnalyzer(LogAnalyzerConfig(unknown_below=0.0, severity_head=False), encoder=encoder)
     out = head.classify(
         _records(
             [
@@ -71,7 +71,7 @@ def test_obvious_lines_get_their_severity_zero_shot(encoder) -> None:
 
 
 def test_variables_do_not_decide_the_label(encoder) -> None:
-    head = LogHead(LogHeadConfig(), encoder=encoder)
+    head = LogAnalyzer(LogAnalyzerConfig(), encoder=encoder)
     pairs = [
         (
             "Failed to write block blk_4001 to 10.0.0.1:50010, error code 13",
@@ -94,16 +94,16 @@ def test_variables_do_not_decide_the_label(encoder) -> None:
 
 def test_low_confidence_is_unknown(encoder) -> None:
     lines = _records(["Request took 5012 ms, retrying", "Task 17 finished"])
-    strict = LogHead(LogHeadConfig(unknown_below=0.999), encoder=encoder).classify(lines)
+    strict = LogAnalyzer(LogAnalyzerConfig(unknown_below=0.999), encoder=encoder).classify(lines)
     assert all(o.label == UNKNOWN for o in strict)
     assert all(0 < o.confidence < 0.999 for o in strict)  # still reported
-    lax = LogHead(LogHeadConfig(unknown_below=0.0), encoder=encoder).classify(lines)
+    lax = LogAnalyzer(LogAnalyzerConfig(unknown_below=0.0), encoder=encoder).classify(lines)
     assert all(o.label != UNKNOWN for o in lax)
 
 
 def test_a_repeated_template_costs_no_new_embedding(encoder) -> None:
     counting = CountingEncoder(encoder)
-    head = LogHead(LogHeadConfig(), encoder=counting)
+    head = LogAnalyzer(LogAnalyzerConfig(), encoder=counting)
     head.classify(_records(["Received block blk_1 of size 67108864 from 10.250.19.102"]))
     after_first = counting.texts
     assert after_first > 0
@@ -111,7 +111,7 @@ def test_a_repeated_template_costs_no_new_embedding(encoder) -> None:
     assert counting.texts == after_first
     # and without the cache every line is embedded again
     uncached = CountingEncoder(encoder)
-    head = LogHead(LogHeadConfig(template_cache=False), encoder=uncached)
+    head = LogAnalyzer(LogAnalyzerConfig(template_cache=False), encoder=uncached)
     head.classify(_records(["Received block blk_1 of size 67108864 from 10.250.19.102"]))
     first = uncached.texts
     head.classify(_records(["Received block blk_-98 of size 3545 from 10.251.71.16"]))
@@ -120,7 +120,7 @@ def test_a_repeated_template_costs_no_new_embedding(encoder) -> None:
 
 def test_a_widened_template_keeps_its_label_without_a_new_embedding(encoder) -> None:
     counting = CountingEncoder(encoder)
-    head = LogHead(LogHeadConfig(), encoder=counting)
+    head = LogAnalyzer(LogAnalyzerConfig(), encoder=counting)
     first = head.classify(_records(["session opened for user alice by sshd"]))[0]
     after_first = counting.texts
     # Drain turns "alice" into <*>: the same template, widened.
@@ -132,22 +132,22 @@ def test_a_widened_template_keeps_its_label_without_a_new_embedding(encoder) -> 
 
 def test_a_template_id_reused_after_eviction_is_a_new_template(encoder) -> None:
     lines = ["disk controller failure, data lost", "service started on port 8080"]
-    head = LogHead(LogHeadConfig(max_sources=1, unknown_below=0.0), encoder=encoder)
+    head = LogAnalyzer(LogAnalyzerConfig(max_sources=1, unknown_below=0.0), encoder=encoder)
     head.classify(_records(lines[:1], "a"))
     head.classify(_records(lines[:1], "b"))  # evicts source a's miner: a's ids start over
     again = head.classify(_records(lines[1:], "a"))[0]
-    fresh = LogHead(LogHeadConfig(unknown_below=0.0), encoder=encoder)
+    fresh = LogAnalyzer(LogAnalyzerConfig(unknown_below=0.0), encoder=encoder)
     assert again.scores == fresh.classify(_records(lines[1:], "a"))[0].scores
 
 
 def test_lines_of_one_template_get_their_own_scores_dict(encoder) -> None:
-    head = LogHead(LogHeadConfig(), encoder=encoder)
+    head = LogAnalyzer(LogAnalyzerConfig(), encoder=encoder)
     a, b = head.classify(_records(["job 1 started", "job 2 started"]))
     assert a.scores == b.scores and a.scores is not b.scores
 
 
 def test_classify_and_observe_on_one_batch_mine_each_line_once(encoder) -> None:
-    head = LogHead(LogHeadConfig(window_s=60), encoder=encoder)
+    head = LogAnalyzer(LogAnalyzerConfig(window_s=60), encoder=encoder)
     batch = _records(["job 1 started", "job 2 started"])
     head.classify(batch)
     head.observe(batch)
@@ -155,7 +155,7 @@ def test_classify_and_observe_on_one_batch_mine_each_line_once(encoder) -> None:
 
 
 def test_topic_set_and_names_only_labels(encoder) -> None:
-    topic = LogHead(LogHeadConfig(labels="topic", unknown_below=0.0), encoder=encoder)
+    topic = LogAnalyzer(LogAnalyzerConfig(labels="topic", unknown_below=0.0), encoder=encoder)
     out = topic.classify(
         _records(
             [
@@ -165,7 +165,9 @@ def test_topic_set_and_names_only_labels(encoder) -> None:
         )
     )
     assert [o.label for o in out] == ["security", "resources"]
-    names = LogHead(LogHeadConfig(labels="database,network", unknown_below=0.0), encoder=encoder)
+    names = LogAnalyzer(
+        LogAnalyzerConfig(labels="database,network", unknown_below=0.0), encoder=encoder
+    )
     (o,) = names.classify(_records(["connection reset by peer while reading socket"]))
     assert o.label == "network" and set(o.scores) == {"database", "network"}
 
@@ -184,7 +186,7 @@ def test_apache_error_lines_are_errors(encoder) -> None:
     path = LOGHUB / "Apache" / "Apache_2k.log_structured.csv"
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))[:400]
-    head = LogHead(LogHeadConfig(unknown_below=0.0), encoder=encoder)
+    head = LogAnalyzer(LogAnalyzerConfig(unknown_below=0.0), encoder=encoder)
     out = head.classify(_records([r["Content"] for r in rows], "Apache"))
     errors = [o.label for o, r in zip(out, rows, strict=True) if r["Level"] == "error"]
     notices = [o.label for o, r in zip(out, rows, strict=True) if r["Level"] == "notice"]

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from detector.errors import UserError
-from detector.logs.head import LogHead, LogHeadConfig, parse_log_value
-from stream.log_head import LogsHead
+from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, parse_log_value
+from stream.heads.logs import LogsHead
 from stream.metrics import Metrics
 from stream.settings import Settings
 from tests.test_logs_severity import HashEncoder
@@ -24,7 +24,7 @@ def _corrections(tmp_path, rows) -> str:
     return str(f)
 
 
-def _classify(head: LogHead, source: bytes = b"api") -> list[dict]:
+def _classify(head: LogAnalyzer, source: bytes = b"api") -> list[dict]:
     return head.classify([parse_log_value(v, source, 1e9) for v in LINES])
 
 
@@ -33,19 +33,21 @@ def test_a_correction_overrides_the_template_and_survives_a_restart(tmp_path) ->
         tmp_path, [{"source": "api", "message": "cache node 1 evicted 5 keys", "label": "error"}]
     )
     for _ in range(2):  # a second head reading the same file is a restarted process
-        head = LogHead(LogHeadConfig(corrections=path), encoder=HashEncoder())
+        head = LogAnalyzer(LogAnalyzerConfig(corrections=path), encoder=HashEncoder())
         out = _classify(head)
         assert [o.label for o in out[:2]] == ["error", "error"]
         assert out[0].confidence == 1.0 and out[0].corrected is True
         assert not out[2].corrected
         assert head.corrected_lines == 2
     # Another source's lines of the same text are not corrected.
-    other = _classify(LogHead(LogHeadConfig(corrections=path), encoder=HashEncoder()), b"web")
+    other = _classify(
+        LogAnalyzer(LogAnalyzerConfig(corrections=path), encoder=HashEncoder()), b"web"
+    )
     assert not any(o.corrected for o in other)
 
 
 def test_a_correction_made_while_running_applies_from_then_on() -> None:
-    head = LogHead(LogHeadConfig(labels="a,b"), encoder=HashEncoder())
+    head = LogAnalyzer(LogAnalyzerConfig(labels="a,b"), encoder=HashEncoder())
     head.correct("api", "job 1 started", "b")
     assert _classify(head)[2].label == "b"
     with pytest.raises(ValueError, match="not one of"):
@@ -64,7 +66,7 @@ def test_bad_corrections_are_one_clear_error(tmp_path, text, message) -> None:
     f = tmp_path / "c.jsonl"
     f.write_text(text)
     with pytest.raises(UserError, match=message):
-        LogHead(LogHeadConfig(corrections=str(f)), encoder=HashEncoder())
+        LogAnalyzer(LogAnalyzerConfig(corrections=str(f)), encoder=HashEncoder())
 
 
 def test_serve_counts_corrections_in_metrics(tmp_path, monkeypatch) -> None:
@@ -87,31 +89,31 @@ def test_serve_counts_corrections_in_metrics(tmp_path, monkeypatch) -> None:
 
 def test_feedback_topic_records_correct_the_logs_head(tmp_path, monkeypatch) -> None:
     import detector.logs.encoder as encoder_module
-    from stream.log_head import LogFeedbackHead
+    from stream.heads.logs import LogFeedbackHead
+    from stream.pipeline import split_replayed
 
     monkeypatch.setattr(encoder_module, "shared_encoder", lambda device="cpu": HashEncoder())
     metrics = Metrics()
     settings = Settings()
     logs = LogsHead(settings, metrics)
     feedback = LogFeedbackHead(settings, metrics, logs)
-    # Offsets 0-1 are read back after a restart (below the committed offset 2): they apply.
-    feedback.replay_until[0] = 2
     values = [
         orjson.dumps({"message": "cache node 1 evicted 5 keys", "label": "error"}),
         b"not json",
         orjson.dumps({"message": "job 1 started", "label": "bogus"}),
     ]
-    out = feedback.handle(
-        [
-            SimpleNamespace(
-                value=v, key=b"api", topic=settings.topics.log_feedback, partition=0, offset=i
-            )
-            for i, v in enumerate(values)
-        ],
-        0.0,
-    )
+    records = [
+        SimpleNamespace(
+            value=v, key=b"api", topic=settings.topics.log_feedback, partition=0, offset=i
+        )
+        for i, v in enumerate(values)
+    ]
+    # Offsets 0-1 are read back after a restart (below the committed offset 2): they apply.
+    replayed, fresh = split_replayed(records, 2)
+    assert fresh == records[2:]
+    feedback.rebuild(replayed, 0.0)
+    out = feedback.handle(fresh, 0.0)
     assert [o.topic for o in out] == [settings.topics.dead_letter]  # only the new bad record
-    assert feedback.replay_until == {}
     assert metrics.registry.get_sample_value("tsguard_log_corrections") == 1.0
     lines = [
         SimpleNamespace(value=LINES[0], key=b"api", partition=0, offset=0, timestamp=None),

@@ -11,7 +11,7 @@ import pytest
 
 import training.severity as training
 from detector.errors import UserError
-from detector.logs.head import LogHead, LogHeadConfig, LogRecord, parse_log_value
+from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, LogRecord, parse_log_value
 from detector.logs.headers import LogFormat
 from detector.logs.severity import (
     CLASSES,
@@ -135,7 +135,7 @@ def test_log_format() -> None:
 
 
 def test_raw_lines_are_mined_on_their_content() -> None:
-    head = LogHead(LogHeadConfig(), encoder=HashEncoder())
+    head = LogAnalyzer(LogAnalyzerConfig(), encoder=HashEncoder())
     lines = [
         f"- {1117838570 + i} 2005.06.03 R02-M1-N{i}-C:J12-U11 2005-06-03-15.42.50.67587{i} "
         f"R02-M1-N{i}-C:J12-U11 RAS KERNEL INFO {i} ddr errors(s) detected and corrected"
@@ -149,7 +149,7 @@ def test_raw_lines_are_mined_on_their_content() -> None:
 def test_a_stated_level_is_reported_in_the_users_names() -> None:
     recs = [_parse("2024-01-01T10:00:00Z WARN slow query"), _parse("slow query")]
     for names, expected in (("error,warning,info", "warning"), ("err,warn,information", "warn")):
-        head = LogHead(LogHeadConfig(labels=names), encoder=HashEncoder())
+        head = LogAnalyzer(LogAnalyzerConfig(labels=names), encoder=HashEncoder())
         stated, judged = head.classify(recs)
         assert (stated.label, stated.confidence) == (expected, 1.0)
         assert stated.header == LogHeader("WARN", None)
@@ -158,9 +158,9 @@ def test_a_stated_level_is_reported_in_the_users_names() -> None:
 
 def test_every_line_gets_one_of_the_labels_unless_abstention_is_asked() -> None:
     lines = [LogRecord("a", NOW, f"event {w} happened") for w in ("alpha", "beta", "gamma", "x")]
-    head = LogHead(LogHeadConfig(labels="error,warning,info"), encoder=HashEncoder())
+    head = LogAnalyzer(LogAnalyzerConfig(labels="error,warning,info"), encoder=HashEncoder())
     assert {o.label for o in head.classify(lines)} <= {"error", "warning", "info"}
-    strict = LogHead(LogHeadConfig(labels="error,warning,info", unknown_below=0.999),
+    strict = LogAnalyzer(LogAnalyzerConfig(labels="error,warning,info", unknown_below=0.999),
                      encoder=HashEncoder())  # fmt: skip
     assert {o.label for o in strict.classify(lines)} == {"unknown"}
 
@@ -247,8 +247,8 @@ def test_examples_become_prototypes(tmp_path) -> None:
         '{"label": "payments", "message": "charge 42 declined by issuer"}\n'
         '{"label": "auth", "message": "token for user 7 expired"}\n'
     )
-    head = LogHead(
-        LogHeadConfig(labels="payments,auth", examples=str(jsonl)), encoder=HashEncoder()
+    head = LogAnalyzer(
+        LogAnalyzerConfig(labels="payments,auth", examples=str(jsonl)), encoder=HashEncoder()
     )
     out = head.classify(
         [
@@ -260,7 +260,7 @@ def test_examples_become_prototypes(tmp_path) -> None:
     # With the severity head: an example the template repeats decides (cosine 1 here).
     csv_file = tmp_path / "ex.csv"
     csv_file.write_text("label,message\nerror,quota of tenant 5 nearly used up\n")
-    head = LogHead(LogHeadConfig(examples=str(csv_file)), encoder=HashEncoder())
+    head = LogAnalyzer(LogAnalyzerConfig(examples=str(csv_file)), encoder=HashEncoder())
     (o,) = head.classify([LogRecord("a", NOW, "quota of tenant 77 nearly used up")])
     assert o.label == "error" and o.confidence >= 0.99
 
@@ -277,4 +277,4 @@ def test_bad_examples_are_one_clear_error(tmp_path, text, message) -> None:
     f = tmp_path / "ex.jsonl"
     f.write_text(text)
     with pytest.raises(UserError, match=message):
-        LogHead(LogHeadConfig(examples=str(f)), encoder=HashEncoder())
+        LogAnalyzer(LogAnalyzerConfig(examples=str(f)), encoder=HashEncoder())

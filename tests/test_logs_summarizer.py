@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from detector.errors import UserError
-from detector.logs.head import LogHead, LogHeadConfig, LogRecord, parse_log_value
+from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, LogRecord, parse_log_value
 from detector.logs.summarizer import mmr_select
 from detector.messages import SummaryWindow
 
@@ -37,8 +37,8 @@ class HashEncoder:
         return out
 
 
-def _head(**kw) -> LogHead:
-    return LogHead(LogHeadConfig(**kw), encoder=HashEncoder())
+def _head(**kw) -> LogAnalyzer:
+    return LogAnalyzer(LogAnalyzerConfig(**kw), encoder=HashEncoder())
 
 
 def _rec(ts: float, message: str, source: str = "app") -> LogRecord:
@@ -155,7 +155,7 @@ def test_highlights_are_lines_of_distinct_templates_and_text_names_counts() -> N
 
 def test_a_template_is_embedded_once_across_windows() -> None:
     enc = HashEncoder()
-    head = LogHead(LogHeadConfig(window_s=10), encoder=enc)
+    head = LogAnalyzer(LogAnalyzerConfig(window_s=10), encoder=enc)
     head.observe([_rec(0, A.format(1, 1, 1)), _rec(1, B.format(1, 1))])
     head.observe([_rec(11, A.format(2, 2, 2)), _rec(12, B.format(3, 3))])  # closes window 1
     after = enc.texts
@@ -235,8 +235,8 @@ def test_a_line_without_a_timestamp_is_filed_under_its_kafka_timestamp() -> None
     """So a line consumed again after a restart lands in the window it was counted in first."""
     from types import SimpleNamespace
 
-    from detector.logs.head import parse_log_value
-    from stream.log_head import _arrival
+    from detector.logs.analyzer import parse_log_value
+    from stream.heads.logs import _arrival
 
     record = SimpleNamespace(timestamp=1_700_000_123_456, timestamp_type=0)
     assert _arrival(record, wall=5.0) == 1_700_000_123.456

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.logs.head import (
+from detector.logs.analyzer import (
     LogRecord,
     parse_line_timestamp,
     parse_log_value,

@@ -1,4 +1,4 @@
-"""Scoring in parts: MetricsHead.drain_in_parts scores pending windows one scoring call of at most
+"""Scoring in parts: MetricsHead.ready scores pending windows one scoring call of at most
 max_batch at a time (the pipeline sends each part's events before the next is scored); however
 polls and parts are cut, the events (ids and content) equal one drain of everything. Pending
 windows of state being rebuilt are dropped unscored; a model reload keeps seasonal profiles."""
@@ -13,8 +13,9 @@ import pytest
 
 from detector.detector import SIGNALS
 from detector.scorer import load_scorer
-from stream.heads import MetricsHead
+from stream.heads.metrics import MetricsHead
 from stream.metrics import Metrics
+from stream.pipeline import split_replayed
 from stream.settings import Settings
 
 Record = namedtuple("Record", "topic partition offset key value")
@@ -51,10 +52,15 @@ def events(outputs) -> list[dict]:
     return sorted(evs, key=lambda e: e["series"])
 
 
+def drain(head: MetricsHead) -> list:
+    """Score every pending window now, as the pipeline's final emit does."""
+    return [out for part in head.ready(0.0, flush=True) for out in part]
+
+
 def serial(scorer, recs, max_batch: int) -> list[dict]:
     head = MetricsHead(Settings(max_batch=max_batch), scorer, Metrics())
     out = head.handle(recs, 0.0)
-    out += head.drain(0.0)
+    out += drain(head)
     return events(out)
 
 
@@ -86,21 +92,25 @@ def test_scoring_in_parts_matches_one_drain(scorer, poll, every, max_batch):
     for k, lo in enumerate(range(0, len(recs), poll)):
         out += head.handle(recs[lo : lo + poll], 0.0)
         if k % every == 0:
-            for part in head.drain_in_parts(0.0):
+            for part in head.ready(0.0, flush=True):
                 out += part
-    for part in head.drain_in_parts(0.0):
+    for part in head.ready(0.0, flush=True):
         out += part
     assert events(out) == expected
     assert counting.batches and max(counting.batches) <= max_batch
 
 
-def test_discard_pending_drops_windows_unscored(scorer):
+def test_revoked_partitions_drop_their_windows_unscored(scorer):
     metrics = Metrics()
     head = MetricsHead(Settings(), scorer, metrics)
-    head.handle(records(n_series=2, n_points=200), 0.0)
-    assert head.has_pending()
-    head.discard_pending()
-    assert not head.has_pending() and list(head.drain_in_parts(0.0)) == []
+    recs = records(n_series=2, n_points=200)
+    head.handle(recs, 0.0)
+    # The commit waits at each partition's first record until its windows are scored.
+    assert head.holds() == {0: 0, 1: 1}
+    head.revoked({0})
+    assert head.holds() == {1: 1}
+    head.revoked({1})
+    assert head.holds() == {} and list(head.ready(0.0, flush=True)) == []
     assert (metrics.registry.get_sample_value("tsguard_windows_scored_total") or 0) == 0
 
 
@@ -109,7 +119,7 @@ def test_a_model_reload_keeps_every_signal_but_the_forecast_tail(scorer):
     scale); the other signals (the series' own history) carry over with the same settings."""
     head = MetricsHead(Settings(), scorer, Metrics())
     head.handle(records(n_series=2, n_points=200), 0.0)
-    head.drain(0.0)
+    drain(head)
     banks = head.detector.banks
     slots = {name: (st.dims, st.slot) for name, st in head.state.items()}
     forecast, others = SIGNALS.index("forecast"), [g for g in SIGNALS if g != "forecast"]
@@ -123,12 +133,12 @@ def test_a_model_reload_keeps_every_signal_but_the_forecast_tail(scorer):
         np.testing.assert_array_equal(banks[d].signals["seasonal"].rows.mean[s], profiles[name])
         assert [banks[d].tails.tail(s, SIGNALS.index(g)) for g in others] == kept[name]
     head.handle(records(n_series=2, n_points=201)[-2:], 0.0)  # one new point per series
-    head.drain(0.0)
+    drain(head)
     for name, st in head.state.items():
         assert (st.dims, st.slot) == slots[name]
         assert banks[st.dims].tails.tail(st.slot, forecast)["n"] <= 1  # starts over
     # Series of a partition given away leave nothing behind; their slots are reused.
-    head.forget_partitions({0, 1})
+    head.revoked({0, 1})
     assert head.state == {} and len(head.store) == 0
     head.handle(records(n_series=2, n_points=1), 0.0)
     assert sorted((st.dims, st.slot) for st in head.state.values()) == sorted(slots.values())
@@ -138,20 +148,27 @@ def test_a_model_reload_keeps_every_signal_but_the_forecast_tail(scorer):
 
 
 def test_replayed_records_rebuild_state_without_republishing(scorer):
-    """After a restart the pipeline re-reads records before the committed offset (replay_until):
+    """After a restart the pipeline re-reads records before the committed offset (`rebuild`):
     they rebuild windows and calibration, publish nothing, and once a partition has passed its
-    committed offset the head is back on its steady path."""
+    committed offset its records are handled as new."""
     recs = records(n_series=2, n_points=520)
     expected = serial(scorer, recs, 1024)
     committed = 2 * 320  # after the first spikes (points 300 and 311), before the later ones
     metrics = Metrics()
     head = MetricsHead(Settings(), scorer, metrics)
-    head.replay_until = {0: committed, 1: committed + 1}
+    floor = {0: committed, 1: committed + 1}
     out = []
     for lo in range(0, len(recs), 100):
-        out += head.handle(recs[lo : lo + 100], 0.0)
-        out += head.drain(0.0)
-    assert head.replay_until == {}
+        poll = recs[lo : lo + 100]
+        replayed, fresh = [], []
+        for p in (0, 1):  # as Pipeline._handle does
+            again, new = split_replayed([r for r in poll if r.partition == p], floor[p])
+            replayed += again
+            fresh += new
+        head.rebuild(replayed, 0.0)
+        out += head.handle(fresh, 0.0)
+        out += drain(head)
+    assert replayed == []  # the last poll: every partition past its committed offset
     assert metrics.registry.get_sample_value("tsguard_points_replayed_total") == committed
     # Exactly the events of points after the committed offset, with the same ids: the state
     # they were scored with was rebuilt point for point.

@@ -27,12 +27,13 @@ MAX_IDLE_POLLS = 30  # one-second polls with nothing new before the read gives u
 
 
 def read_topic_slice(source: Source, progress: bool = True) -> History:
-    from kafka import TopicPartition
+    from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
     from tqdm import tqdm
 
+    from stream.clients import ConsumerConfig, end_offsets
     from stream.codec import decode_batch
-    from stream.kafka_io import end_offsets, make_consumer
+    from stream.kafka_io import consumer_kwargs
     from stream.settings import Settings, Topics
 
     assert source.start is not None and source.end is not None and source.topic
@@ -40,7 +41,9 @@ def read_topic_slice(source: Source, progress: bool = True) -> History:
     if not _reachable(source.bootstrap):
         raise UserError(f"no Kafka broker reachable at {source.bootstrap}")
     try:
-        consumer = make_consumer(settings, group=False, fetch_max_wait_ms=100)
+        # An offline reader: kafka-python's own consumer (offsets_for_times, max_records).
+        config = ConsumerConfig.of(settings, group=False, fetch_max_wait_ms=100)
+        consumer = KafkaConsumer(**consumer_kwargs(config))
     except KafkaError:
         raise UserError(f"no Kafka broker reachable at {source.bootstrap}") from None
     try:

@@ -58,11 +58,11 @@ def load_levelled(root: Path, system: str) -> tuple[list[str], list[str]]:
 
 def system_data(root: Path, system: str, encoder) -> SystemData:
     """Features of each distinct template input of a system, mined as the head mines."""
-    from detector.logs.head import LogHead, LogHeadConfig, LogRecord
+    from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, LogRecord
 
     contents, levels = load_levelled(root, system)
     # The head mines and masks only: no model is loaded (it may be the one being retrained).
-    head = LogHead(LogHeadConfig(labels="severity", severity_head=False), encoder=encoder)
+    head = LogAnalyzer(LogAnalyzerConfig(labels="severity", severity_head=False), encoder=encoder)
     mined = head._mine([LogRecord(system, float(i), c) for i, c in enumerate(contents)])
     inputs = [head._input(m) for m in mined]
     distinct = list(dict.fromkeys(inputs))

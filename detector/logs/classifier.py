@@ -230,7 +230,7 @@ def load_examples(path: str, label_set: LabelSet) -> dict[str, list[str]]:
     template (header split off, variables masked, words only)."""
     import csv
 
-    from detector.logs.head import json_lines, parse_log_value
+    from detector.logs.analyzer import json_lines, parse_log_value
     from detector.logs.templates import embedding_text, mask_variables
 
     file = Path(path)

@@ -114,7 +114,7 @@ class WindowSummarizer:
     """Tumbling windows per source over mined lines (see module docstring).
 
     `template_of(source, template_id)` gives a template's current text (templates generalise as
-    lines arrive, so the text is read when the window closes); `encode` embeds texts (the LogHead
+    lines arrive, so the text is read when the window closes); `encode` embeds texts (the LogAnalyzer
     passes its cached encoder, so a template is embedded once).
     """
 

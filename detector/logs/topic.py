@@ -12,8 +12,8 @@ trained on the twelve hand-labelled loghub systems (see `training/topic.py` and 
 temperature, training provenance); never a pickle.
 
 Example (weights from the shipped model; the encoder loads all-MiniLM-L6-v2, a few seconds):
-    >>> from detector.logs.head import LogHead, LogHeadConfig, LogRecord
-    >>> head = LogHead(LogHeadConfig(labels="topic"))                # doctest: +SKIP
+    >>> from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, LogRecord
+    >>> head = LogAnalyzer(LogAnalyzerConfig(labels="topic"))                # doctest: +SKIP
     >>> head.classify([LogRecord("sshd", 0.0, "Failed password for root")])[0].label  # doctest: +SKIP
     'security'
 """

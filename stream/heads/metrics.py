@@ -1,68 +1,33 @@
-"""Heads: what the pipeline does with the records of one input topic.
+"""tsguard.metrics -> windows -> Transformer scorer -> calibration -> episodes -> tsguard.anomalies.
 
-A head turns consumed records into outputs (topic, key, value) for the producer. Work it holds
-back for a fuller batch is "pending"; the pipeline commits offsets only when no head has
-pending work and every output is flushed, which makes delivery at-least-once.
+Points are decoded column-wise into per-series windows (stream/windows.py); a window is scored
+once `stride` new points arrived, in batches of up to max_batch windows that wait at most
+max_wait_ms. The model is reloaded between batches on SIGHUP or when its files change.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
+import threading
 import time
 from collections.abc import Iterator
 from operator import itemgetter
 from pathlib import Path
-from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from detector.detector import KINDS, Detector
-from detector.messages import AnomalyEvent, DeadLetter, EventWindow, InvalidMessage, InvalidReason
+from detector.messages import AnomalyEvent, EventWindow, InvalidMessage, InvalidReason
 from stream.codec import decode_batch
+from stream.heads.base import Head, Output, dead_letter
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.windows import WindowStore
 
 log = logging.getLogger(__name__)
 
-
-class Output(NamedTuple):
-    topic: str
-    key: bytes | None
-    value: bytes
-
-
-class Head(Protocol):
-    topic: str
-    rebuilds_state: bool  # re-read records before the committed offset on assignment
-
-    def finish(self) -> list[Output]: ...  # shutdown: outputs of state still held
-
-    def handle(self, records: list, now: float) -> list[Output]: ...
-
-    def has_pending(self) -> bool: ...
-
-    def due(self, now: float) -> bool: ...
-
-    def drain_in_parts(self, now: float) -> Iterator[list[Output]]: ...  # see MetricsHead
-
-    def discard_pending(self) -> None: ...  # drop work whose state is about to be rebuilt
-
-    def forget_partitions(self, partitions: set[int]) -> None: ...
-
-    # {partition: offset} the committed offset must not pass because state kept for later output
-    # still needs the records from there on (the logs head's open summary windows); {} = commit
-    # what was consumed.
-    def commit_holds(self) -> dict[int, int]: ...
-
-
-def dead_letter(settings: Settings, metrics: Metrics, record, error: InvalidMessage) -> Output:
-    metrics.reject(error)
-    metrics.dead_letter.labels(error.reason).inc()
-    letter = DeadLetter.of(error, record.topic, record.partition, record.offset, record.value)
-    return Output(settings.topics.dead_letter, record.key, letter.encode())
+MODEL_CHECK_EVERY_S = 2.0
 
 
 def _digest(*parts: object) -> str:
@@ -95,7 +60,7 @@ def load_kernels() -> None:
     prepare_numpy(np.ones((1, 4), np.float32))  # the scorer's CPU preprocessing
 
 
-class MetricsHead:
+class MetricsHead(Head):
     """tsguard.metrics -> windows -> Transformer scorer -> calibration -> episodes -> events."""
 
     rebuilds_state = True
@@ -112,8 +77,12 @@ class MetricsHead:
             min_points=scorer.min_points,
         )
         self.state: dict[str, _SeriesState] = {}
-        # partition -> committed offset, while records before it are re-read to rebuild state
-        self.replay_until: dict[int, int] = {}
+        # partition -> its first record handled since nothing was pending: the commit waits there
+        # until the pending windows' events are sent
+        self._held: dict[int, int] = {}
+        self.reload_requested = threading.Event()  # SIGHUP
+        self._model_stamp = self._stamp()
+        self._last_model_check = time.monotonic()
         self.rules = None  # stream.rules.RuleGate with --rules: holds events, adds labels
         self.set_scorer(scorer)
         load_kernels()  # now rather than in the first batch
@@ -143,7 +112,7 @@ class MetricsHead:
         """The model serving now (the detector's)."""
         return self.detector.scorer
 
-    def reload(self) -> bool:
+    def _reload(self) -> None:
         """Load the model directory again and swap it in; a model that fails to load or does
         not fit the running windows is refused, and the current one keeps serving."""
         from detector.errors import ModelLoadError
@@ -161,13 +130,12 @@ class MetricsHead:
         except ModelLoadError as exc:
             self.metrics.model_reloads.labels("refused").inc()
             log.error("model reload refused, still serving %s: %s", self.scorer.version, exc)
-            return False
+            return
         self.set_scorer(scorer)
         self.metrics.model_reloads.labels("ok").inc()
         log.info("model reloaded: now serving %s on %s", scorer.version, scorer.device)
-        return True
 
-    def model_stamp(self) -> tuple:
+    def _stamp(self) -> tuple:
         """Changes when the model directory's files change (size or mtime)."""
         from detector.scorer import DEFAULT_MODEL_DIR
 
@@ -181,33 +149,33 @@ class MetricsHead:
                 stamp.append(None)
         return tuple(stamp)
 
+    def _reload_due(self, now: float) -> bool:
+        """On SIGHUP, or when the model directory's files changed (looked at every few seconds)."""
+        if (
+            not self.reload_requested.is_set()
+            and now - self._last_model_check <= MODEL_CHECK_EVERY_S
+        ):
+            return False
+        self._last_model_check = now
+        stamp = self._stamp()
+        if not self.reload_requested.is_set() and stamp == self._model_stamp:
+            return False
+        self.reload_requested.clear()
+        self._model_stamp = stamp
+        return True
+
     # -- consuming ---------------------------------------------------------------------------
     def handle(self, records: list, now: float) -> list[Output]:
+        return self._add(records, False, now)
+
+    def rebuild(self, records: list, now: float) -> None:
+        self._add(records, True, now)
+
+    def _add(self, records: list, replay: bool, now: float) -> list[Output]:
+        """Decode records column-wise and append them to the windows; no Python object per point
+        on the common path (see codec.decode_batch and WindowStore.add_batch)."""
         if not records:
             return []
-        replay = self.replay_until
-        if not replay:  # the steady state: no per-record work here
-            out = self._handle_run(records, False, now)
-        else:
-            # Records re-read to rebuild state (offset below the committed one) form a prefix of
-            # each partition's records; decode the batch in runs where that flag does not change.
-            out = []
-            flags = [r.offset < replay.get(r.partition, -1) for r in records]
-            lo = 0
-            for hi in range(1, len(records) + 1):
-                if hi == len(records) or flags[hi] != flags[lo]:
-                    out.extend(self._handle_run(records[lo:hi], flags[lo], now))
-                    lo = hi
-            newest = {r.partition: r.offset for r in records}
-            for partition, offset in newest.items():
-                if offset + 1 >= replay.get(partition, math.inf):
-                    del replay[partition]  # rebuilt: back to the steady state
-        self.metrics.series_tracked.set(len(self.store))
-        return out
-
-    def _handle_run(self, records: list, replay: bool, now: float) -> list[Output]:
-        """Decode a run of records column-wise and append them to the windows; no Python object
-        per point on the common path (see codec.decode_batch and WindowStore.add_batch)."""
         s, m, store = self.settings, self.metrics, self.store
         cols = decode_batch(
             [r.value for r in records],
@@ -223,6 +191,12 @@ class MetricsHead:
                 self._track(name, records[i].partition)
             if replay:
                 self.state[name].mute_until = store.last_ts(name)
+        m.series_tracked.set(len(store))
+        if store.pending_count():
+            held = self._held
+            for r in records:
+                if r.partition not in held:
+                    held[r.partition] = r.offset
         if replay:  # their dead letters and counts were published the first time
             m.points_replayed.inc(res.accepted)
             return []
@@ -251,22 +225,40 @@ class MetricsHead:
             st = self.state.pop(name)
             self.detector.remove(st.dims, st.slot)
 
-    def finish(self) -> list[Output]:
-        return []  # pending windows are drained by the final checkpoint
-
-    def forget_partitions(self, partitions: set[int]) -> None:
-        """After a rebalance, series of partitions we no longer own are another process's."""
+    def revoked(self, partitions: set[int]) -> None:
+        """Series of these partitions, and their windows waiting to be scored, are forgotten."""
         gone = [n for n, st in self.state.items() if st.partition in partitions]
         self._forget(gone)
         for name in gone:
             self.store.drop(name)
+        self.store.keep_pending(self.state.__contains__)
+        for p in partitions:
+            self._held.pop(p, None)
+        if not self.store.pending_count():
+            self._held.clear()
         self.metrics.series_tracked.set(len(self.store))
 
     # -- scoring -----------------------------------------------------------------------------
-    def has_pending(self) -> bool:
-        return self.store.pending_count() > 0
+    def ready(self, now: float, flush: bool = False) -> Iterator[list[Output]]:
+        """Score the pending windows when due (a full batch, or the oldest waited max_wait_ms),
+        one scoring call of at most max_batch windows per part: the pipeline sends a part's
+        events before the next part is scored. A model reload waits for the windows consumed
+        before it, so each window is scored by the model it met."""
+        reload = not flush and self._reload_due(now)
+        if flush or reload or self._due(now):
+            step = self.settings.max_batch
+            for dims, pend in self.store.pending_batches():
+                n = len(pend)
+                for lo in range(0, n, step):
+                    hi = min(n, lo + step)
+                    yield self._score(dims, pend.windows[lo:hi], pend.ts[lo:hi], pend.series[lo:hi])
+                self.metrics.end_to_end.observe(time.monotonic() - pend.first_at)
+                self.store.clear_pending(dims)
+            self._held.clear()
+        if reload:
+            self._reload()
 
-    def due(self, now: float) -> bool:
+    def _due(self, now: float) -> bool:
         pending = self.store.pending_count()
         if pending == 0:
             return False
@@ -275,29 +267,8 @@ class MetricsHead:
             or (now - self.store.oldest_pending()) * 1000.0 >= self.settings.max_wait_ms
         )
 
-    def drain(self, now: float) -> list[Output]:
-        """Score every pending window here and now."""
-        return [out for part in self.drain_in_parts(now) for out in part]
-
-    def drain_in_parts(self, now: float) -> Iterator[list[Output]]:
-        """Score every pending window, one scoring call (at most max_batch windows) per part:
-        the pipeline sends a part's events before the next part is scored, so the first events
-        do not wait for the whole backlog."""
-        step = self.settings.max_batch
-        for dims, pend in self.store.pending_batches():
-            n = len(pend)
-            for lo in range(0, n, step):
-                hi = min(n, lo + step)
-                yield self._score(dims, pend.windows[lo:hi], pend.ts[lo:hi], pend.series[lo:hi])
-            self.metrics.end_to_end.observe(time.monotonic() - pend.first_at)
-            self.store.clear_pending(dims)
-
-    def discard_pending(self) -> None:
-        """Pending windows belong to state that is about to be rebuilt: drop them unscored."""
-        self.store.discard_pending()
-
-    def commit_holds(self) -> dict[int, int]:
-        return {}  # a record's outputs are sent before its offset is committed: nothing waits
+    def holds(self) -> dict[int, int]:
+        return dict(self._held)
 
     def _score(
         self, dims: int, windows: np.ndarray, ts: np.ndarray, series: list[str]

@@ -1,12 +1,12 @@
 """tsguard.logs -> zero-shot classification + window summaries -> tsguard.log-classes / -summaries.
 
-The compute lives in detector/logs (no Kafka there); this adapter decodes records, dead-letters
+The compute lives in detector/logs/analyzer.py (no Kafka there); this head decodes records, dead-letters
 the malformed ones, and turns results into outputs and metrics.
 
 Delivery of summaries is at-least-once, the way a Kafka Streams windowed aggregation without a
 changelog is: summary windows are kept per partition and source, and the offset committed for a
 partition never passes the first line of a window of that partition that is still open
-(`commit_holds`). After a crash or a rebalance the lines of the open windows are consumed again,
+(`holds`). After a crash or a rebalance the lines of the open windows are consumed again,
 the windows are rebuilt and their summaries published. What is consumed again is published again:
 the classifications of those lines, and the summaries of windows that closed after the commit
 point (a window that had lines before it comes out again with only the lines after it).
@@ -14,13 +14,12 @@ point (a window that had lines before it comes out again with only the lines aft
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 
 from detector.api import TS_MAX
 from detector.messages import InvalidMessage, InvalidReason, LogSummary
-from stream.heads import Output, dead_letter
+from stream.heads.base import Head, Output, dead_letter
 from stream.metrics import Metrics
 from stream.settings import Settings
 
@@ -28,24 +27,23 @@ ADVANCE_EVERY_S = 1.0
 LATE_GRACE_S = 5.0  # lines may arrive this late and still join their window
 
 
-class LogsHead:
-    # Nothing is read back before the committed offset: the commit itself stays at the first
-    # line of the oldest open summary window (commit_holds), so what a window needs is re-read.
-    rebuilds_state = False
+class LogsHead(Head):
+    """Nothing is read back before the committed offset: the commit itself stays at the first
+    line of the oldest open summary window (`holds`), so what a window needs is re-read."""
 
     def __init__(self, settings: Settings, metrics: Metrics):
-        from detector.logs.head import LogHead, LogHeadConfig, parse_log_value
+        from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, parse_log_value
 
         self.settings = settings
         self.topic = settings.topics.logs
         self.metrics = metrics
-        self.head = LogHead(
-            LogHeadConfig(window_s=settings.log_window_s, corrections=settings.log_corrections)
+        self.analyzer = LogAnalyzer(
+            LogAnalyzerConfig(window_s=settings.log_window_s, corrections=settings.log_corrections)
         )
-        metrics.log_corrections.set(self.head.corrections)
+        metrics.log_corrections.set(self.analyzer.corrections)
         self._parse = parse_log_value
         # Load the embedding model and embed the labels now, not inside the first poll.
-        self.head.prepare()
+        self.analyzer.prepare()
         self._last_advance = time.monotonic()
 
     def handle(self, records: list, now: float) -> list[Output]:
@@ -67,7 +65,7 @@ class LogsHead:
         if not parsed:
             return out
         topics = self.settings.topics
-        classes, summaries = self.head.process(parsed, partitions, offsets)
+        classes, summaries = self.analyzer.process(parsed, partitions, offsets)
         for record, key, result in zip(parsed, keys, classes, strict=True):
             self.metrics.log_lines.labels(result.label).inc()
             if result.corrected:
@@ -82,35 +80,27 @@ class LogsHead:
         return [Output(topic, s.source.encode(), s.encode()) for s in summaries]
 
     # Classification is synchronous; summaries wait for their window to close, which is state,
-    # not pending output: it holds the commit back instead (commit_holds).
-    def has_pending(self) -> bool:
-        return False
+    # not pending output: it holds the commit back instead.
+    def ready(self, now: float, flush: bool = False) -> Iterator[list[Output]]:
+        """Close windows of sources that went quiet (by wall clock, after a grace period)."""
+        if flush or now - self._last_advance >= ADVANCE_EVERY_S:
+            self._last_advance = now
+            yield self._summaries(self.analyzer.advance(time.time() - LATE_GRACE_S))
 
-    def commit_holds(self) -> dict[int, int]:
+    def holds(self) -> dict[int, int]:
         """Per partition, the offset of the first line of its oldest open summary window: the
         committed offset must not pass it, so a crash re-reads the window's lines."""
-        return self.head.holds()
+        return self.analyzer.holds()
 
-    def due(self, now: float) -> bool:
-        return now - self._last_advance >= ADVANCE_EVERY_S
-
-    def drain_in_parts(self, now: float) -> Iterator[list[Output]]:
-        """Close windows of sources that went quiet (by wall clock, after a grace period)."""
-        self._last_advance = now
-        yield self._summaries(self.head.advance(time.time() - LATE_GRACE_S))
-
-    def discard_pending(self) -> None:
-        """Nothing pending; open windows are dropped by forget_partitions before a rewind."""
-
-    def finish(self) -> list[Output]:
-        """Shutdown: close every open window so its summary is published."""
-        return self._summaries(self.head.flush())
-
-    def forget_partitions(self, partitions: set[int]) -> None:
+    def revoked(self, partitions: set[int]) -> None:
         """Open windows of partitions given away (or about to be re-consumed from the last
         commit) are dropped unpublished: whoever reads those partitions next re-reads their
         lines from the committed offset, which no open window's first line is below."""
-        self.head.drop(partitions)
+        self.analyzer.drop(partitions)
+
+    def close(self) -> list[Output]:
+        """End of input or shutdown: close every open window so its summary is published."""
+        return self._summaries(self.analyzer.flush())
 
 
 def _arrival(record, wall: float) -> float:
@@ -126,7 +116,7 @@ def _arrival(record, wall: float) -> float:
     return wall
 
 
-class LogFeedbackHead:
+class LogFeedbackHead(Head):
     """tsguard.log-feedback -> corrections of the logs head (no outputs).
 
     A record is keyed by source, its value {"message", "label"} (or {"source", "message",
@@ -134,7 +124,8 @@ class LogFeedbackHead:
     tsguard.logs and with as many partitions, the member that owns a source's lines owns its
     corrections. A restart re-reads them: this head rebuilds its state, so on assignment the
     pipeline reads back up to `rebuild_messages` records of each partition before the committed
-    offset, and a correction applies whether it is read back or new."""
+    offset, and a correction applies whether it is read back or new. Corrections stay when a
+    partition is revoked: a source's correction is still right if its partition comes back."""
 
     rebuilds_state = True
 
@@ -143,45 +134,26 @@ class LogFeedbackHead:
         self.topic = settings.topics.log_feedback
         self.metrics = metrics
         self.logs = logs
-        self.replay_until: dict[int, int] = {}
 
     def handle(self, records: list, now: float) -> list[Output]:
-        out: list[Output] = []
+        return [
+            dead_letter(self.settings, self.metrics, rec, err) for rec, err in self._apply(records)
+        ]
+
+    def rebuild(self, records: list, now: float) -> None:
+        self._apply(records)  # the dead letters of bad ones went out the first time
+
+    def _apply(self, records: list) -> list[tuple[object, InvalidMessage]]:
+        """Apply each correction; returns the records that are not one, with why."""
+        bad = []
         for rec in records:
             try:
                 source, message, label = _feedback(rec.value, rec.key)
-                self.logs.head.correct(source, message, label)
+                self.logs.analyzer.correct(source, message, label)
             except ValueError as exc:
-                if rec.offset < self.replay_until.get(rec.partition, -1):
-                    continue  # read back to rebuild: its dead letter went out the first time
-                error = InvalidMessage(InvalidReason.INVALID_LOG, f"log feedback: {exc}")
-                out.append(dead_letter(self.settings, self.metrics, rec, error))
-        for rec in records[::-1]:
-            if rec.offset + 1 >= self.replay_until.get(rec.partition, math.inf):
-                del self.replay_until[rec.partition]  # rebuilt: back to the steady state
-        self.metrics.log_corrections.set(self.logs.head.corrections)
-        return out
-
-    def has_pending(self) -> bool:
-        return False
-
-    def commit_holds(self) -> dict[int, int]:
-        return {}
-
-    def due(self, now: float) -> bool:
-        return False
-
-    def drain_in_parts(self, now: float) -> Iterator[list[Output]]:
-        yield []
-
-    def discard_pending(self) -> None:
-        """Nothing pending."""
-
-    def finish(self) -> list[Output]:
-        return []
-
-    def forget_partitions(self, partitions: set[int]) -> None:
-        """Corrections stay: a source's correction is still right if its partition comes back."""
+                bad.append((rec, InvalidMessage(InvalidReason.INVALID_LOG, f"log feedback: {exc}")))
+        self.metrics.log_corrections.set(self.logs.analyzer.corrections)
+        return bad
 
 
 def _feedback(value: bytes | None, key: bytes | None) -> tuple[str, str, str]:

@@ -1,10 +1,10 @@
-"""The log head: one pure-compute object behind `tsguard logs classify|summarize` and the Kafka
-pipeline's logs head (no Kafka imports here).
+"""The log analyzer: one pure-compute object behind `tsguard logs classify|summarize` and the
+pipeline's logs head (stream/heads/logs.py; no Kafka imports here).
 
-    head = LogHead(LogHeadConfig(labels="severity", window_s=300))
-    classes = head.classify(records)     # one tsguard.log-classes LogClass per record
-    summaries = head.observe(records)    # tsguard.log-summaries LogSummary of windows that closed
-    summaries += head.flush()            # at shutdown / end of input
+    analyzer = LogAnalyzer(LogAnalyzerConfig(labels="severity", window_s=300))
+    classes = analyzer.classify(records)     # one tsguard.log-classes LogClass per record
+    summaries = analyzer.observe(records)    # tsguard.log-summaries LogSummary of closed windows
+    summaries += analyzer.flush()            # at shutdown / end of input
 
 Per line: mask the variables and mine the template (Drain3, per source, bounded); the template's
 words are what gets classified, and the classification is cached per template, so a repeated
@@ -85,7 +85,7 @@ class LogRecord:
 
 
 @dataclass(frozen=True)
-class LogHeadConfig:
+class LogAnalyzerConfig:
     labels: str = "severity"  # shipped set name, .yaml/.toml file, or "a,b,c"
     label_set: LabelSet | None = None  # a ready LabelSet (overrides `labels`)
     unknown_below: float = 0.0  # confidence under which the label is "unknown" (0: never)
@@ -347,12 +347,12 @@ def _widens(old: str, new: str) -> bool:
 # The head
 
 
-class LogHead:
+class LogAnalyzer:
     """Zero-shot classification and window summaries over log records (see module docstring)."""
 
     def __init__(
         self,
-        config: LogHeadConfig | None = None,
+        config: LogAnalyzerConfig | None = None,
         encoder: TextEncoder | None = None,
         severity: SeverityModel | None = None,
         topic: TopicModel | None = None,
@@ -361,7 +361,7 @@ class LogHead:
         the label set is error/warning/info); `topic`: likewise for the shipped topic set."""
         from detector.logs.encoder import shared_encoder
 
-        self.config = config = config or LogHeadConfig()
+        self.config = config = config or LogAnalyzerConfig()
         self.label_set = given = config.label_set or load_label_set(config.labels)
         examples = load_examples(config.examples, self.label_set) if config.examples else {}
         self._prototypes: tuple[np.ndarray, np.ndarray] | None = None

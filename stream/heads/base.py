@@ -1,0 +1,66 @@
+"""What a head is to the pipeline: records of one input topic in, outputs (topic, key, value) out.
+
+The pipeline drives every head the same way, and knows none by name:
+
+    handle(records, now)   records consumed now -> the outputs they give at once
+    rebuild(records, now)  records read back from before the committed offset (state only)
+    ready(now, flush)      outputs of work held back until now (all of it with flush), in parts
+    holds()                where each partition's commit must stop: outputs not yet sent
+    revoked(partitions)    state of partitions given away, or about to be re-consumed
+    close()                end of input or shutdown: outputs of every state still held
+
+Delivery is at-least-once: the pipeline commits a record's offset only once every output of it
+is flushed, and never past `holds()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from detector.messages import DeadLetter, InvalidMessage
+from stream.metrics import Metrics
+from stream.settings import Settings
+
+
+class Output(NamedTuple):
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+class Head:
+    """The defaults are those of a head that answers every record at once and keeps nothing."""
+
+    topic: str
+    # On assignment, read back up to Settings.rebuild_messages records before the committed
+    # offset and hand them to `rebuild`: this head's state is rebuilt from the log.
+    rebuilds_state: bool = False
+
+    def handle(self, records: list, now: float) -> list[Output]:
+        raise NotImplementedError
+
+    def rebuild(self, records: list, now: float) -> None:
+        """Their outputs were published by whoever read them first: rebuild state, say nothing."""
+        raise NotImplementedError
+
+    def ready(self, now: float, flush: bool = False) -> Iterator[list[Output]]:
+        return iter(())
+
+    def holds(self) -> dict[int, int]:
+        """{partition: offset} the commit must not pass: the first record whose outputs are not
+        sent yet (pending work, or state kept to publish later). {}: commit what was consumed."""
+        return {}
+
+    def revoked(self, partitions: set[int]) -> None:
+        """Forget the state of these partitions; whoever reads them next rebuilds it."""
+
+    def close(self) -> list[Output]:
+        return []
+
+
+def dead_letter(settings: Settings, metrics: Metrics, record, error: InvalidMessage) -> Output:
+    metrics.reject(error)
+    metrics.dead_letter.labels(error.reason).inc()
+    letter = DeadLetter.of(error, record.topic, record.partition, record.offset, record.value)
+    return Output(settings.topics.dead_letter, record.key, letter.encode())
