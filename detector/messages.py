@@ -2,6 +2,7 @@
 
 Outputs are dataclasses with one encoder each, `encode() -> bytes`: the UTF-8 JSON on the topic.
     tsguard.anomalies      AnomalyEvent   (built by stream/heads/metrics.py)
+    tsguard.incidents      IncidentMessage (stream/incidents.py)
     tsguard.dead-letter    DeadLetter     (stream/heads/base.py, for any input topic)
     tsguard.log-classes    LogClass       (detector/logs/analyzer.py)
     tsguard.log-summaries  LogSummary     (detector/logs/summarizer.py)
@@ -127,6 +128,43 @@ class AnomalyEvent:
     contributions: dict[str, float]  # dimension -> share of the error
     detected_at: float
     labels: dict[str, str] = field(default_factory=dict)  # the series' operator rule's labels
+
+    def encode(self) -> bytes:
+        return dumps(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# tsguard.incidents
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentMember:
+    """One episode of an incident: when it started and ended (None while open), its start score."""
+
+    series: str
+    episode_id: str
+    start: float
+    end: float | None
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentMessage:
+    """An incident opened, changed (an episode joined or ended) or closed: overlapping episodes
+    of one group. The first seven fields are the contract's; `grouped_by` (what grouped
+    them: "labels", "prefix" or "series"), `contributions` ({series: share of the members' summed
+    start scores}) and `members` are tsguard's additions."""
+
+    incident_id: str
+    kind: str  # "open" | "update" | "close"
+    ts: float
+    series: list[str]
+    episodes: list[str]
+    labels: dict[str, str]
+    score: float  # the highest start score of its episodes
+    grouped_by: str
+    contributions: dict[str, float]
+    members: list[IncidentMember]
 
     def encode(self) -> bytes:
         return dumps(self)

@@ -1,15 +1,22 @@
-"""Anomaly episodes pushed to Prometheus Alertmanager's v2 API (`--alertmanager URL[,URL]`).
+"""Anomaly episodes and incidents pushed to Prometheus Alertmanager's v2 API
+(`--alertmanager URL[,URL]`).
 
-A sink of the pipeline: it sees every output the pipeline sends, keeps the anomaly events, and
-hands them to a background thread through a bounded queue, so a slow or absent Alertmanager
-never blocks or crashes the pipeline (a full queue drops the event and counts it). The thread
-turns an episode into one alert (contract, "Alerting and health"):
+A sink of the pipeline: it sees every output the pipeline sends, keeps the anomaly events and
+incidents, and hands them to a background thread through a bounded queue, so a slow or absent
+Alertmanager never blocks or crashes the pipeline (a full queue drops the message and counts
+it). The thread turns them into alerts (contract, "Alerting and health"), one page per incident:
 
-- labels `alertname="TsguardAnomaly"`, `series`, `severity` and the rule's labels;
-- annotations `summary`, `description`, `score`;
-- `startsAt` at the episode's start; while open, re-sent every 60 s with `endsAt` a few resend
-  intervals ahead (as Prometheus does: if tsguard goes away, the alert resolves by itself);
-  at the episode's end, sent once more with `endsAt` at the end, which resolves it.
+- an incident of a group (stream/incidents.py: a rule's labels, or a series id prefix) is one
+  alert: labels `alertname="TsguardAnomaly"`, `incident`, `severity` and the group's labels;
+  annotations `summary`, `description`, `score` and `series` (its member series, comma-separated),
+  updated as members join; the member episodes send no alerts of their own;
+- an episode of a series that groups with no other (no rule labels, no "/" in its id) is one
+  alert: labels `alertname`, `series`, `severity` and the rule's labels; annotations `summary`,
+  `description`, `score`;
+- `startsAt` at the (first) episode's start; while open, re-sent every 60 s with `endsAt` a few
+  resend intervals ahead (as Prometheus does: if tsguard goes away, the alert resolves by
+  itself); at the end (the incident's close), sent once more with `endsAt` then, which resolves
+  it.
 
 Every URL gets every alert (an Alertmanager cluster de-duplicates). A failed POST is counted in
 `tsguard_alerts_failed_total{reason}`; open alerts go again at the next resend, resolutions are
@@ -33,6 +40,7 @@ import orjson
 
 from detector.errors import UserError
 from stream.heads.base import Output
+from stream.incidents import BY_SERIES, group_of
 from stream.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -93,6 +101,44 @@ def alert_of(event: dict[str, Any]) -> Alert:
     return Alert(labels, annotations, float(event["ts"]))
 
 
+def incident_alert_of(incident: dict[str, Any]) -> Alert:
+    """The alert of an incident, from any of its messages (tsguard.incidents' contract)."""
+    extra = {str(k): str(v) for k, v in (incident.get("labels") or {}).items()}
+    incident_id = incident["incident_id"]
+    labels = {
+        "severity": DEFAULT_SEVERITY,
+        **extra,
+        "alertname": ALERTNAME,
+        "incident": incident_id,
+    }
+    alert = Alert(labels, {}, _incident_start(incident))
+    _annotate(alert, incident)
+    return alert
+
+
+def _incident_start(incident: dict[str, Any]) -> float:
+    starts = [float(m["start"]) for m in incident.get("members") or []]
+    return min(starts) if starts else float(incident["ts"])
+
+
+def _annotate(alert: Alert, incident: dict[str, Any]) -> None:
+    """An incident alert's annotations, from its latest message."""
+    series, score = [str(s) for s in incident["series"]], float(incident["score"])
+    labels = incident.get("labels") or {}
+    where = labels.get("group") or ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    where = where or ",".join(series)
+    alert.annotations = {
+        "summary": f"Anomaly incident on {where}: {len(series)} series",
+        "description": (
+            f"tsguard grouped {len(incident['episodes'])} overlapping anomaly episode(s) of "
+            f"{', '.join(series)} since {rfc3339(alert.starts_at)}; highest score {score:.3f}; "
+            f"incident {incident['incident_id']}"
+        ),
+        "score": f"{score:.4f}",
+        "series": ",".join(series),
+    }
+
+
 class AlertmanagerSink:
     """Takes the pipeline's outputs (`take`), posts the episodes' alerts from its own thread."""
 
@@ -103,17 +149,23 @@ class AlertmanagerSink:
         metrics: Metrics,
         resend_s: float = RESEND_S,
         queue_size: int = QUEUE_SIZE,
+        incidents_topic: str | None = None,
     ) -> None:
+        """With `incidents_topic`, grouped episodes page through their incidents (one alert per
+        incident); without it, every episode is its own alert."""
         for url in urls:
             parts = urllib.parse.urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise UserError(f"--alertmanager {url!r}: need http(s)://HOST:PORT")
         self.urls = [u.rstrip("/") + "/api/v2/alerts" for u in urls]
         self.topic = anomalies_topic
+        self.incidents_topic = incidents_topic
         self.metrics = metrics
         self.resend_s = resend_s
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_size)
-        self._open: dict[str, Alert] = {}  # series -> its open episode's alert
+        # (from the incidents topic?, the message)
+        self._queue: queue.Queue[tuple[bool, dict[str, Any]]] = queue.Queue(maxsize=queue_size)
+        # ("series", series) -> its open episode's alert; ("incident", id) -> an incident's
+        self._open: dict[tuple[str, str], Alert] = {}
         self._resolved: list[Alert] = []  # ended, not yet delivered
         self._retry_at = 0.0
         self._stop = threading.Event()
@@ -124,14 +176,15 @@ class AlertmanagerSink:
     def take(self, outputs: list[Output]) -> None:
         """Never blocks: events past a full queue are dropped and counted."""
         for out in outputs:
-            if out.topic != self.topic:
+            incident = out.topic == self.incidents_topic
+            if out.topic != self.topic and not incident:
                 continue
             try:
-                self._queue.put_nowait(orjson.loads(out.value))
+                self._queue.put_nowait((incident, orjson.loads(out.value)))
             except queue.Full:
                 self.metrics.alerts_failed.labels("queue_full").inc()
             except orjson.JSONDecodeError:
-                log.warning("alertmanager: an anomaly output is not JSON; not alerted")
+                log.warning("alertmanager: an output on %s is not JSON; not alerted", out.topic)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Deliver what is queued (bounded by timeout_s), then stop the thread."""
@@ -142,19 +195,21 @@ class AlertmanagerSink:
     def _run(self) -> None:
         while True:
             try:
-                event = self._queue.get(timeout=min(1.0, self.resend_s))
+                item = self._queue.get(timeout=min(1.0, self.resend_s))
             except queue.Empty:
-                event = None
+                item = None
             changed = []
-            while event is not None:
+            while item is not None:
+                incident, message = item
                 try:
-                    changed.extend(self._apply(event))
+                    apply = self._apply_incident if incident else self._apply
+                    changed.extend(apply(message))
                 except (KeyError, TypeError, ValueError) as exc:  # not from our head: skip it
-                    log.warning("alertmanager: skipped an event it cannot read: %s", exc)
+                    log.warning("alertmanager: skipped a message it cannot read: %s", exc)
                 try:
-                    event = self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
-                    event = None
+                    item = None
             now = time.time()
             due = [a for a in self._open.values() if now - a.sent_at >= self.resend_s]
             batch = self._resolved + [a for a in changed + due if a.ends_at is None]
@@ -172,15 +227,39 @@ class AlertmanagerSink:
                 return
 
     def _apply(self, event: dict[str, Any]) -> list[Alert]:
-        """Update the open alerts with one event; returns the alerts to send now."""
+        """Update the open alerts with one event; returns the alerts to send now. A grouped
+        episode's alert is its incident's (with incidents)."""
         series = event["series"]
+        grouped = group_of(series, event.get("labels") or {}).by != BY_SERIES
+        if grouped and self.incidents_topic is not None:
+            return []
+        key = ("series", series)
         if event["kind"] == "start":
-            alert = self._open[series] = alert_of(event)
+            alert = self._open[key] = alert_of(event)
             return [alert]
-        alert = self._open.pop(series, None)
+        alert = self._open.pop(key, None)
         if alert is None:  # the start went before this process owned the series
             alert = alert_of(event)
         alert.ends_at = max(float(event["ts"]), alert.starts_at)
+        self._resolved.append(alert)
+        return []
+
+    def _apply_incident(self, incident: dict[str, Any]) -> list[Alert]:
+        """Update the open alerts with one incident message; an incident of a lone series is
+        alerted as its episode (`_apply`)."""
+        if incident["grouped_by"] == BY_SERIES:
+            return []
+        key = ("incident", incident["incident_id"])
+        alert = self._open.get(key)
+        if alert is None:  # its open, or the process that sent it, went before
+            alert = incident_alert_of(incident)
+        else:
+            _annotate(alert, incident)
+        if incident["kind"] != "close":
+            self._open[key] = alert
+            return [alert]
+        self._open.pop(key, None)
+        alert.ends_at = max(float(incident["ts"]), alert.starts_at)
         self._resolved.append(alert)
         return []
 

@@ -150,7 +150,12 @@ def build_service(settings):
         from stream.alertmanager import AlertmanagerSink
 
         pipeline.sinks.append(
-            AlertmanagerSink(list(settings.alertmanager), settings.topics.anomalies, metrics)
+            AlertmanagerSink(
+                list(settings.alertmanager),
+                settings.topics.anomalies,
+                metrics,
+                incidents_topic=settings.topics.incidents,
+            )
         )
     return pipeline, metrics
 

@@ -86,6 +86,11 @@ class Metrics:
         self.threshold = Gauge(
             "tsguard_anomaly_threshold", "Score at which an anomaly episode starts", registry=r
         )
+        self.incidents_open = Gauge(
+            "tsguard_incidents_open",
+            "Incidents open: overlapping episodes of one group (tsguard.incidents)",
+            registry=r,
+        )
         self.series_tracked = Gauge(
             "tsguard_series_tracked", "Series with a live window", registry=r
         )

@@ -387,9 +387,10 @@ class RuleGate:
         return out
 
     def admit(self, kind: str, series: str, episode_id: str, ts: float, window: np.ndarray,
-              point: int, contributions: np.ndarray) -> bool:  # fmt: skip
+              point: int, contributions: np.ndarray, count: bool = True) -> bool:  # fmt: skip
         """Whether this event is published: an episode's end follows its start; a start is held
-        in a mute, on the wrong side of normal or nearer to it than min_delta."""
+        in a mute, on the wrong side of normal or nearer to it than min_delta (counted in
+        tsguard_events_held_total unless `count` is False: an event replayed to rebuild state)."""
         if kind != "start":
             return self._held.pop(series, None) != episode_id
         self._held.pop(series, None)
@@ -411,7 +412,8 @@ class RuleGate:
         if reason is None:
             return True
         self._held[series] = episode_id
-        self.metrics.events_held.labels(reason).inc()
+        if count:
+            self.metrics.events_held.labels(reason).inc()
         return False
 
     def labels(self, series: str) -> dict[str, str]:

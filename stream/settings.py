@@ -53,6 +53,7 @@ class Topics:
     log_summaries: str = "tsguard.log-summaries"
     log_feedback: str = "tsguard.log-feedback"  # label corrections, keyed by source
     feedback: str = "tsguard.feedback"  # verdicts on anomaly events, keyed by series
+    incidents: str = "tsguard.incidents"  # overlapping episodes of one group, keyed by incident
 
     def all(self) -> list[str]:
         return [
@@ -64,6 +65,7 @@ class Topics:
             self.log_summaries,
             self.log_feedback,
             self.feedback,
+            self.incidents,
         ]
 
 
@@ -183,7 +185,8 @@ class Settings:
     )  # fmt: skip
     alertmanager: tuple[str, ...] = setting(
         (), "--alertmanager", env=True, type=_comma_list, metavar="URL[,URL]",
-        help="push anomaly episodes to these Alertmanagers (v2 API), e.g. http://alertmanager:9093",
+        help="push anomaly episodes and incidents to these Alertmanagers (v2 API), e.g. "
+        "http://alertmanager:9093",
     )  # fmt: skip
     security: KafkaSecurity = setting(factory=KafkaSecurity)
     stop_at_end: bool = setting(

@@ -210,8 +210,8 @@ rules:
 def test_serve_holds_and_labels_events_and_alerts(broker, tmp_path: Path, request):
     """Five series, each with a spike up near its end (the episodes are still open): a muted
     series, an alert-on-drops series and a min_delta series publish nothing; the web series'
-    events carry the rule's labels, the unruled one's none; Alertmanager (where installed) gets
-    alerts for exactly those two, with the labels."""
+    events carry the rule's labels, the unruled one's none, and each opens an incident;
+    Alertmanager (where installed) gets alerts for exactly those two incidents, with the labels."""
     am = request.getfixturevalue("alertmanager") if BINARY else None
     rules = tmp_path / "rules.yml"
     rules.write_text(SERVE_RULES)
@@ -238,12 +238,20 @@ def test_serve_holds_and_labels_events_and_alerts(broker, tmp_path: Path, reques
     assert starts["web/a"]["labels"] == {"team": "web", "severity": "page"}
     assert starts["plain/a"]["labels"] == {}
     assert not {"muted/a", "drops/a", "small/a"} & {e["series"] for e in events}
+    incidents = {m["series"][0]: m for m in read_topic(broker.bootstrap, "tsguard.incidents")}
+    assert set(incidents) == {"web/a", "plain/a"}  # incidents of one series, labels as the rule's
+    assert incidents["web/a"]["labels"] == {"team": "web", "severity": "page"}
     if am is not None:
-        alerts = am.wait_for(lambda a: {"web/a", "plain/a"} <= set(by_series(a)))
-        assert set(by_series(alerts)) == {"web/a", "plain/a"}  # a muted series sends none
-        web = by_series(alerts)["web/a"]["labels"]
-        assert web == {"alertname": "TsguardAnomaly", "series": "web/a", "team": "web",
-                       "severity": "page"}  # fmt: skip
+        # Series with a "/" page as their incidents (the member series in an annotation).
+        def by_member(alerts: list[dict]) -> dict[str, dict]:
+            return {a["annotations"]["series"]: a for a in alerts if "incident" in a["labels"]}
+
+        alerts = am.wait_for(lambda a: {"web/a", "plain/a"} <= set(by_member(a)))
+        assert set(by_member(alerts)) == {"web/a", "plain/a"}  # a muted series sends none
+        assert not by_series(alerts)
+        web = by_member(alerts)["web/a"]["labels"]
+        assert web == {"alertname": "TsguardAnomaly", "incident": incidents["web/a"]["incident_id"],
+                       "team": "web", "severity": "page"}  # fmt: skip
 
 
 @pytest.mark.integration

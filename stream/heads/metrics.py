@@ -1,4 +1,5 @@
-"""tsguard.metrics -> windows -> Transformer scorer -> calibration -> episodes -> tsguard.anomalies.
+"""tsguard.metrics -> windows -> Transformer scorer -> calibration -> episodes -> tsguard.anomalies
+(and the episodes' incidents -> tsguard.incidents, stream/incidents.py).
 
 Points are decoded column-wise into per-series windows (stream/windows.py); a window is scored
 once `stride` new points arrived, in batches of up to max_batch windows that wait at most
@@ -18,9 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from detector.detector import KINDS, Detector
-from detector.messages import AnomalyEvent, EventWindow, InvalidMessage, InvalidReason
+from detector.messages import (
+    AnomalyEvent,
+    EventWindow,
+    IncidentMessage,
+    InvalidMessage,
+    InvalidReason,
+)
 from stream.codec import decode_batch
 from stream.heads.base import Head, Output, dead_letter
+from stream.incidents import IncidentTracker
 from stream.metrics import Metrics
 from stream.settings import Settings
 from stream.windows import WindowStore
@@ -84,6 +92,7 @@ class MetricsHead(Head):
         self._model_stamp = self._stamp()
         self._last_model_check = time.monotonic()
         self.rules = None  # stream.rules.RuleGate with --rules: holds events, adds labels
+        self.incidents = IncidentTracker(metrics)  # the episodes' incidents (tsguard.incidents)
         self.set_scorer(scorer)
         load_kernels()  # now rather than in the first batch
 
@@ -112,9 +121,9 @@ class MetricsHead(Head):
         """The model serving now (the detector's)."""
         return self.detector.scorer
 
-    def _reload(self) -> None:
-        """Load the model directory again and swap it in; a model that fails to load or does
-        not fit the running windows is refused, and the current one keeps serving."""
+    def _reload(self) -> bool:
+        """Load the model directory again and swap it in (True); a model that fails to load or
+        does not fit the running windows is refused, and the current one keeps serving."""
         from detector.errors import ModelLoadError
         from detector.scorer import load_scorer
 
@@ -130,10 +139,11 @@ class MetricsHead(Head):
         except ModelLoadError as exc:
             self.metrics.model_reloads.labels("refused").inc()
             log.error("model reload refused, still serving %s: %s", self.scorer.version, exc)
-            return
+            return False
         self.set_scorer(scorer)
         self.metrics.model_reloads.labels("ok").inc()
         log.info("model reloaded: now serving %s on %s", scorer.version, scorer.device)
+        return True
 
     def _stamp(self) -> tuple:
         """Changes when the model directory's files change (size or mtime)."""
@@ -224,6 +234,7 @@ class MetricsHead(Head):
         for name in names:
             st = self.state.pop(name)
             self.detector.remove(st.dims, st.slot)
+        self.incidents.forget(names)
 
     def revoked(self, partitions: set[int]) -> None:
         """Series of these partitions, and their windows waiting to be scored, are forgotten."""
@@ -255,8 +266,11 @@ class MetricsHead(Head):
                 self.metrics.end_to_end.observe(time.monotonic() - pend.first_at)
                 self.store.clear_pending(dims)
             self._held.clear()
-        if reload:
-            self._reload()
+        if reload and self._reload():
+            # The old model's open episodes ended without an event: so do their incidents.
+            closed = self.incidents.close_all()
+            if closed:
+                yield [self._incident(m) for m in closed]
 
     def _due(self, now: float) -> bool:
         pending = self.store.pending_count()
@@ -290,21 +304,28 @@ class MetricsHead(Head):
         point_ts = ts[:, base:]
         scores, kinds = det.scores, det.kinds
         out: list[Output] = []
+        events: list[tuple[AnomalyEvent, bool]] = []  # for the incidents: (event, published)
         version = self.scorer.version
         for i, j in zip(*np.nonzero(kinds), strict=True):  # window, point: in order
             name = series[i]
             st, t, kind = state[name], float(point_ts[i, j]), KINDS[kinds[i, j]]
             if kind == "start":
                 st.episode_id = _digest(name, t, version)
-            if t > st.mute_until:
-                if rules is not None and not rules.admit(
-                    kind, name, st.episode_id, t, windows[i], base + j, det.contributions[i, j]
-                ):
-                    continue
-                score = float(scores[i, j])
-                out.append(
-                    self._event(kind, name, st, ts[i], base + j, score, det.contributions[i, j])
-                )
+            # Points up to mute_until were replayed to rebuild state: their events were
+            # published the first time; they only rebuild the rules' and incidents' state.
+            publish = t > st.mute_until
+            contributions = det.contributions[i, j]
+            if rules is not None and not rules.admit(
+                kind, name, st.episode_id, t, windows[i], base + j, contributions, count=publish
+            ):
+                continue
+            event = self._event(kind, name, st, ts[i], base + j, float(scores[i, j]), contributions)
+            if publish:
+                self._count(event)
+                out.append(Output(self.settings.topics.anomalies, name.encode(), event.encode()))
+            events.append((event, publish))
+        if events:
+            out += [self._incident(m) for m in self.incidents.observe(events)]
         # One gauge update per series and batch, in the order of their last windows (the
         # gauge cap is an LRU).
         pairs = enumerate(zip(series, slot_list, strict=True))
@@ -315,18 +336,15 @@ class MetricsHead(Head):
         return out
 
     def _event(self, kind: str, series: str, st: _SeriesState, ts_row: np.ndarray, j: int,
-               score: float, contributions: np.ndarray) -> Output:  # fmt: skip
+               score: float, contributions: np.ndarray) -> AnomalyEvent:  # fmt: skip
         version = self.scorer.version
         ts = float(ts_row[j])
         observed = np.flatnonzero(np.isfinite(ts_row))
-        if kind == "start":
-            self.metrics.anomalies.inc()
-        self.metrics.anomaly_events.labels(kind).inc()
         dims = self.store.dims(series) if series in self.store else ()
         shares = {
             d: round(float(c), 4) for d, c in zip(dims, np.nan_to_num(contributions), strict=False)
         }
-        event = AnomalyEvent(
+        return AnomalyEvent(
             event_id=_digest(st.episode_id, kind, ts, version),
             episode_id=st.episode_id,
             kind=kind,
@@ -344,5 +362,20 @@ class MetricsHead(Head):
             detected_at=time.time(),
             labels=self.rules.labels(series) if self.rules is not None else {},
         )
-        log.info("anomaly %s series=%s ts=%s score=%.4f", kind, series, ts, score)
-        return Output(self.settings.topics.anomalies, series.encode(), event.encode())
+
+    def _count(self, event: AnomalyEvent) -> None:
+        """A published event, in the metrics and the log."""
+        if event.kind == "start":
+            self.metrics.anomalies.inc()
+        self.metrics.anomaly_events.labels(event.kind).inc()
+        log.info(
+            "anomaly %s series=%s ts=%s score=%.4f", event.kind, event.series, event.ts, event.score
+        )
+
+    def _incident(self, message: IncidentMessage) -> Output:
+        log.info(
+            "incident %s %s series=%s", message.kind, message.incident_id, ",".join(message.series)
+        )
+        return Output(
+            self.settings.topics.incidents, message.incident_id.encode(), message.encode()
+        )
