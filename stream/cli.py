@@ -37,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default=env_default("log-level", "INFO"),
+        default=env_default("log-level"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging verbosity (env TSGUARD_LOG_LEVEL)",
+        help="logging verbosity (env TSGUARD_LOG_LEVEL; default INFO, WARNING for demo)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMAND_MODULES:
@@ -50,12 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # A subcommand may set a quieter default (the demo's printout is the point, not the logs).
+    level = args.log_level or getattr(args, "log_level_default", "INFO")
     logging.basicConfig(
-        level=args.log_level,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if args.log_level != "DEBUG":  # kafka-python narrates every connection at INFO
+    if level != "DEBUG":  # kafka-python narrates every connection at INFO
         logging.getLogger("kafka").setLevel(logging.WARNING)
         # Its IO thread warns whenever our scoring holds the GIL for >100 ms; not actionable.
         logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)

@@ -53,7 +53,8 @@ def register_cli(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-logs", action="store_true", help="leave the log heads out")
-    p.set_defaults(handler=demo)
+    p.add_argument("--png", default="tsguard-demo.png", help="where to draw the run at its end")
+    p.set_defaults(handler=demo, log_level_default="WARNING")
 
 
 def _settings(args: argparse.Namespace, bootstrap: str):

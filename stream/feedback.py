@@ -145,36 +145,46 @@ def register_cli(sub) -> None:
 
 
 def feedback(args: argparse.Namespace) -> int:
-    from stream.clients import make_producer
-    from stream.kafka_io import ensure_topics
     from stream.settings import Settings
 
-    settings = Settings(bootstrap=args.bootstrap)
+    verdict = publish(Settings(bootstrap=args.bootstrap), args.event_id, args.verdict,
+                      series=args.series, by=args.by, note=args.note,
+                      lookup_timeout_s=args.lookup_timeout)  # fmt: skip
+    sys.stdout.write(verdict.encode().decode() + "\n")
+    return 0
+
+
+def publish(settings: Settings, event_id: str, verdict: str, series: str | None = None,
+            by: str | None = None, note: str = "", lookup_timeout_s: float = 30.0) -> Verdict:  # fmt: skip
+    """What `tsguard feedback` does (and `tsguard demo` with it): look the event up on
+    tsguard.anomalies for its series, score and threshold, and publish the verdict to
+    tsguard.feedback keyed by series. UserError when the event is not found and no series is
+    given."""
+    from stream.clients import make_producer
+    from stream.kafka_io import ensure_topics
+
     ensure_topics(settings, [settings.topics.anomalies])  # waits for the broker
     ensure_topic(settings)
-    event = find_event(settings, args.event_id, args.series, args.lookup_timeout)
-    if event is None and not args.series:
-        raise UserError(
-            f"event {args.event_id} not found on {settings.topics.anomalies}; give --series"
-        )
-    verdict = Verdict(
-        event_id=args.event_id,
-        series=args.series or event["series"],
-        verdict=args.verdict,
+    event = find_event(settings, event_id, series, lookup_timeout_s)
+    if event is None and not series:
+        raise UserError(f"event {event_id} not found on {settings.topics.anomalies}; give --series")
+    record = Verdict(
+        event_id=event_id,
+        series=series or event["series"],
+        verdict=verdict,
         ts=time.time(),
-        by=args.by if args.by is not None else _user(),
-        note=args.note,
+        by=by if by is not None else _user(),
+        note=note,
         score=None if event is None else float(event["score"]),
         threshold=None if event is None else float(event["threshold"]),
     )
     producer = make_producer(settings)
     try:
-        producer.send(settings.topics.feedback, verdict.series.encode(), verdict.encode())
+        producer.send(settings.topics.feedback, record.series.encode(), record.encode())
         producer.flush(timeout_s=30)
     finally:
         producer.close(timeout_s=10)
-    sys.stdout.write(verdict.encode().decode() + "\n")
-    return 0
+    return record
 
 
 def ensure_topic(settings: Settings) -> None:

@@ -1,6 +1,6 @@
 """Reliability against the real embedded broker: SIGKILL restarts and rebalances lose no anomaly
-event, a flood of malformed input is dead-lettered while valid points are all scored, and model
-hot reload refuses bad models while the old one keeps serving."""
+event nor an operator's verdict, a flood of malformed input is dead-lettered while valid points
+are all scored, and model hot reload refuses bad models while the old one keeps serving."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import pytest
 
 from detector.scorer import MIN_POINTS
 from stream.broker import EmbeddedBroker, free_port
-from stream.kafka_io import ensure_topics
+from stream.clients import TopicPartition
+from stream.feedback import Verdict
+from stream.kafka_io import GroupOffsets, ensure_topics
 from stream.settings import Settings
 from tests.conftest import produce, read_topic, tsguard
 
@@ -170,6 +172,52 @@ def test_rebalance_join_and_leave_matches_single_process(crash_scenario):
     finally:
         broker.stop()
     assert got == expected, f"lost {len(expected - got)}, unexpected {len(got - expected)}"
+
+
+def test_a_false_positive_verdict_is_still_in_force_after_a_sigkill():
+    """tsguard.feedback is state: a verdict the killed process had read and committed past is
+    read back on assignment by the next one, which keeps the judged series quiet on a surprise
+    below the judged score while the other series, the same surprise in its own noise, alerts."""
+    from tests.test_feedback import stream
+
+    messages, t0 = stream(n=400, spike_at=300)  # a/1's 400 points, then b/1's
+    a, b, cut = messages[:400], messages[400:], 250
+    broker = fresh_broker_with(a[:cut] + b[:cut])
+    judged = Verdict(
+        "ev-a", "a/1", "false_positive", time.time(), by="ops", score=0.9, threshold=0.4
+    )
+    produce(broker.bootstrap, "tsguard.feedback", [(b"a/1", judged.encode())])
+    group = "judged"
+    committed = GroupOffsets(Settings(bootstrap=broker.bootstrap, group_id=group))
+    feedback = [TopicPartition("tsguard.feedback", p) for p in range(Settings().partitions)]
+    fp = 'tsguard_feedback_verdicts_total{verdict="false_positive"}'
+    try:
+        port = free_port()
+        proc = serve(broker, group, port=port)
+        wait_metric(port, fp, 1)
+        deadline = time.monotonic() + 30
+        while sum(committed.read(feedback).values()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sum(committed.read(feedback).values()) == 1, "the verdict's offset was not committed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+        produce(broker.bootstrap, "tsguard.metrics", a[cut:] + b[cut:])  # the surprise, in both
+        port = free_port()
+        proc = serve(broker, group, port=port)
+        wait_metric(port, "tsguard_points_total", 2 * (400 - cut))
+        assert metric(port, fp) == 0  # read back on assignment, not consumed again
+        proc.send_signal(signal.SIGTERM)  # scores what is pending, flushes, commits
+        assert proc.wait(timeout=30) == 0
+        starts = [
+            e for e in read_topic(broker.bootstrap, "tsguard.anomalies") if e["kind"] == "start"
+        ]
+        spike = t0 + 60 * 300
+        assert any(e["series"] == "b/1" and e["ts"] >= spike for e in starts), "control: no alert"
+        assert not [e for e in starts if e["series"] == "a/1" and e["ts"] >= t0 + 60 * cut]
+    finally:
+        committed.close()
+        broker.stop()
 
 
 MALFORMED_KINDS = [
