@@ -9,6 +9,9 @@ metrics endpoint; a producer plays metric series (daily seasonality, trend and n
 - `api-01/latency_ms` gets a small spike that alerts; the demo judges that event a false
   positive exactly as `tsguard feedback` does (stream/feedback.py's `publish`), waits until the
   service has the verdict in force, and plays the same spike again: no alert.
+- `web-01/mem` shares a host with `web-01/cpu` and spikes as web-01/cpu's level shift starts:
+  the two episodes overlap, so they are one incident (one page). Incidents of a single series
+  are not printed (their page is the episode's).
 At the end it draws the run (stream/demo_plot.py) and prints where. Logs go to stderr, at
 WARNING unless `--log-level` says otherwise, so the printout is not interleaved with them.
 """
@@ -41,6 +44,7 @@ SERIES = [
 KINDS = ["spike", "level_shift", "dip", "noise_burst", "spike", "drift"]
 JUDGED = "api-01/latency_ms"  # its small spike is judged a false positive
 MUTED = "backup-01/io_wait"  # its backup window is muted in the demo's rules
+HOST_MATE = "web-01/mem"  # spikes with web-01/cpu's first level shift: one incident of two
 SCENE_SPEC = {"base": 120.0, "daily_amplitude": 30.0, "period": 288, "noise": 4.0}
 MAGNITUDE = 8.0  # injected anomalies, in units of noise + daily amplitude / 4 (synthetic.py)
 SMALL = 3.5  # the judged spike: alerts, with a score well below 1 (a verdict can quiet it)
@@ -124,13 +128,16 @@ def make_plan(args: argparse.Namespace, rng: np.random.Generator) -> Plan:
         ]  # fmt: skip
         data[name], _ = generate(spec, total, anomalies)
     unit = SCENE_SPEC["noise"] + 0.25 * SCENE_SPEC["daily_amplitude"]
-    for k, name in enumerate((JUDGED, MUTED)):
+    for k, name in enumerate((JUDGED, MUTED, HOST_MATE)):
         data[name], _ = generate(SeriesSpec(**SCENE_SPEC, seed=args.seed * 100 + 50 + k), total)
+    mate = next((j for j in injections if j.series == "web-01/cpu"), None)
     scenes = [
         Injection(JUDGED, "spike", index(first + every / 2), role="judge", delta=SMALL * unit),
         Injection(MUTED, "spike", index(first + 1.5 * every), role="mute", delta=MAGNITUDE * unit),
         Injection(JUDGED, "spike", index(first + 2.5 * every), role="repeat", delta=SMALL * unit),
     ]
+    if mate is not None:
+        scenes.append(Injection(HOST_MATE, "spike", mate.index, delta=MAGNITUDE * unit))
     injections += [s for s in scenes if s.index < index(args.duration - 3)]
     injections.sort(key=lambda j: j.index)
     # The live part starts at 00:00 UTC today, in series time: the detector's seasonal signal
@@ -139,7 +146,8 @@ def make_plan(args: argparse.Namespace, rng: np.random.Generator) -> Plan:
     muted = scenes[1].index
     mute = Span(MUTED, base_ts + (muted - MUTE_SPAN[0]) * STEP_S,
                 base_ts + (muted + MUTE_SPAN[1]) * STEP_S, "mute")  # fmt: skip
-    return Plan(regular + [JUDGED, MUTED], data, injections, live_points, base_ts, mute)
+    names = regular + [JUDGED, MUTED] + ([HOST_MATE] if mate is not None else [])
+    return Plan(names, data, injections, live_points, base_ts, mute)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -439,8 +447,9 @@ class Demo:
         with self.lock:
             _, start, _ = self.incidents.get(incident_id, (members, ts, None))
             self.incidents[incident_id] = (members, start, ts if kind == "close" else None)
-        self.say(f"  INCIDENT {kind.upper():<6} {incident_id[:12]} {', '.join(members)} "
-                 f"(series time {_hhmm(ts)})")  # fmt: skip
+        if len(members) > 1:  # one series: its page is the episode's, printed already
+            self.say(f"  INCIDENT {kind.upper():<6} {incident_id[:12]} {', '.join(members)} "
+                     f"(series time {_hhmm(ts)})")  # fmt: skip
 
     # -- the picture -----------------------------------------------------------------------
     def _draw(self) -> None:

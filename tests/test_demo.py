@@ -99,6 +99,8 @@ def test_a_short_demo_prints_a_mute_holding_a_verdict_in_force_and_the_picture(t
     assert "operator: tsguard feedback --event-id " in out
     assert "verdict in force: api-01/latency_ms now alerts above score" in out
     assert "no alert: the same spike in api-01/latency_ms stays quiet" in out
+    # web-01/mem spikes as web-01/cpu shifts: one incident of the two (tsguard.incidents).
+    assert re.search(r"INCIDENT \w+ +\w{12} web-01/(mem, web-01/cpu|cpu, web-01/mem) ", out), out
     assert f"picture: {png.resolve()} " in out and png.read_bytes()[:8] == PNG
     done = re.search(r"done: (\d+) of (\d+) injected anomalies caught; \d+ anomaly episodes", lines[-1])  # fmt: skip
     assert done and done[1] == done[2], lines[-1]
