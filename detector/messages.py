@@ -28,6 +28,21 @@ import orjson
 from detector.api import TS_MAX, TS_MIN
 
 
+def keyed_object(value: bytes | None, key: bytes | None, field: str) -> dict:
+    """The JSON object a record's value holds, with `field` taken from the record's key when
+    the object lacks it (a feedback record keyed by series or source); ValueError, one line,
+    for anything that is not an object."""
+    try:
+        obj = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        raise ValueError("invalid JSON") from None
+    if not isinstance(obj, dict):
+        raise ValueError("JSON value is not an object")
+    if not obj.get(field) and key:
+        obj[field] = key.decode("utf-8", errors="replace")
+    return obj
+
+
 def dumps(obj: Any) -> bytes:
     """The one JSON encoder of topic values (numpy arrays and scalars included)."""
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)

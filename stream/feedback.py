@@ -57,13 +57,10 @@ class Verdict:
     @staticmethod
     def decode(value: bytes | None, key: bytes | None = None) -> Verdict:
         """ValueError (the reason, one line) for anything that is not a verdict."""
-        try:
-            obj = orjson.loads(value or b"")
-        except orjson.JSONDecodeError:
-            raise ValueError("invalid JSON") from None
-        if not isinstance(obj, dict):
-            raise ValueError("JSON value is not an object")
-        series = obj.get("series") or (key.decode("utf-8", errors="replace") if key else None)
+        from detector.messages import keyed_object
+
+        obj = keyed_object(value, key, "series")
+        series = obj.get("series")
         event_id, verdict = obj.get("event_id"), obj.get("verdict")
         if not all(isinstance(f, str) and f for f in (series, event_id)):
             raise ValueError("needs an event_id and a series (or key)")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 
 from detector.api import TS_MAX
-from detector.messages import InvalidMessage, InvalidReason, LogSummary
+from detector.messages import InvalidMessage, InvalidReason, LogSummary, keyed_object
 from stream.heads.base import Head, Output, dead_letter
 from stream.metrics import Metrics
 from stream.settings import Settings
@@ -157,15 +157,8 @@ class LogFeedbackHead(Head):
 
 
 def _feedback(value: bytes | None, key: bytes | None) -> tuple[str, str, str]:
-    import orjson
-
-    try:
-        obj = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        raise ValueError("invalid JSON") from None
-    if not isinstance(obj, dict):
-        raise ValueError("JSON value is not an object")
-    source = obj.get("source") or (key.decode("utf-8", errors="replace") if key else None)
+    obj = keyed_object(value, key, "source")
+    source = obj.get("source")
     message, label = obj.get("message"), obj.get("label")
     if not all(isinstance(f, str) and f.strip() for f in (source, message, label)):
         raise ValueError("needs a source (or key), a message and a label")
