@@ -235,7 +235,7 @@ def find_event(settings: Settings, event_id: str, series: str | None, timeout_s:
     series is known), or None once every partition was read to its end."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from stream.clients import ConsumerConfig
+    from stream.clients import ConsumerConfig, end_offsets
     from stream.kafka_io import consumer_kwargs
 
     topic = settings.topics.anomalies
@@ -246,7 +246,7 @@ def find_event(settings: Settings, event_id: str, series: str | None, timeout_s:
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         if not tps:
             return None
-        ends = consumer.end_offsets(tps)
+        ends = end_offsets(consumer, tps, settings)  # exact: some brokers report a batch's base
         tps = [tp for tp in tps if ends[tp] > 0]
         if not tps:
             return None

@@ -120,7 +120,9 @@ def test_promote_swaps_a_better_model_into_a_running_serve_and_refuses_worse(
 def test_dry_run_reports_without_swapping_and_a_plain_directory_swaps_per_file(
     broker, tmp_path, capsys
 ):
-    produce_history(broker.bootstrap, series=2, n=400, end=time.time())
+    end = time.time()
+    produce_history(broker.bootstrap, series=2, n=400, end=end)
+    judge_two_events(broker.bootstrap, end, n=400)
     train_from(broker.bootstrap, tmp_path / "v1", "v1", *TINY)
     train_from(broker.bootstrap, tmp_path / "v2", "v2", "--init", str(tmp_path / "v1"),
                "--epochs", "3", "--lr", "2e-3")  # fmt: skip
@@ -132,7 +134,15 @@ def test_dry_run_reports_without_swapping_and_a_plain_directory_swaps_per_file(
     assert promote(tmp_path / "v2", plain, "--dry-run", "--report", str(tmp_path / "r")) == 0
     assert json.loads(capsys.readouterr().out)["decision"] == "dry run: would promote"
     assert json.loads((plain / "config.json").read_text())["version"] == "v1"
-    assert (tmp_path / "r" / "promotion.json").is_file()
+    report = json.loads((tmp_path / "r" / "promotion.json").read_text())
+    # Both models still alert on the spike judged a true positive and stay quiet where the
+    # false positive was; the verdict on an event not on tsguard.anomalies is counted apart.
+    judged = {"true_positives": 1, "tp_alerted": 1, "false_positives": 1, "fp_alerted": 0,
+              "not_in_history": 0}  # fmt: skip
+    verdicts = report["metrics"]["verdicts"]
+    assert verdicts == {"candidate": judged, "serving": judged, "unmatched": 1}
+    checks = {c["metric"]: c["ok"] for c in report["checks"]}
+    assert checks["verdicts.tp_alerted"] and checks["verdicts.fp_alerted"]
     assert promote(tmp_path / "v2", plain) == 0
     assert not plain.is_symlink()
     assert json.loads((plain / "config.json").read_text())["version"] == "v2"
@@ -140,6 +150,34 @@ def test_dry_run_reports_without_swapping_and_a_plain_directory_swaps_per_file(
         tmp_path / "v2" / "model.safetensors"
     ).read_bytes()
     assert not list(plain.glob(".*.tmp"))
+
+
+def judge_two_events(bootstrap: str, end: float, n: int) -> None:
+    """A spike in host-0/cpu's history (a later record of the same point replaces it) with an
+    event on tsguard.anomalies judged a true positive; a quiet point of host-1/cpu with an event
+    judged a false positive; and a verdict on an event that is not on the topic."""
+    from kafka import KafkaProducer
+
+    from stream.feedback import Verdict
+
+    def ts(i: int) -> float:
+        return end - 60 * (n - i)
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    spike = {"series": "host-0/cpu", "ts": ts(300), "value": 500.0}
+    producer.send("tsguard.metrics", key=b"host-0/cpu", value=json.dumps(spike).encode())
+    for event_id, series, i, verdict in (("tp-1", "host-0/cpu", 300, "true_positive"),
+                                         ("fp-1", "host-1/cpu", 320, "false_positive"),
+                                         ("gone", "host-1/cpu", 330, "false_positive")):  # fmt: skip
+        if event_id != "gone":
+            event = {"event_id": event_id, "kind": "start", "series": series, "ts": ts(i)}
+            producer.send(
+                "tsguard.anomalies", key=series.encode(), value=json.dumps(event).encode()
+            )
+        v = Verdict(event_id=event_id, series=series, verdict=verdict, ts=end, by="test", note="")
+        producer.send("tsguard.feedback", key=series.encode(), value=v.encode())
+    producer.flush()
+    producer.close()
 
 
 def test_labelled_collections_are_scored_by_evaluate_labelled(tmp_path, capsys):

@@ -349,6 +349,7 @@ class RealData:
     series: list[Series]  # whole series, time-ordered
     holdout_starts: list[int]  # index where each series' held-back tail starts
     summary: dict[str, Any]
+    history: History | None = None  # the source's series with their timestamps, when read
 
     def training_part(self) -> list[Series]:
         return [Series(s.name, s.values[:k]) for s, k in zip(self.series, self.holdout_starts,
@@ -378,4 +379,4 @@ def real_data(files: list[str], source: Source | None, holdout: float, min_lengt
         series += kept
     _, starts = split_holdout(series, holdout)
     summary["holdout"] = holdout
-    return RealData(series, starts, summary)
+    return RealData(series, starts, summary, history if source is not None else None)

@@ -6,11 +6,13 @@
 Both models are scored on the same data: the held-back recent tail of every series of the
 candidate's own history (`tsguard train --holdout`, re-read from the source its model card
 records, or from the history options given here), by the forecast objective (Laplace NLL and
-mean absolute error of the next `horizon` points, robust-normalised, as in training), and on any
-labelled collections by `tsguard evaluate labelled`'s machinery (training/labelled.py). The
-rule: the candidate's held-back NLL may exceed the serving model's by at most
-`--max-nll-increase`, and its VUS-PR on each labelled collection may fall by at most
-`--max-vus-drop`. The report (promotion.json + promotion.png: the metrics side by side and the
+mean absolute error of the next `horizon` points, robust-normalised, as in training), on any
+labelled collections by `tsguard evaluate labelled`'s machinery (training/labelled.py), and, for
+a Kafka history, on the operators' verdicts (tsguard.feedback, their events looked up on
+tsguard.anomalies). The rule: the candidate's held-back NLL may exceed the serving model's by at
+most `--max-nll-increase`, its VUS-PR on each labelled collection may fall by at most
+`--max-vus-drop`, and it may alert on no fewer judged true positives and no more judged false
+positives than the serving model. The report (promotion.json + promotion.png: the metrics side by side and the
 series where the two models disagree most) goes to `--report` (default CANDIDATE/promotion).
 
 The swap is atomic for `tsguard serve`, which reloads when the files under its --model change.
@@ -116,6 +118,7 @@ class HeldBack:
     series_of: np.ndarray  # int [N], index into names
     names: list[str]
     summary: dict[str, Any]
+    history: Any = None  # training.history.History of a topic or Parquet source (timestamps)
 
 
 def held_back_windows(real, window: int, horizon: int) -> np.ndarray:
@@ -158,7 +161,7 @@ def load_held_back(args: argparse.Namespace, card: dict, window: int, horizon: i
         return HeldBack(np.zeros((0, window), np.float32), np.zeros(0, int), [], {})
     real = real_data(files, Source.from_dict(source) if source else None, holdout, window + 1)
     windows, owner = held_back_windows(real, window, horizon)
-    return HeldBack(windows, owner, [s.name for s in real.series], real.summary)
+    return HeldBack(windows, owner, [s.name for s in real.series], real.summary, real.history)
 
 
 def forecast_errors(scorer, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -183,6 +186,80 @@ def forecast_errors(scorer, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray
             nll[i : i + len(x)] = (per.sum(dim=1) / n).float().cpu().numpy()
             mae[i : i + len(x)] = (diff.sum(dim=1) / n).float().cpu().numpy()
     return nll, mae
+
+
+# ----------------------------------------------------------------------------- verdicts
+# Operators' verdicts (tsguard.feedback) on events (tsguard.anomalies): a model should still
+# alert where a true positive was, and not where a false positive was.
+
+ALERT_NEAR_POINTS = 5  # an episode start this many points from the judged event's point counts
+
+
+@dataclass(frozen=True)
+class Judged:
+    series: str
+    ts: float  # the judged event's time (its episode start)
+    verdict: str  # "true_positive" | "false_positive"
+
+
+def judged_events(bootstrap: str) -> tuple[list[Judged], int]:
+    """The verdicts on tsguard.feedback (the last one per event wins) with their events' series
+    and time from tsguard.anomalies; and how many verdicts name an event not found there."""
+    import orjson
+
+    from stream.feedback import Verdict
+    from stream.settings import Topics
+    from training.kafka_history import read_whole_topic
+
+    topics = Topics()
+    verdicts: dict[str, Verdict] = {}
+    for rec in read_whole_topic(bootstrap, topics.feedback):
+        try:
+            v = Verdict.decode(rec.value, rec.key)
+        except ValueError:
+            continue  # dead-lettered by serve when it read it
+        verdicts[v.event_id] = v
+    if not verdicts:
+        return [], 0
+    found: dict[str, tuple[str, float]] = {}
+    for rec in read_whole_topic(bootstrap, topics.anomalies):
+        try:
+            ev = orjson.loads(rec.value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(ev, dict) and ev.get("event_id") in verdicts and ev.get("kind") == "start":
+            found[ev["event_id"]] = (str(ev.get("series")), float(ev.get("ts")))
+    judged = [Judged(*found[e], v.verdict) for e, v in verdicts.items() if e in found]
+    return judged, len(verdicts) - len(judged)
+
+
+def verdict_metrics(model_dir: Path, history, judged: list[Judged], device: str) -> dict:
+    """How many of the judged events the model's Detector, fed each judged series' history as
+    serve feeds it, still alerts on: {true_positives, tp_alerted, false_positives, fp_alerted,
+    not_in_history}."""
+    from detector.detector import START
+    from training.evaluate import TsguardDetector
+
+    detector = TsguardDetector.from_model(str(model_dir), device)
+    where = {s.name: i for i, s in enumerate(history.series)}
+    out = dict.fromkeys(("true_positives", "tp_alerted", "false_positives", "fp_alerted",
+                         "not_in_history"), 0)  # fmt: skip
+    starts: dict[str, np.ndarray] = {}
+    for j in judged:
+        i = where.get(j.series)
+        ts = history.timestamps[i] if i is not None else None
+        if i is None or not len(ts) or not ts[0] <= j.ts <= ts[-1]:
+            out["not_in_history"] += 1
+            continue
+        if j.series not in starts:
+            run = detector.run(history.series[i].values, ts)
+            starts[j.series] = np.flatnonzero(run.kinds == START)
+        point = int(np.searchsorted(ts, j.ts))
+        alerted = bool((np.abs(starts[j.series] - point) <= ALERT_NEAR_POINTS).any())
+        kind = "tp" if j.verdict == "true_positive" else "fp"
+        out["true_positives" if kind == "tp" else "false_positives"] += 1
+        out[f"{kind}_alerted"] += int(alerted)
+    return out
 
 
 # ----------------------------------------------------------------------------- the comparison
@@ -244,6 +321,27 @@ def compare(args: argparse.Namespace, serving_dir: Path | None) -> dict[str, Any
             report["checks"].append(_check("held_back.nll", c.mean(), s.mean(),
                                            s.mean() + args.max_nll_increase, lower=True))  # fmt: skip
             report["disagreements"] = _disagreements(held, c, s)
+    source = (held.summary.get("history") or {}).get("source") or {}
+    if held.history is not None and source.get("kind") == "kafka":
+        judged, unmatched = judged_events(source["bootstrap"])
+        if judged:
+            by_model = {name: verdict_metrics(Path(d), held.history, judged, args.device)
+                        for name, d in (("candidate", args.candidate), ("serving", serving_dir))
+                        if d}  # fmt: skip
+            report["metrics"]["verdicts"] = by_model | {"unmatched": unmatched}
+            if serving is not None:
+                c, s = by_model["candidate"], by_model["serving"]
+                report["checks"].append(
+                    _check(
+                        "verdicts.tp_alerted",
+                        c["tp_alerted"],
+                        s["tp_alerted"],
+                        s["tp_alerted"],
+                        lower=False,
+                    )
+                )
+                report["checks"].append(_check("verdicts.fp_alerted", c["fp_alerted"],
+                                               s["fp_alerted"], s["fp_alerted"], lower=True))  # fmt: skip
     if args.labelled:
         from training.labelled import load_path, trim_warmup
 
@@ -318,6 +416,15 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
         bars.append(
             (f"{c} VUS-PR", m["candidate"]["vus_pr"], (m.get("serving") or {}).get("vus_pr"))
         )
+    verdicts = report["metrics"].get("verdicts", {})
+    for key, what in (
+        ("tp_alerted", "true positives alerted"),
+        ("fp_alerted", "false positives alerted"),
+    ):
+        if "candidate" in verdicts:
+            bars.append(
+                (what, verdicts["candidate"][key], (verdicts.get("serving") or {}).get(key))
+            )
     fig, (ax_m, ax_d) = plt.subplots(1, 2, figsize=(12, 4.5))
     x = np.arange(len(bars))
     ax_m.bar(
