@@ -9,8 +9,8 @@ metrics endpoint; a producer plays metric series (daily seasonality, trend and n
 - `api-01/latency_ms` gets a small spike that alerts; the demo judges that event a false
   positive exactly as `tsguard feedback` does (stream/feedback.py's `publish`), waits until the
   service has the verdict in force, and plays the same spike again: no alert.
-- `web-01/mem` shares a host with `web-01/cpu` and spikes as web-01/cpu's level shift starts:
-  the two episodes overlap, so they are one incident (one page). Incidents of a single series
+- `web-01/mem` shares a host with `web-01/cpu` and spikes 20 points into web-01/cpu's level
+  shift: the two episodes overlap, so they are one incident (one page). Incidents of a single series
   are not printed (their page is the episode's).
 At the end it draws the run (stream/demo_plot.py) and prints where. Logs go to stderr, at
 WARNING unless `--log-level` says otherwise, so the printout is not interleaved with them.
@@ -44,7 +44,10 @@ SERIES = [
 KINDS = ["spike", "level_shift", "dip", "noise_burst", "spike", "drift"]
 JUDGED = "api-01/latency_ms"  # its small spike is judged a false positive
 MUTED = "backup-01/io_wait"  # its backup window is muted in the demo's rules
-HOST_MATE = "web-01/mem"  # spikes with web-01/cpu's first level shift: one incident of two
+HOST_MATE = "web-01/mem"  # spikes during web-01/cpu's first level shift: one incident of two
+# Points into the shift: the shift's start event must be published first, and the two series
+# are on different partitions, which the service may read a batch apart.
+HOST_MATE_LAG = 20
 SCENE_SPEC = {"base": 120.0, "daily_amplitude": 30.0, "period": 288, "noise": 4.0}
 MAGNITUDE = 8.0  # injected anomalies, in units of noise + daily amplitude / 4 (synthetic.py)
 SMALL = 3.5  # the judged spike: alerts, with a score well below 1 (a verdict can quiet it)
@@ -137,7 +140,8 @@ def make_plan(args: argparse.Namespace, rng: np.random.Generator) -> Plan:
         Injection(JUDGED, "spike", index(first + 2.5 * every), role="repeat", delta=SMALL * unit),
     ]
     if mate is not None:
-        scenes.append(Injection(HOST_MATE, "spike", mate.index, delta=MAGNITUDE * unit))
+        scenes.append(Injection(HOST_MATE, "spike", mate.index + HOST_MATE_LAG,
+                                delta=MAGNITUDE * unit))  # fmt: skip
     injections += [s for s in scenes if s.index < index(args.duration - 3)]
     injections.sort(key=lambda j: j.index)
     # The live part starts at 00:00 UTC today, in series time: the detector's seasonal signal
