@@ -231,41 +231,19 @@ def _user() -> str:
 
 
 def find_event(settings: Settings, event_id: str, series: str | None, timeout_s: float):
-    """The event with this id on the anomalies topic (only the series' partition when the
+    """The event with this id on the anomalies topic (only records keyed by the series when the
     series is known), or None once every partition was read to its end."""
-    from kafka import KafkaConsumer, TopicPartition
+    from stream.kafka_io import read_to_end
 
-    from stream.clients import ConsumerConfig, end_offsets
-    from stream.kafka_io import consumer_kwargs
-
-    topic = settings.topics.anomalies
-    # An outside reader, like a user's script: kafka-python's own consumer.
-    consumer = KafkaConsumer(**consumer_kwargs(ConsumerConfig.of(settings, group=False)))
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return None
-        ends = end_offsets(consumer, tps, settings)  # exact: some brokers report a batch's base
-        tps = [tp for tp in tps if ends[tp] > 0]
-        if not tps:
-            return None
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=500).values():
-                for rec in records:
-                    if series is not None and rec.key != series.encode():
-                        continue
-                    try:
-                        event = orjson.loads(rec.value)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(event, dict) and event.get("event_id") == event_id:
-                        return event
-            if all(consumer.position(tp) >= ends[tp] for tp in tps):
-                return None
-        raise UserError(f"could not read {topic} to its end within {timeout_s:g}s")
-    finally:
-        consumer.close()
+    key = series.encode() if series is not None else None
+    for records in read_to_end(settings, settings.topics.anomalies, timeout_s):
+        for rec in records:
+            if key is not None and rec.key != key:
+                continue
+            try:
+                event = orjson.loads(rec.value)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and event.get("event_id") == event_id:
+                return event
+    return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import kafka
 import kafka.errors as kerr
@@ -192,6 +192,35 @@ class KafkaPythonProducer:
     def close(self, timeout_s: float | None = None) -> None:
         with _errors:
             self._p.close(timeout=timeout_s)
+
+
+def read_to_end(settings: Settings, topic: str, timeout_s: float) -> Iterator[list]:
+    """Batches of the records of `topic` present now, up to its exact end (probed, as serve
+    does: some brokers report a batch's base offset), read by kafka-python's own consumer joining
+    no group: what an outside reader (`tsguard feedback`, `tsguard promote`) needs. A missing or
+    empty topic yields nothing; UserError past `timeout_s`."""
+    from stream.clients import end_offsets
+
+    consumer = kafka.KafkaConsumer(**consumer_kwargs(ConsumerConfig.of(settings, group=False)))
+    try:
+        parts = sorted(
+            kafka.TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()
+        )
+        ends = end_offsets(consumer, parts, settings) if parts else {}
+        parts = [tp for tp in parts if ends[tp] > 0]
+        if not parts:
+            return
+        consumer.assign(parts)
+        for tp in parts:
+            consumer.seek_to_beginning(tp)
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in parts):
+            if time.monotonic() > deadline:
+                raise UserError(f"could not read {topic} to its end within {timeout_s:g}s")
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                yield [r for r in records if r.offset < ends[tp]]
+    finally:
+        consumer.close()
 
 
 def make_admin(settings: Settings) -> KafkaAdminClient:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 
 import numpy as np
 
@@ -152,37 +151,3 @@ def _stalled(consumer, pending: dict) -> bool:
     """True when every pending partition's position already reached its bound (records deleted
     by retention or compaction can leave offsets that never arrive)."""
     return all(consumer.position(tp) >= hi for tp, (_, hi) in pending.items())
-
-
-def read_whole_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list:
-    """Every record of a (small) topic, partitions in turn: the feedback and anomaly topics
-    that `tsguard promote` scores verdicts from. A missing topic reads as empty."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from stream.clients import ConsumerConfig, end_offsets
-    from stream.kafka_io import consumer_kwargs
-    from stream.settings import Settings
-
-    settings = Settings(bootstrap=bootstrap)
-    consumer = KafkaConsumer(**consumer_kwargs(ConsumerConfig.of(settings, group=False)))
-    try:
-        parts = sorted(TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ())
-        # Exact ends (some brokers report the last batch's base offset): probed, as serve does.
-        ends = end_offsets(consumer, parts, settings) if parts else {}
-        parts = [tp for tp in parts if ends[tp] > 0]
-        if not parts:
-            return []
-        consumer.assign(parts)
-        for tp in parts:
-            consumer.seek_to_beginning(tp)
-        out, deadline = [], time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in parts):
-            if time.monotonic() > deadline:
-                raise UserError(
-                    f"could not read {topic} on {bootstrap} to its end in {timeout_s:g}s"
-                )
-            for records in consumer.poll(timeout_ms=500).values():
-                out += [r for r in records if r.offset < ends[TopicPartition(r.topic, r.partition)]]
-        return out
-    finally:
-        consumer.close()

@@ -208,12 +208,17 @@ def judged_events(bootstrap: str) -> tuple[list[Judged], int]:
     import orjson
 
     from stream.feedback import Verdict
-    from stream.settings import Topics
-    from training.kafka_history import read_whole_topic
+    from stream.kafka_io import read_to_end
+    from stream.settings import Settings
 
-    topics = Topics()
+    settings = Settings(bootstrap=bootstrap)
+    topics = settings.topics
+
+    def read_whole_topic(topic: str) -> list:
+        return [rec for records in read_to_end(settings, topic, 60.0) for rec in records]
+
     verdicts: dict[str, Verdict] = {}
-    for rec in read_whole_topic(bootstrap, topics.feedback):
+    for rec in read_whole_topic(topics.feedback):
         try:
             v = Verdict.decode(rec.value, rec.key)
         except ValueError:
@@ -222,7 +227,7 @@ def judged_events(bootstrap: str) -> tuple[list[Judged], int]:
     if not verdicts:
         return [], 0
     found: dict[str, tuple[str, float]] = {}
-    for rec in read_whole_topic(bootstrap, topics.anomalies):
+    for rec in read_whole_topic(topics.anomalies):
         try:
             ev = orjson.loads(rec.value)
         except orjson.JSONDecodeError:
