@@ -17,6 +17,7 @@ never imports `stream`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +27,12 @@ from typing import Any
 import orjson
 
 from detector.api import TS_MAX, TS_MIN
+
+
+def message_id(*parts: object) -> str:
+    """A deterministic id (episode, event, incident): the same parts give the same id, so a
+    message produced again after a restart can be de-duplicated by its consumers."""
+    return hashlib.sha256("|".join(map(repr, parts)).encode()).hexdigest()[:32]
 
 
 def keyed_object(value: bytes | None, key: bytes | None, field: str) -> dict:

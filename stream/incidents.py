@@ -46,11 +46,10 @@ Scope, and what happens on a restart or rebalance:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from detector.messages import AnomalyEvent, IncidentMember, IncidentMessage
+from detector.messages import AnomalyEvent, IncidentMember, IncidentMessage, message_id
 
 # How an incident's members were grouped (IncidentMessage.grouped_by).
 BY_LABELS, BY_PREFIX, BY_SERIES = "labels", "prefix", "series"
@@ -81,10 +80,6 @@ def group_of(series: str, labels: Mapping[str, str]) -> Group:
     if slash and prefix:
         return Group("prefix:" + prefix, {"group": prefix}, BY_PREFIX)
     return Group("series:" + series, {}, BY_SERIES)
-
-
-def _digest(*parts: object) -> str:
-    return hashlib.sha256("|".join(map(repr, parts)).encode()).hexdigest()[:32]
 
 
 @dataclass(slots=True)
@@ -169,7 +164,7 @@ class IncidentTracker:
         kind = "update"
         if incident is None:
             kind = "open"
-            incident = _Incident(_digest(group.key, event.episode_id), group)
+            incident = _Incident(message_id(group.key, event.episode_id), group)
             self._open[group.key] = incident
         member = _Member(event.series, event.episode_id, event.ts, event.score)
         incident.members.append(member)

@@ -8,7 +8,6 @@ max_wait_ms. The model is reloaded between batches on SIGHUP or when its files c
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -25,6 +24,7 @@ from detector.messages import (
     IncidentMessage,
     InvalidMessage,
     InvalidReason,
+    message_id,
 )
 from stream.codec import decode_batch
 from stream.heads.base import Head, Output, dead_letter
@@ -36,10 +36,6 @@ from stream.windows import WindowStore
 log = logging.getLogger(__name__)
 
 MODEL_CHECK_EVERY_S = 2.0
-
-
-def _digest(*parts: object) -> str:
-    return hashlib.sha256("|".join(map(repr, parts)).encode()).hexdigest()[:32]
 
 
 class _SeriesState:
@@ -310,7 +306,7 @@ class MetricsHead(Head):
             name = series[i]
             st, t, kind = state[name], float(point_ts[i, j]), KINDS[kinds[i, j]]
             if kind == "start":
-                st.episode_id = _digest(name, t, version)
+                st.episode_id = message_id(name, t, version)
             # Points up to mute_until were replayed to rebuild state: their events were
             # published the first time; they only rebuild the rules' and incidents' state.
             publish = t > st.mute_until
@@ -345,7 +341,7 @@ class MetricsHead(Head):
             d: round(float(c), 4) for d, c in zip(dims, np.nan_to_num(contributions), strict=False)
         }
         return AnomalyEvent(
-            event_id=_digest(st.episode_id, kind, ts, version),
+            event_id=message_id(st.episode_id, kind, ts, version),
             episode_id=st.episode_id,
             kind=kind,
             series=series,
