@@ -72,7 +72,7 @@ def warm_state(head, rng: np.random.Generator) -> None:
     the model: its output does not change the state's size), so every row the series owns is
     written (resident)."""
     det = head.detector
-    slots = np.array([st.slot for st in head.state.values()], dtype=np.int64)
+    slots = np.array([s.slot for _, s in head.series.items()], dtype=np.int64)
     length = det.window_length
     seconds = 1_700_000_000.0 + 300.0 * np.arange(length)
     for lo in range(0, len(slots), CHUNK):
@@ -96,7 +96,7 @@ def child_per_series(n: int) -> dict:
     store = head.store
     bank = store._banks[1]
     length = store.length
-    assert len(store) == n and len(head.state) == n
+    assert len(store) == n and len(head.series) == n
     return {
         "series": n,
         "rss_base": base,
@@ -115,19 +115,16 @@ def breakdown(head) -> dict[str, int]:
     """Bytes held per series, by owner: sys.getsizeof of one tracked series' Python objects plus
     its share of the two dicts that index series by name, and the bytes of its rows in the
     head's numpy arrays."""
-    store, state = head.store, head.state
-    name = next(reversed(state))
-    st = state[name]
+    store, table = head.store, head.series
+    name, series = list(table.items())[-1]
     sizeof = sys.getsizeof
-    n = len(state)
+    n = len(table)
     bank = store._banks[1]
     detector_bank = head.detector.banks[1]
     return {
         "series_name_str": sizeof(name),
-        "store_index_dict_share": sizeof(store._series) // n,
-        "store_series_record": sizeof(store._series[name]) + sizeof(store._series[name].slot),
-        "state_dict_share": sizeof(state) // n,
-        "series_state": _deep_size(st),
+        "series_table_dict_share": sizeof(table._series) // n,
+        "series_record": _deep_size(series),
         "tail_rows": detector_bank.tails.bytes_per_series,
         **{f"{name}_rows": sig.rows.bytes_per_row for name, sig in detector_bank.signals.items()},
         "episode_row": detector_bank.episodes.bytes_per_series,
@@ -177,8 +174,7 @@ def child_cap(total: int, cap: int, samples: int) -> dict:
         head.handle(records(lo, min(total, lo + CHUNK), head.topic), 0.0)
         done = min(total, lo + CHUNK)
         if done % every == 0 or done == total:
-            curve.append({"series_seen": done, "tracked": len(head.store),
-                          "state": len(head.state), "rss": rss(),
+            curve.append({"series_seen": done, "tracked": len(head.series), "rss": rss(),
                           "elapsed_s": time.perf_counter() - t})  # fmt: skip
     after_cap = [c["rss"] for c in curve if c["series_seen"] >= 2 * cap]
     return {
@@ -188,7 +184,7 @@ def child_cap(total: int, cap: int, samples: int) -> dict:
         "curve": curve,
         "rss_final": curve[-1]["rss"],
         "rss_growth_after_2x_cap": (max(after_cap) - min(after_cap)) if after_cap else None,
-        "evicted": head.store.evicted,
+        "evicted": head.series.evicted,
         "seconds": time.perf_counter() - t,
     }
 

@@ -18,7 +18,9 @@ One object owns per-series detection, for `tsguard serve` (stream/heads/metrics.
   episodes (detector/episodes.py) are the alerts, with hysteresis and repeat damping.
 
 State lives in banks, one per dimensionality D: a row per series (a slot) in the tail bank,
-each signal's rows and the episode bank. The stream hands out nothing but windows and slots.
+each signal's rows and the episode bank. The caller owns the slot numbers (the stream's series
+table, stream/series.py) and says when one starts afresh (`reset`); it hands out nothing but
+windows and slots.
 
 >>> import numpy as np
 >>> from detector.scorer import load_scorer
@@ -33,7 +35,7 @@ each signal's rows and the episode bank. The stream hands out nothing but window
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -174,20 +176,13 @@ class _Bank:
     signals: dict[str, Any]
     recent: SlotRows  # the last `hold` fused scores, a ring
     episodes: EpisodeBank
-    free: list[int] = field(default_factory=list)
-    used: int = 0
 
-    def allocate(self) -> int:
-        if self.free:
-            slot = self.free.pop()
-        else:
-            slot, self.used = self.used, self.used + 1
+    def reset(self, slot: int) -> None:
         self.tails.reset(slot)
         self.recent.reset(slot)
         for sig in self.signals.values():
             sig.reset(slot)
         self.episodes.reset(slot)
-        return slot
 
     @property
     def bytes_per_series(self) -> int:
@@ -237,15 +232,12 @@ class Detector:
                 bank.signals["novelty"].device = scorer.device
 
     # -- series ------------------------------------------------------------------------------
-    def add(self, dims: int) -> int:
-        """A new series of `dims` dimensions; returns its slot in the bank of that D."""
+    def reset(self, dims: int, slot: int) -> None:
+        """Slot `slot` of the bank of `dims` dimensions starts afresh: a new series took it."""
         bank = self.banks.get(dims)
         if bank is None:
             bank = self.banks[dims] = self._new_bank(dims)
-        return bank.allocate()
-
-    def remove(self, dims: int, slot: int) -> None:
-        self.banks[dims].free.append(slot)
+        bank.reset(slot)
 
     def set_threshold_scale(self, dims: int, slot: int, scale: float) -> None:
         """This series' episode thresholds times `scale` (see EpisodeBank.set_scale)."""
@@ -314,9 +306,9 @@ class Detector:
 
     # -- one series, as the stream feeds it ------------------------------------------------
     def run_series(self, values: np.ndarray, timestamps: np.ndarray, stride: int = 1,
-                   batch: int = 2048) -> SeriesRun:  # fmt: skip
-        """Feed one series [n] or [n, D] (NaN = missing) at UTC seconds [n] through a fresh
-        slot exactly as `tsguard serve` does (stream/windows.py): a window of the last L points
+                   batch: int = 2048, slot: int = 0) -> SeriesRun:  # fmt: skip
+        """Feed one series [n] or [n, D] (NaN = missing) at UTC seconds [n] through `slot`,
+        reset first, exactly as `tsguard serve` does (stream/windows.py): a window of the last L points
         (missing slots before the series' first point) is taken at the series' min_points-th
         point and then every `stride` points, and its newest `stride` points are scored. Points
         no window scores (a young series, the tail of the series after the last full stride)
@@ -331,25 +323,22 @@ class Detector:
         first = max(self.min_points, stride) - 1
         if n <= first:
             return out
-        slot = self.add(dims)
-        try:
-            pad_x = np.concatenate([np.full((length - 1, dims), np.nan, np.float32), x])
-            pad_t = np.concatenate([np.full(length - 1, np.nan), ts])
-            view_x = np.lib.stride_tricks.sliding_window_view(pad_x, length, axis=0)
-            view_t = np.lib.stride_tricks.sliding_window_view(pad_t, length)
-            ends = np.arange(first, n, stride)  # window i ends at point ends[i]
-            for lo in range(0, len(ends), batch):
-                e = ends[lo : lo + batch]
-                # A series' windows come in time order; rows of one call are scored in order.
-                w = np.ascontiguousarray(view_x[e].transpose(0, 2, 1))
-                det = self.score(dims, np.full(len(e), slot), w, view_t[e], stride)
-                idx = (e[:, None] - np.arange(stride - 1, -1, -1)[None, :]).reshape(-1)
-                out.scores[idx] = det.scores.reshape(-1)
-                out.kinds[idx] = det.kinds.reshape(-1)
-                out.signals[idx] = det.signals.reshape(-1, len(SIGNALS))
-                out.scored[idx] = True
-        finally:
-            self.remove(dims, slot)
+        self.reset(dims, slot)
+        pad_x = np.concatenate([np.full((length - 1, dims), np.nan, np.float32), x])
+        pad_t = np.concatenate([np.full(length - 1, np.nan), ts])
+        view_x = np.lib.stride_tricks.sliding_window_view(pad_x, length, axis=0)
+        view_t = np.lib.stride_tricks.sliding_window_view(pad_t, length)
+        ends = np.arange(first, n, stride)  # window i ends at point ends[i]
+        for lo in range(0, len(ends), batch):
+            e = ends[lo : lo + batch]
+            # A series' windows come in time order; rows of one call are scored in order.
+            w = np.ascontiguousarray(view_x[e].transpose(0, 2, 1))
+            det = self.score(dims, np.full(len(e), slot), w, view_t[e], stride)
+            idx = (e[:, None] - np.arange(stride - 1, -1, -1)[None, :]).reshape(-1)
+            out.scores[idx] = det.scores.reshape(-1)
+            out.kinds[idx] = det.kinds.reshape(-1)
+            out.signals[idx] = det.signals.reshape(-1, len(SIGNALS))
+            out.scored[idx] = True
         return out
 
 
@@ -428,7 +417,8 @@ def load_kernels() -> None:
     det = Detector(_ProbeScorer())
     for dims in (1, 2):
         w = np.ones((1, det.window_length, dims), np.float32)
-        det.score(dims, np.array([det.add(dims)]), w, np.ones((1, det.window_length)), 1)
+        det.reset(dims, 0)
+        det.score(dims, np.array([0]), w, np.ones((1, det.window_length)), 1)
         # The novelty's matrix-product search (a GPU's) has host loops of its own.
         novelty = PatternNovelty(dims, 4, 16, search="matmul")
         novelty.reset(0)

@@ -1,8 +1,9 @@
 """Per-series state as a struct of numpy arrays, one row per slot.
 
-Every bank of per-series state (calibration tails, signals, episodes) keeps its rows here, so
-growing, resetting and measuring them is written once. Slots are handed out by the owner (the
-`Detector`); a bank only grows to hold the slot it is given.
+Every bank of per-series state (window rings, calibration tails, signals, episodes) keeps its
+rows here, so growing, resetting and measuring them is written once. Slots are handed out by one
+`SlotPool` per dimensionality (the stream's series table, stream/series.py); a bank only grows to
+hold the slot it is given, and resets the row when the slot is taken.
 
 >>> rows = SlotRows(2, level=((3,), np.float64, 0.0), seen=((), np.int32, 0))
 >>> rows.reset(5)  # grows to hold slot 5
@@ -51,3 +52,32 @@ class SlotRows:
             grown[: self._capacity] = a
             setattr(self, name, grown)
         self._capacity = capacity
+
+
+class SlotPool:
+    """Slot numbers of one bank: slots given back are taken again first, so rows stay dense.
+
+    >>> pool = SlotPool()
+    >>> [pool.take(), pool.take(), pool.take()]
+    [0, 1, 2]
+    >>> pool.give(1)
+    >>> pool.take(), pool.taken
+    (1, 3)
+    """
+
+    def __init__(self) -> None:
+        self.free: list[int] = []
+        self.high = 0  # slots from here on were never taken
+
+    @property
+    def taken(self) -> int:
+        return self.high - len(self.free)
+
+    def take(self) -> int:
+        if self.free:
+            return self.free.pop()
+        self.high += 1
+        return self.high - 1
+
+    def give(self, slot: int) -> None:
+        self.free.append(slot)

@@ -1,7 +1,8 @@
 """Per-series sliding windows in numpy ring buffers, and the batch of windows waiting to be scored.
 
 Series are grouped in banks by dimensionality D; a bank holds every series of that D in one
-[capacity, L, D] float32 array, so a series costs one slot, not a Python object per point. Each
+[capacity, L, D] float32 array, a row per slot of the series table (stream/series.py), so a
+series costs one slot, not a Python object per point. Each
 time a series has `stride` new points (and a full window), a snapshot of its window is copied
 into the bank's pending batch; snapshots make the batch a pure function of the input order,
 which keeps scores (and so event ids) deterministic however the batches are cut.
@@ -10,13 +11,15 @@ which keeps scores (and so event ids) deterministic however the batches are cut.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from detector.rows import SlotRows
 from stream.codec import UNIVARIATE, Point, PointColumns
+from stream.series import Series, SeriesTable
 
 ACCEPTED, DUPLICATE, OUT_OF_ORDER, DIMENSION_MISMATCH = (
     "accepted",
@@ -46,76 +49,42 @@ class BatchResult:
     accepted: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # DUPLICATE / OUT_OF_ORDER -> points
     mismatched: dict[int, int] = field(default_factory=dict)  # message -> points with new dims
-    first_accepted: dict[str, int] = field(default_factory=dict)  # series -> message of its
-    # first accepted point (which tells the head the partition a new series lives on)
+    touched: set[str] = field(default_factory=set)  # series with an accepted point
 
     def count(self, status: str, series: str, message: int) -> None:
         if status is ACCEPTED:
             self.accepted += 1
-            self.first_accepted.setdefault(series, message)
+            self.touched.add(series)
         elif status is DIMENSION_MISMATCH:
             self.mismatched[message] = self.mismatched.get(message, 0) + 1
         else:
             self.skipped[status] = self.skipped.get(status, 0) + 1
 
 
-@dataclass(slots=True)
-class _Series:
-    bank: int  # dimensionality D
-    slot: int
-    dims: tuple[str, ...]
+class _Bank(SlotRows):
+    """The window rings of every series of one dimensionality, a row per slot."""
 
-
-class _Bank:
     def __init__(self, dims: int, length: int, max_batch: int, capacity: int = 64):
+        super().__init__(
+            capacity,
+            values=((length, dims), np.float32, np.nan),
+            ts=(
+                (length,),
+                np.float64,
+                np.nan,
+            ),  # not yet written = missing, in a partial window too
+            pos=((), np.int32, 0),  # next write index = oldest point once full
+            filled=((), np.int32, 0),
+            new=((), np.int32, 0),
+            last_ts=((), np.float64, -np.inf),
+        )
         self.d = dims
-        self.length = length
-        self.values = np.full((capacity, length, dims), np.nan, dtype=np.float32)
-        self.ts = np.zeros((capacity, length), dtype=np.float64)
-        self.pos = np.zeros(capacity, dtype=np.int32)  # next write index = oldest point once full
-        self.filled = np.zeros(capacity, dtype=np.int32)
-        self.new = np.zeros(capacity, dtype=np.int32)
-        self.last_ts = np.full(capacity, -np.inf, dtype=np.float64)
-        self.free: list[int] = []  # slots given back (evicted, dropped), reused first
-        self.unused = 0  # slots from here on were never taken
         # order[p] lists ring indices oldest -> newest when the next write index is p.
         self.order = (np.arange(length)[None, :] + np.arange(length)[:, None]) % length
         self.pending = Pending(
             windows=np.empty((max_batch, length, dims), dtype=np.float32),
             ts=np.empty((max_batch, length), dtype=np.float64),
         )
-
-    def allocate(self) -> int:
-        if self.free:
-            slot = self.free.pop()
-        else:
-            if self.unused == len(self.pos):
-                self._grow()
-            slot = self.unused
-            self.unused += 1
-        self.values[slot] = np.nan
-        self.ts[slot] = np.nan  # slots not yet written are missing, in a partial window too
-        self.pos[slot] = self.filled[slot] = self.new[slot] = 0
-        self.last_ts[slot] = -np.inf
-        return slot
-
-    def _grow(self) -> None:
-        old = len(self.pos)
-        new = old * 2
-
-        def grow(a: np.ndarray, fill: float | None) -> np.ndarray:
-            # Unused slots of the window arrays stay unwritten (allocate() fills a slot when it is
-            # taken), so the OS gives them no memory: doubling costs address space, not RSS.
-            out = np.empty((new, *a.shape[1:]), dtype=a.dtype)
-            out[:old] = a
-            if fill is not None:
-                out[old:] = fill
-            return out
-
-        self.values = grow(self.values, None)
-        self.ts = grow(self.ts, None)
-        self.pos, self.filled, self.new = grow(self.pos, 0), grow(self.filled, 0), grow(self.new, 0)
-        self.last_ts = grow(self.last_ts, -np.inf)
 
 
 class WindowStore:
@@ -140,6 +109,7 @@ class WindowStore:
         max_batch: int = 1024,
         max_series: int = 100_000,
         min_points: int | None = None,
+        series: SeriesTable | None = None,
     ):
         if length < 2 or stride < 1 or max_batch < 1:
             raise ValueError("need length >= 2, stride >= 1, max_batch >= 1")
@@ -149,39 +119,43 @@ class WindowStore:
         # window); until the ring is full, its older slots are NaN values with NaN timestamps.
         self.min_points = length if min_points is None else max(1, min(min_points, length))
         self.max_batch = max_batch
-        self.max_series = max_series
+        # The series table hands out the slots (max_series applies to a table made here).
+        self.series = series if series is not None else SeriesTable(max_series)
+        self.series.on_taken.append(self._taken)
         self._banks: dict[int, _Bank] = {}
-        self._series: dict[str, _Series] = {}  # insertion order = least recently seen first
-        self.evicted = 0
 
     def __len__(self) -> int:
-        return len(self._series)
+        return len(self.series)
 
     def __contains__(self, series: str) -> bool:
-        return series in self._series
-
-    def dims(self, series: str) -> tuple[str, ...]:
-        return self._series[series].dims
+        return series in self.series
 
     def last_ts(self, series: str) -> float:
         """Timestamp of the newest point of a tracked series."""
-        s = self._series[series]
-        return float(self._banks[s.bank].last_ts[s.slot])
+        s = self.series.get(series)
+        return float(self._banks[len(s.dims)].last_ts[s.slot])
 
-    def add(self, p: Point, now: float) -> str:
-        """Append one point. Returns ACCEPTED, DUPLICATE (same ts: the newer value replaces the
-        older), OUT_OF_ORDER (older than the newest point: dropped) or DIMENSION_MISMATCH."""
-        s = self._series.pop(p.series, None)
+    def _taken(self, s: Series) -> None:
+        d = len(s.dims)
+        bank = self._banks.get(d)
+        if bank is None:
+            bank = self._banks[d] = _Bank(d, self.length, self.max_batch)
+        bank.reset(s.slot)
+
+    def add(self, p: Point, now: float, partition: int = 0) -> str:
+        """Append one point (of a record from `partition`). Returns ACCEPTED, DUPLICATE (same
+        ts: the newer value replaces the older), OUT_OF_ORDER (older than the newest point:
+        dropped) or DIMENSION_MISMATCH."""
+        s = self.series.touch(p.series)  # now the most recently seen
         if s is None:
-            s = self._track(p.dims)
-        self._series[p.series] = s  # move to the end: most recently seen
+            s = self.series.track(p.series, p.dims, partition)
         if s.dims != p.dims:
             values = self._align(s.dims, p)
             if values is None:
                 return DIMENSION_MISMATCH
         else:
             values = p.values
-        bank = self._banks[s.bank]
+        bank = self._banks[len(s.dims)]
         slot = s.slot
         last = bank.last_ts[slot]
         if p.ts < last:
@@ -201,9 +175,12 @@ class WindowStore:
             self._snapshot(bank, slot, p.series, now)
         return ACCEPTED
 
-    def add_batch(self, cols: PointColumns, now: float) -> BatchResult:
+    def add_batch(
+        self, cols: PointColumns, now: float, partitions: Sequence[int] | None = None
+    ) -> BatchResult:
         """Append many points at once: exactly what `add` on each row in order would do (same
         windows, timestamps, pending order and evictions), without a Python object per point.
+        `partitions[m]` is the partition of message m (a new series is tracked there).
 
         Runs of univariate points go through numpy in one go when they are in order for their
         series (each point newer than the one before) and need no eviction: the steady state of
@@ -211,44 +188,46 @@ class WindowStore:
         its series cap) takes the per-point path for that run.
         """
         res = BatchResult()
+        part = partitions if partitions is not None else _Zeros()
         start = 0
         for row in sorted(cols.multi):
             if start < row:
-                self._add_run(cols, start, row, now, res)
-            p = cols.multi[row]
-            res.count(self.add(p, now), p.series, int(cols.message[row]))
+                self._add_run(cols, start, row, now, part, res)
+            p, m = cols.multi[row], int(cols.message[row])
+            res.count(self.add(p, now, part[m]), p.series, m)
             start = row + 1
         if start < len(cols):
-            self._add_run(cols, start, len(cols), now, res)
+            self._add_run(cols, start, len(cols), now, part, res)
         return res
 
-    def _add_run(self, cols: PointColumns, a: int, b: int, now: float, res: BatchResult) -> None:
-        if b - a < self.min_vector_run or not self._add_vectorised(cols, a, b, now, res):
+    def _add_run(self, cols: PointColumns, a: int, b: int, now: float, part: Sequence[int],
+                 res: BatchResult) -> None:  # fmt: skip
+        if b - a < self.min_vector_run or not self._add_vectorised(cols, a, b, now, part, res):
             message = cols.message
             for row in range(a, b):
-                p = cols.point(row)
-                res.count(self.add(p, now), p.series, int(message[row]))
+                p, m = cols.point(row), int(message[row])
+                res.count(self.add(p, now, part[m]), p.series, m)
 
-    def _add_vectorised(
-        self, cols: PointColumns, a: int, b: int, now: float, res: BatchResult
-    ) -> bool:
+    def _add_vectorised(self, cols: PointColumns, a: int, b: int, now: float,
+                        part: Sequence[int], res: BatchResult) -> bool:  # fmt: skip
         """Rows a..b of univariate points in one numpy pass; False (nothing changed) when the
         run needs the per-point path."""
         names = cols.series[a:b]
-        known = self._series
+        table = self.series
+        known = table.get
         length, stride = self.length, self.stride
         first = dict.fromkeys(names)  # unique series, first-seen order
-        new = [name for name in first if name not in known]
+        new = [name for name in first if name not in table]
         new_set = set(new)
-        if len(known) + len(new) > self.max_series:
+        if len(table) + len(new) > table.max_series:
             return False  # evictions would interleave with the run: keep add()'s exact order
         for name in first:
-            s = known.get(name)
+            s = known(name)
             if s is not None and s.dims != UNIVARIATE:
                 return False  # a "value" point for a multivariate series: add() aligns it
         # Group the rows by series (stable sort: arrival order within a series). New series get
         # negative keys for now; their slots are allocated only once the run is known to fit.
-        key_of = {name: (known[name].slot if name not in new_set else -1 - k)
+        key_of = {name: (known(name).slot if name not in new_set else -1 - k)
                   for k, name in enumerate(first)}  # fmt: skip
         keys = np.fromiter(map(key_of.__getitem__, names), np.int64, b - a)
         order = np.argsort(keys, kind="stable")
@@ -269,17 +248,18 @@ class WindowStore:
         if not np.all(t_sorted > prev):
             return False  # a duplicate or late point: add() decides row by row
 
-        for name in new:  # first-seen order, the slots add() would give them
-            known[name] = self._track(UNIVARIATE)
-        bank = self._banks[1]
         if new:
-            first_names = [names[i] for i in order[starts].tolist()]
-            gslot = np.array([known[name].slot for name in first_names], dtype=np.int64)
+            first_rows = order[starts].tolist()  # each series' first row in the run
+            first_names = [names[i] for i in first_rows]
+            message = dict(zip(first_names, cols.message[a:b][first_rows].tolist(), strict=True))
+            for name in new:  # first-seen order, the slots add() would give them
+                table.track(name, UNIVARIATE, part[message[name]])
+            gslot = np.array([known(name).slot for name in first_names], dtype=np.int64)
         else:
             gslot = head_keys
+        bank = self._banks[1]
         # Least recently seen first: the run's series move to the end, by their last point.
-        for name in reversed(dict.fromkeys(reversed(names))):
-            known[name] = known.pop(name)
+        table.touch_all(reversed(dict.fromkeys(reversed(names))))
 
         v_sorted = cols.value[a:b][order]
         n = len(order)
@@ -319,10 +299,7 @@ class WindowStore:
         )
 
         res.accepted += n
-        message = cols.message[a:b].tolist()
-        first_msg = dict(zip(reversed(names), reversed(message), strict=True))
-        for name, m in first_msg.items():
-            res.first_accepted.setdefault(name, m)
+        res.touched.update(first)
         return True
 
     def _one_point_windows(
@@ -393,22 +370,6 @@ class WindowStore:
             return None
         return tuple(given.get(d, math.nan) for d in dims)
 
-    def _track(self, dims: tuple[str, ...]) -> _Series:
-        if len(self._series) >= self.max_series:
-            self._evict(max(1, self.max_series // 100))
-        d = len(dims)
-        bank = self._banks.get(d)
-        if bank is None:
-            bank = self._banks[d] = _Bank(d, self.length, self.max_batch)
-        return _Series(d, bank.allocate(), dims)
-
-    def _evict(self, n: int) -> None:
-        """Forget the n least recently seen series (their slots are reused)."""
-        for name in list(self._series)[:n]:
-            s = self._series.pop(name)
-            self._banks[s.bank].free.append(s.slot)
-            self.evicted += 1
-
     def _snapshot(self, bank: _Bank, slot: int, series: str, now: float) -> None:
         pend = bank.pending
         n = len(pend.series)
@@ -456,7 +417,9 @@ class WindowStore:
             if n == 0:
                 pend.first_at = math.inf
 
-    def drop(self, series: str) -> None:
-        s = self._series.pop(series, None)
-        if s is not None:
-            self._banks[s.bank].free.append(s.slot)
+
+class _Zeros:
+    """Partition 0 for every message (a store fed without partitions)."""
+
+    def __getitem__(self, message: int) -> int:
+        return 0

@@ -80,7 +80,7 @@ def test_the_detector_searches_novelty_where_the_model_runs() -> None:
     runs = {}
     for device in ("cpu", "cuda"):
         det = Detector(load_scorer(None, device=device))
-        det.add(1)
+        det.reset(1, 0)  # makes the bank
         assert det.banks[1].signals["novelty"].device == device
         runs[device] = det.run_series(x[:, None], ts).signals[:, SIGNALS.index("novelty")]
     assert np.isfinite(runs["cpu"]).sum() > 2000

@@ -62,8 +62,12 @@ def streams(draw):
     return out, cuts
 
 
+def partition_of(message: int) -> int:
+    return message % 3
+
+
 def run_per_point(store: WindowStore, raws: list[bytes]):
-    errors, counts = [], {"accepted": 0, "skipped": {}, "mismatched": {}, "first": {}}
+    errors, counts = [], {"accepted": 0, "skipped": {}, "mismatched": {}, "touched": set()}
     for i, raw in enumerate(raws):
         try:
             points = decode_points(raw)
@@ -71,10 +75,10 @@ def run_per_point(store: WindowStore, raws: list[bytes]):
             errors.append((i, exc.reason))
             continue
         for p in points:
-            status = store.add(p, now=0.0)
+            status = store.add(p, now=0.0, partition=partition_of(i))
             if status is ACCEPTED:
                 counts["accepted"] += 1
-                counts["first"].setdefault(p.series, i)
+                counts["touched"].add(p.series)
             elif status is DIMENSION_MISMATCH:
                 counts["mismatched"][i] = counts["mismatched"].get(i, 0) + 1
             else:
@@ -89,6 +93,10 @@ def pending(store: WindowStore) -> dict:
         out[dims] = (pend.windows[:n].copy(), pend.ts[:n].copy(), list(pend.series))
         store.clear_pending(dims)
     return out
+
+
+def table(store: WindowStore) -> list:
+    return [(name, s.dims, s.slot, s.partition) for name, s in store.series.items()]
 
 
 def assert_same_pending(x: dict, y: dict) -> None:
@@ -118,14 +126,15 @@ def test_add_batch_equals_add_per_point(stream, length, stride, max_series, min_
         chunk = raws[lo:hi]
         errors, counts = run_per_point(slow, chunk)
         cols = decode_batch(chunk)
-        res = fast.add_batch(cols, now=0.0)
+        res = fast.add_batch(cols, now=0.0, partitions=[partition_of(i) for i in range(len(chunk))])
         assert [(i, e.reason) for i, e in cols.errors] == errors
         assert res.accepted == counts["accepted"]
         assert res.skipped == counts["skipped"]
         assert res.mismatched == counts["mismatched"]
-        assert res.first_accepted == counts["first"]
-        assert list(fast._series) == list(slow._series)  # same LRU order, same evictions
-        assert fast.evicted == slow.evicted
+        assert res.touched == counts["touched"]
+        # Same LRU order, evictions, slots, and partitions (of each series' first point).
+        assert table(fast) == table(slow)
+        assert fast.series.evicted == slow.series.evicted
         assert_same_pending(pending(slow), pending(fast))
 
 

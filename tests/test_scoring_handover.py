@@ -121,7 +121,7 @@ def test_a_model_reload_keeps_every_signal_but_the_forecast_tail(scorer):
     head.handle(records(n_series=2, n_points=200), 0.0)
     drain(head)
     banks = head.detector.banks
-    slots = {name: (st.dims, st.slot) for name, st in head.state.items()}
+    slots = {name: (len(s.dims), s.slot) for name, s in head.series.items()}
     forecast, others = SIGNALS.index("forecast"), [g for g in SIGNALS if g != "forecast"]
     profiles = {n: banks[d].signals["seasonal"].rows.mean[s].copy() for n, (d, s) in slots.items()}
     assert all(banks[d].signals["seasonal"].rows.count[s].sum() > 0 for d, s in slots.values())
@@ -134,14 +134,14 @@ def test_a_model_reload_keeps_every_signal_but_the_forecast_tail(scorer):
         assert [banks[d].tails.tail(s, SIGNALS.index(g)) for g in others] == kept[name]
     head.handle(records(n_series=2, n_points=201)[-2:], 0.0)  # one new point per series
     drain(head)
-    for name, st in head.state.items():
-        assert (st.dims, st.slot) == slots[name]
-        assert banks[st.dims].tails.tail(st.slot, forecast)["n"] <= 1  # starts over
+    for name, s in head.series.items():
+        assert (len(s.dims), s.slot) == slots[name]
+        assert banks[len(s.dims)].tails.tail(s.slot, forecast)["n"] <= 1  # starts over
     # Series of a partition given away leave nothing behind; their slots are reused.
     head.revoked({0, 1})
-    assert head.state == {} and len(head.store) == 0
+    assert len(head.series) == 0 and len(head.store) == 0
     head.handle(records(n_series=2, n_points=1), 0.0)
-    assert sorted((st.dims, st.slot) for st in head.state.values()) == sorted(slots.values())
+    assert sorted((len(s.dims), s.slot) for _, s in head.series.items()) == sorted(slots.values())
     assert all(banks[d].tails.tail(s, forecast)["n"] == 0
                and not banks[d].signals["seasonal"].rows.count[s].any()
                for d, s in slots.values())  # fmt: skip

@@ -114,7 +114,7 @@ def test_max_series_evicts_the_idlest():
     store.add(pt("new", 1, 1), 0)
     assert len(store) == 100
     assert "s0" in store and "new" in store and "s1" not in store
-    assert store.evicted == 1
+    assert store.series.evicted == 1
 
 
 def test_slots_are_reused_after_eviction():

@@ -30,26 +30,13 @@ from stream.codec import decode_batch
 from stream.heads.base import Head, Output, dead_letter
 from stream.incidents import IncidentTracker
 from stream.metrics import Metrics
+from stream.series import Series, SeriesTable
 from stream.settings import Settings
 from stream.windows import WindowStore
 
 log = logging.getLogger(__name__)
 
 MODEL_CHECK_EVERY_S = 2.0
-
-
-class _SeriesState:
-    """What the head remembers about a series beyond its window: its slot in the detector's
-    bank of its dimensionality, and what events need."""
-
-    __slots__ = ("dims", "slot", "episode_id", "partition", "mute_until")
-
-    def __init__(self, dims: int, slot: int, partition: int):
-        self.dims = dims
-        self.slot = slot
-        self.episode_id = ""
-        self.partition = partition
-        self.mute_until = -np.inf  # points up to this ts rebuild state; their events were published
 
 
 def load_kernels() -> None:
@@ -73,14 +60,18 @@ class MetricsHead(Head):
         self.settings = settings
         self.topic = settings.topics.metrics
         self.metrics = metrics
+        # Every series' slot, partition and episode; the windows' rings and the detector's rows
+        # are slot-indexed arrays that reset a row when the table hands its slot to a new series.
+        self.series = SeriesTable(settings.max_series)
         self.store = WindowStore(
             scorer.window_length,
             settings.stride,
             settings.max_batch,
-            settings.max_series,
             min_points=scorer.min_points,
+            series=self.series,
         )
-        self.state: dict[str, _SeriesState] = {}
+        self.series.on_taken.append(self._taken)
+        self.series.on_gone.append(self._gone)
         # partition -> its first record handled since nothing was pending: the commit waits there
         # until the pending windows' events are sent
         self._held: dict[int, int] = {}
@@ -106,9 +97,10 @@ class MetricsHead(Head):
             old.set_scorer(scorer)
         else:
             self.detector = Detector(scorer)
-            self.state.clear()
-        for st in self.state.values():
-            st.episode_id = ""
+            for _, s in self.series.items():
+                self.detector.reset(len(s.dims), s.slot)
+        for _, s in self.series.items():
+            s.episode_id = ""
         self.metrics.set_model(scorer.version, scorer.device)
         self.metrics.threshold.set(self.detector.threshold)
 
@@ -189,14 +181,11 @@ class MetricsHead(Head):
             s.max_points_per_message,
             s.max_dimensions,
         )
-        res = store.add_batch(cols, now)
-        for name, i in res.first_accepted.items():
-            if name not in store:  # evicted again within the batch: its windows are not scored
-                continue
-            if name not in self.state:
-                self._track(name, records[i].partition)
-            if replay:
-                self.state[name].mute_until = store.last_ts(name)
+        res = store.add_batch(cols, now, [r.partition for r in records])
+        if replay:
+            for name in res.touched:
+                if (series := self.series.get(name)) is not None:  # not evicted again since
+                    series.mute_until = store.last_ts(name)
         m.series_tracked.set(len(store))
         if store.pending_count():
             held = self._held
@@ -219,26 +208,18 @@ class MetricsHead(Head):
         bad.sort(key=lambda item: item[0])  # dead letters in message order
         return [dead_letter(s, m, records[i], exc) for i, exc in bad]
 
-    def _track(self, series: str, partition: int) -> None:
-        if len(self.state) >= self.settings.max_series:
-            # The window store evicts the idlest series; drop the state of those it forgot.
-            self._forget([n for n in self.state if n not in self.store])
-        dims = len(self.store.dims(series))
-        self.state[series] = _SeriesState(dims, self.detector.add(dims), partition)
+    def _taken(self, series: Series) -> None:
+        self.detector.reset(len(series.dims), series.slot)
 
-    def _forget(self, names: list[str]) -> None:
-        for name in names:
-            st = self.state.pop(name)
-            self.detector.remove(st.dims, st.slot)
-        self.incidents.forget(names)
+    def _gone(self, name: str, series: Series) -> None:
+        self.incidents.forget([name])
 
     def revoked(self, partitions: set[int]) -> None:
         """Series of these partitions, and their windows waiting to be scored, are forgotten."""
-        gone = [n for n, st in self.state.items() if st.partition in partitions]
-        self._forget(gone)
-        for name in gone:
-            self.store.drop(name)
-        self.store.keep_pending(self.state.__contains__)
+        table = self.series
+        for name in [n for n, s in table.items() if s.partition in partitions]:
+            table.drop(name)
+        self.store.keep_pending(table.__contains__)
         for p in partitions:
             self._held.pop(p, None)
         if not self.store.pending_count():
@@ -284,9 +265,9 @@ class MetricsHead(Head):
         self, dims: int, windows: np.ndarray, ts: np.ndarray, series: list[str]
     ) -> list[Output]:
         stride = self.settings.stride
-        state = self.state
+        table = self.series
         # A window whose series was evicted or revoked while it waited is skipped (slot -1).
-        slot_list = [st.slot if (st := state.get(name)) is not None else -1 for name in series]
+        slot_list = [s.slot if (s := table.get(name)) is not None else -1 for name in series]
         rules = self.rules
         if rules is not None:  # per-series thresholds; `learn: false` mutes skip the detector
             slot_list = rules.prepare(self.detector, dims, series, slot_list, ts)
@@ -304,7 +285,7 @@ class MetricsHead(Head):
         version = self.scorer.version
         for i, j in zip(*np.nonzero(kinds), strict=True):  # window, point: in order
             name = series[i]
-            st, t, kind = state[name], float(point_ts[i, j]), KINDS[kinds[i, j]]
+            st, t, kind = table.get(name), float(point_ts[i, j]), KINDS[kinds[i, j]]
             if kind == "start":
                 st.episode_id = message_id(name, t, version)
             # Points up to mute_until were replayed to rebuild state: their events were
@@ -331,14 +312,14 @@ class MetricsHead(Head):
             self.metrics.set_score(name, latest[i])
         return out
 
-    def _event(self, kind: str, series: str, st: _SeriesState, ts_row: np.ndarray, j: int,
+    def _event(self, kind: str, series: str, st: Series, ts_row: np.ndarray, j: int,
                score: float, contributions: np.ndarray) -> AnomalyEvent:  # fmt: skip
         version = self.scorer.version
         ts = float(ts_row[j])
         observed = np.flatnonzero(np.isfinite(ts_row))
-        dims = self.store.dims(series) if series in self.store else ()
         shares = {
-            d: round(float(c), 4) for d, c in zip(dims, np.nan_to_num(contributions), strict=False)
+            d: round(float(c), 4)
+            for d, c in zip(st.dims, np.nan_to_num(contributions), strict=False)
         }
         return AnomalyEvent(
             event_id=message_id(st.episode_id, kind, ts, version),
