@@ -24,6 +24,7 @@ class SlotRows:
         for name, (shape, dtype, _) in fields.items():
             setattr(self, name, np.empty((capacity, *shape), dtype=dtype))
         self._capacity = capacity
+        self._rows()
 
     @property
     def capacity(self) -> int:
@@ -37,8 +38,8 @@ class SlotRows:
         """Slot `slot` starts afresh (the arrays grow by doubling to hold it)."""
         if slot >= self._capacity:
             self._grow(max(slot + 1, 2 * self._capacity))
-        for name, init in self._init.items():
-            getattr(self, name)[slot] = init
+        for array, init in self._resets:
+            array[slot] = init
 
     def reset_field(self, name: str) -> None:
         """Every row's `name` back to its initial value (e.g. forget one signal's tail)."""
@@ -52,6 +53,11 @@ class SlotRows:
             grown[: self._capacity] = a
             setattr(self, name, grown)
         self._capacity = capacity
+        self._rows()
+
+    def _rows(self) -> None:
+        # A series' first point resets its rows (a slot taken at the cap's churn, per point).
+        self._resets = [(getattr(self, name), init) for name, init in self._init.items()]
 
 
 class SlotPool:
