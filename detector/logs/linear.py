@@ -1,7 +1,8 @@
-"""A trained linear head over template features: weights, bias, a temperature and a JSON card.
+"""A trained linear classifier over template features: weights, bias, a temperature and a JSON
+card.
 
-The one codec for the shipped log heads (severity, topic): `<name>.safetensors` holds the weight
-(classes, features) and bias (classes) as float32, `<name>.json` the card (classes, feature
+The one codec for the shipped log classifiers (severity, topic): `<name>.safetensors` holds the
+weight (classes, features) and bias (classes) as float32, `<name>.json` the card (classes, feature
 layout, temperature, training provenance). Never a pickle.
 """
 
@@ -18,7 +19,7 @@ from detector.errors import UserError
 
 
 @dataclass
-class LinearHead:
+class LinearClassifier:
     """p = softmax((x @ weight.T + bias) / temperature); `meta` is the card."""
 
     weight: np.ndarray
@@ -26,7 +27,7 @@ class LinearHead:
     temperature: float
     meta: dict
 
-    NAME: ClassVar[str] = "head"  # file stem and the make target's name: `make <NAME>-model`
+    NAME: ClassVar[str] = "linear"  # file stem and the make target's name: `make <NAME>-model`
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return x.astype(np.float64) @ self.weight.T.astype(np.float64) + self.bias

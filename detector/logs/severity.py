@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import UserError
-from detector.logs.linear import LinearHead
+from detector.logs.linear import LinearClassifier
 
 CLASSES = ("error", "warning", "info")
 MODEL_DIR = "models/severity"  # inside the detector.logs package
@@ -109,7 +109,7 @@ def features(embeddings: np.ndarray, templates: list[str]) -> np.ndarray:
 
 
 @dataclass
-class SeverityModel(LinearHead):
+class SeverityModel(LinearClassifier):
     """Weights (classes, features), bias (classes), temperature and the JSON card."""
 
     NAME = "severity"

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.errors import UserError
-from detector.logs.linear import LinearHead
+from detector.logs.linear import LinearClassifier
 
 MODEL_DIR = "models/topic"  # inside the detector.logs package
 NGRAM_BUCKETS = 4096
@@ -82,7 +82,7 @@ def features(
 
 
 @dataclass
-class TopicModel(LinearHead):
+class TopicModel(LinearClassifier):
     """Weights (topics, features), bias, temperature and the JSON card; the topics are the
     shipped label set's names, in its order."""
 
