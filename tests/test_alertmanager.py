@@ -3,6 +3,7 @@ installed by .ci/run) that each test starts on a free port. Contract: "Alerting 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -42,6 +43,11 @@ class Alertmanager:
         with urllib.request.urlopen(self.url + "/api/v2/alerts", timeout=2) as r:
             return orjson.loads(r.read())
 
+    def groups(self) -> list[dict]:
+        """The aggregation groups: which receiver gets which alerts together."""
+        with urllib.request.urlopen(self.url + "/api/v2/alerts/groups", timeout=2) as r:
+            return orjson.loads(r.read())
+
     def wait_for(self, predicate, timeout_s: float = 60.0) -> list[dict]:
         deadline = time.monotonic() + timeout_s
         alerts = self.alerts()
@@ -51,11 +57,12 @@ class Alertmanager:
         return alerts
 
 
-@pytest.fixture
-def alertmanager(tmp_path):
+@contextlib.contextmanager
+def running_alertmanager(tmp_path, config: str):
+    """A real Alertmanager with this configuration, on a free port, until the block ends."""
     if BINARY is None:
         pytest.skip("prometheus-alertmanager is not installed (.ci/run installs it)")
-    (tmp_path / "am.yml").write_text(CONFIG)
+    (tmp_path / "am.yml").write_text(config)
     port = free_port()
     proc = subprocess.Popen(
         [BINARY, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'data'}",
@@ -77,6 +84,12 @@ def alertmanager(tmp_path):
         yield Alertmanager(url)
     finally:
         stop(proc, 10)
+
+
+@pytest.fixture
+def alertmanager(tmp_path):
+    with running_alertmanager(tmp_path, CONFIG) as am:
+        yield am
 
 
 def event(kind: str, series: str, ts: float, score: float = 0.93, **extra) -> Output:

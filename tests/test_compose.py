@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = ROOT / "dashboards" / "compose-spec" / "compose-spec.json"
 PROMETHEUS_YML = ROOT / "dashboards" / "prometheus" / "prometheus.yml"
+ALERTMANAGER_YML = ROOT / "dashboards" / "alertmanager" / "alertmanager.yml"
 DATASOURCES = ROOT / "dashboards" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 PROVIDERS = ROOT / "dashboards" / "grafana" / "provisioning" / "dashboards" / "tsguard.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -112,22 +113,24 @@ def test_services_images_and_profiles(compose: dict):
         "retrain",
         "demo-producer",
         "prometheus",
+        "alertmanager",
         "grafana",
     }
     assert s["kafka"]["image"].startswith("apache/kafka:")
     assert s["prometheus"]["image"].startswith("prom/prometheus:")
+    assert s["alertmanager"]["image"].startswith("prom/alertmanager:")
     assert re.match(r"grafana/grafana:11\.", s["grafana"]["image"]), "dashboards target Grafana 11"
     for name in ("tsguard", "models-init", "retrain", "demo-producer"):
         assert s[name]["build"]["dockerfile"] == "Dockerfile"
         assert s[name]["build"]["args"]["BASE_IMAGE"].endswith(":-python:3.11-slim}")
     assert s["demo-producer"]["profiles"] == ["demo"]
     assert s["retrain"]["profiles"] == ["retrain"]
-    for name in ("kafka", "tsguard", "models-init", "prometheus", "grafana"):
+    for name in ("kafka", "tsguard", "models-init", "prometheus", "alertmanager", "grafana"):
         assert "profiles" not in s[name], f"{name} must start without a profile"
 
 
 def test_long_running_services_have_healthchecks(compose: dict):
-    for name in ("kafka", "tsguard", "prometheus", "grafana"):
+    for name in ("kafka", "tsguard", "prometheus", "alertmanager", "grafana"):
         hc = services(compose)[name]["healthcheck"]
         assert hc["test"] and hc["interval"] and hc["retries"] > 0, name
 
@@ -140,7 +143,11 @@ def test_named_volumes_are_declared_and_used(compose: dict):
         for spec in svc.get("volumes", [])
         if not str(spec).startswith((".", "/"))
     }
-    assert used == declared == {"kafka-data", "prometheus-data", "grafana-data", "models"}
+    assert (
+        used
+        == declared
+        == {"kafka-data", "prometheus-data", "alertmanager-data", "grafana-data", "models"}
+    )
 
 
 def test_kafka_is_single_node_kraft_with_inside_and_host_listeners(compose: dict):
@@ -206,6 +213,27 @@ def test_prometheus_mounts_its_config_and_rules(compose: dict):
     (ds,) = yaml.safe_load(DATASOURCES.read_text())["datasources"]
     assert ds["url"] == f"http://prometheus:{port}"
     assert port in published(prom)
+
+
+def test_alerts_go_to_the_stacks_alertmanager(compose: dict):
+    """Prometheus's rules and serve's incidents both reach the alertmanager service, on the
+    port it listens on, with the shipped config mounted where its flag points."""
+    s = services(compose)
+    am = s["alertmanager"]
+    flags = dict(a.split("=", 1) for a in cli_args(am) if "=" in a)
+    config_path = Path(flags["--config.file"])
+    assert bind_mounts(am)[str(config_path.parent)] == ALERTMANAGER_YML.parent
+    assert (ALERTMANAGER_YML.parent / config_path.name).is_file()
+    assert flags["--storage.path"] in {str(v).split(":")[1] for v in am["volumes"]}
+    port = int(flags["--web.listen-address"].rsplit(":", 1)[1])
+    assert port in published(am)
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    (am_config,) = config["alerting"]["alertmanagers"]
+    assert [t for sc in am_config["static_configs"] for t in sc["targets"]] == [
+        f"alertmanager:{port}"
+    ]
+    args = build_parser().parse_args(cli_args(s["tsguard"]))
+    assert args.alertmanager == (f"http://alertmanager:{port}",)
 
 
 def test_grafana_mounts_provisioning_and_dashboards(compose: dict):
