@@ -9,7 +9,9 @@ settings (same `Detector.run_series`, same `file_metrics`).
 Sets: `kpitrain` (the last 20,000 points of each KPI train series, the first 3,000 of them
 warm-up: where detection settings are chosen), `nab`, `kpitest`, `smd` (as `evaluate labelled`
 reads them, warm-up cut to 20,000). The cache is under --cache (per model version); delete it
-when the model changes. Prints one line of means over files and writes JSON (--out).
+when the model changes. Prints one line of means over files and writes JSON (--out). On `nab` it
+also prints NAB v1.1's three profile scores of the episode starts, as `tsguard evaluate nab`
+computes them (training/nab.py, the corpus-optimised threshold), from the same runs.
 """
 
 from __future__ import annotations
@@ -74,6 +76,17 @@ class CachedErrors:
             np.savez(self.path, **arrays)
 
 
+def nab_scores(onsets: dict[str, np.ndarray], corpus_root: Path = DATA / "nab") -> dict:
+    """NAB's normalised score per cost profile of the score at each episode start (0 elsewhere),
+    keyed by series name as `series_set("nab")` names them (the corpus file without .csv)."""
+    from training import nab
+
+    corpus = nab.read_corpus(corpus_root)
+    scores = {f.name: onsets[f.name.removesuffix(".csv")] for f in corpus.files}
+    results = nab.score_all_profiles(scores, corpus.files, corpus.profiles)
+    return {name: round(r.normalised, 4) for name, r in results.items()}
+
+
 def overrides(pairs: list[str]) -> dict:
     """`key=value` pairs; values are Python literals (numbers, tuples) or bare words."""
     out = {}
@@ -87,7 +100,7 @@ def overrides(pairs: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from detector.detector import START, Detector
+    from detector.detector import START, Detector, onset_scores
     from detector.scorer import load_scorer
     from training.labelled import MEAN_KEYS, DetectorRun, file_metrics
 
@@ -102,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     config = replace(scorer.calibration, **settings)
     cache = args.cache / scorer.version / args.set
     cache.mkdir(parents=True, exist_ok=True)
-    started, rows = time.time(), []
+    started, rows, onsets = time.time(), [], {}
     for s in series_set(args.set):
         errors = CachedErrors(scorer, cache / (s.name.replace("/", "_") + ".npz"))
         run = Detector(errors, config).run_series(s.values, s.timestamps)
         errors.save()
+        onsets[s.name] = onset_scores(run)
         rows.append(
             {"series": s.name, **file_metrics(s, DetectorRun(run.scores, run.kinds == START))}
         )
@@ -114,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
              if any(k in r for r in rows)}  # fmt: skip
     print(args.set, settings or "(model settings)",
           " ".join(f"{k}={v:.4f}" for k, v in means.items()), f"({time.time() - started:.0f} s)")  # fmt: skip
+    report = {"set": args.set, "settings": settings, "means": means}
+    if args.set == "nab":
+        report["nab"] = nab_scores(onsets)
+        print("NAB", " ".join(f"{k}={v:.2f}" for k, v in report["nab"].items()))
     if args.out:
-        write_json(args.out, {"set": args.set, "settings": settings, "means": means,
-                              "files": rows, "environment": environment()})  # fmt: skip
+        write_json(args.out, {**report, "files": rows, "environment": environment()})
     return 0
 
 

@@ -216,3 +216,18 @@ def test_cli_scores_published_results(capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert set(out) == set(nab.PROFILE_NAMES)
     assert out["standard"] == pytest.approx(70.1, abs=0.5)
+
+
+@needs_nab
+def test_detector_dev_nab_scores_match_the_scorer():
+    """benchmarks/detector_dev's NAB line scores onsets keyed by series name exactly as
+    `tsguard evaluate nab` does: the published HTM scores give HTM's standard score."""
+    from benchmarks.detector_dev import nab_scores
+
+    corpus = nab.read_corpus(NAB_DIR)
+    scores = nab.read_result_scores(NAB_DIR / "results" / "numenta", corpus)
+    by_series = {name.removesuffix(".csv"): s for name, s in scores.items()}
+    expected = nab.score_all_profiles(scores, corpus.files, corpus.profiles)
+    got = nab_scores(by_series, NAB_DIR)
+    assert got == {k: round(r.normalised, 4) for k, r in expected.items()}
+    assert got["standard"] == pytest.approx(70.10, abs=0.01)
