@@ -2,10 +2,10 @@
 
 Series are grouped in banks by dimensionality D; a bank holds every series of that D in one
 [capacity, L, D] float32 array, a row per slot of the series table (stream/series.py), so a
-series costs one slot, not a Python object per point. Each
-time a series has `stride` new points (and a full window), a snapshot of its window is copied
-into the bank's pending batch; snapshots make the batch a pure function of the input order,
-which keeps scores (and so event ids) deterministic however the batches are cut.
+series costs one slot, not a Python object per point. Each time a series has `stride` new points
+(and a full window), a snapshot of its window is copied into the bank's pending batch; snapshots
+make the batch a pure function of the input order, which keeps scores (and so event ids)
+deterministic however the batches are cut.
 """
 
 from __future__ import annotations
@@ -68,11 +68,8 @@ class _Bank(SlotRows):
         super().__init__(
             capacity,
             values=((length, dims), np.float32, np.nan),
-            ts=(
-                (length,),
-                np.float64,
-                np.nan,
-            ),  # not yet written = missing, in a partial window too
+            # Not yet written = missing, in a partial window too.
+            ts=((length,), np.float64, np.nan),
             pos=((), np.int32, 0),  # next write index = oldest point once full
             filled=((), np.int32, 0),
             new=((), np.int32, 0),
@@ -214,7 +211,7 @@ class WindowStore:
         run needs the per-point path."""
         names = cols.series[a:b]
         table = self.series
-        known = table.get
+        lookup = table.get
         length, stride = self.length, self.stride
         first = dict.fromkeys(names)  # unique series, first-seen order
         new = [name for name in first if name not in table]
@@ -222,12 +219,12 @@ class WindowStore:
         if len(table) + len(new) > table.max_series:
             return False  # evictions would interleave with the run: keep add()'s exact order
         for name in first:
-            s = known(name)
+            s = lookup(name)
             if s is not None and s.dims != UNIVARIATE:
                 return False  # a "value" point for a multivariate series: add() aligns it
         # Group the rows by series (stable sort: arrival order within a series). New series get
         # negative keys for now; their slots are allocated only once the run is known to fit.
-        key_of = {name: (known(name).slot if name not in new_set else -1 - k)
+        key_of = {name: (lookup(name).slot if name not in new_set else -1 - k)
                   for k, name in enumerate(first)}  # fmt: skip
         keys = np.fromiter(map(key_of.__getitem__, names), np.int64, b - a)
         order = np.argsort(keys, kind="stable")
@@ -254,7 +251,7 @@ class WindowStore:
             message = dict(zip(first_names, cols.message[a:b][first_rows].tolist(), strict=True))
             for name in new:  # first-seen order, the slots add() would give them
                 table.track(name, UNIVARIATE, part[message[name]])
-            gslot = np.array([known(name).slot for name in first_names], dtype=np.int64)
+            gslot = np.array([lookup(name).slot for name in first_names], dtype=np.int64)
         else:
             gslot = head_keys
         bank = self._banks[1]
