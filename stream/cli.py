@@ -47,6 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def drop_cancelled_refresh(record: logging.LogRecord) -> bool:
+    """False for kafka-python's "Metadata refresh: failed Cancelled": a short-lived client (the
+    feedback verdict's producer, a topic read) closed while a refresh was in flight. It is logged
+    at ERROR though nothing failed; a refresh that fails for any other reason still shows."""
+    from kafka.errors import Cancelled
+
+    return not (
+        record.msg == "Metadata refresh: failed %s"
+        and isinstance(record.args, tuple)
+        and len(record.args) == 1
+        and isinstance(record.args[0], Cancelled)
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -61,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kafka").setLevel(logging.WARNING)
         # Its IO thread warns whenever our scoring holds the GIL for >100 ms; not actionable.
         logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+        logging.getLogger("kafka.cluster").addFilter(drop_cancelled_refresh)
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:
