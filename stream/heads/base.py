@@ -59,6 +59,37 @@ class Head:
         return []
 
 
+class StateHead(Head):
+    """A topic that carries state, not data (verdicts, log corrections): every record is applied,
+    whether it is new or read back on assignment, so the state survives restarts and rebalances.
+    A record that is not one is dead-lettered when new (read back, its letter went out already).
+    Subclasses set `settings` and `metrics` and write `apply`."""
+
+    rebuilds_state = True
+    settings: Settings
+    metrics: Metrics
+
+    def apply(self, record, new: bool) -> None:
+        """Apply one record; InvalidMessage when it is not one."""
+        raise NotImplementedError
+
+    def handle(self, records: list, now: float) -> list[Output]:
+        return [dead_letter(self.settings, self.metrics, rec, exc)
+                for rec, exc in self._apply(records, new=True)]  # fmt: skip
+
+    def rebuild(self, records: list, now: float) -> None:
+        self._apply(records, new=False)
+
+    def _apply(self, records: list, new: bool) -> list[tuple[object, InvalidMessage]]:
+        bad = []
+        for rec in records:
+            try:
+                self.apply(rec, new)
+            except InvalidMessage as exc:
+                bad.append((rec, exc))
+        return bad
+
+
 def dead_letter(settings: Settings, metrics: Metrics, record, error: InvalidMessage) -> Output:
     metrics.reject(error)
     metrics.dead_letter.labels(error.reason).inc()

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from detector.api import TS_MAX
 from detector.messages import InvalidMessage, InvalidReason, LogSummary, keyed_object
-from stream.heads.base import Head, Output, dead_letter
+from stream.heads.base import Head, Output, StateHead, dead_letter
 from stream.metrics import Metrics
 from stream.settings import Settings
 
@@ -116,7 +116,7 @@ def _arrival(record, wall: float) -> float:
     return wall
 
 
-class LogFeedbackHead(Head):
+class LogFeedbackHead(StateHead):
     """tsguard.log-feedback -> corrections of the logs head (no outputs).
 
     A record is keyed by source, its value {"message", "label"} (or {"source", "message",
@@ -127,33 +127,19 @@ class LogFeedbackHead(Head):
     offset, and a correction applies whether it is read back or new. Corrections stay when a
     partition is revoked: a source's correction is still right if its partition comes back."""
 
-    rebuilds_state = True
-
     def __init__(self, settings: Settings, metrics: Metrics, logs: LogsHead):
         self.settings = settings
         self.topic = settings.topics.log_feedback
         self.metrics = metrics
         self.logs = logs
 
-    def handle(self, records: list, now: float) -> list[Output]:
-        return [
-            dead_letter(self.settings, self.metrics, rec, err) for rec, err in self._apply(records)
-        ]
-
-    def rebuild(self, records: list, now: float) -> None:
-        self._apply(records)  # the dead letters of bad ones went out the first time
-
-    def _apply(self, records: list) -> list[tuple[object, InvalidMessage]]:
-        """Apply each correction; returns the records that are not one, with why."""
-        bad = []
-        for rec in records:
-            try:
-                source, message, label = _feedback(rec.value, rec.key)
-                self.logs.analyzer.correct(source, message, label)
-            except ValueError as exc:
-                bad.append((rec, InvalidMessage(InvalidReason.INVALID_LOG, f"log feedback: {exc}")))
+    def apply(self, record, new: bool) -> None:
+        try:
+            source, message, label = _feedback(record.value, record.key)
+            self.logs.analyzer.correct(source, message, label)
+        except ValueError as exc:
+            raise InvalidMessage(InvalidReason.INVALID_LOG, f"log feedback: {exc}") from None
         self.metrics.log_corrections.set(self.logs.analyzer.corrections)
-        return bad
 
 
 def _feedback(value: bytes | None, key: bytes | None) -> tuple[str, str, str]:
