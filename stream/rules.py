@@ -183,12 +183,19 @@ def load_rules(path: str | Path) -> Rules:
     return parse_rules(text, str(path))
 
 
-def _rule(raw: Any) -> Rule:
+def _mapping(raw: Any, keys: set[str], what: str, prefix: str = "") -> dict:
+    """`raw` as a mapping of known keys only (ValueError: `what` it should be, or the unknown
+    keys after `prefix`)."""
     if not isinstance(raw, dict):
-        raise ValueError("a rule is a mapping")
-    unknown = set(raw) - RULE_KEYS
+        raise ValueError(what)
+    unknown = set(raw) - keys
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+        raise ValueError(f"{prefix}unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    return raw
+
+
+def _rule(raw: Any) -> Rule:
+    raw = _mapping(raw, RULE_KEYS, "a rule is a mapping")
     match = raw.get("match")
     if not isinstance(match, str) or not match:
         raise ValueError("'match' (a series glob) is required")
@@ -216,11 +223,8 @@ def _rule(raw: Any) -> Rule:
 
 
 def _mute(raw: Any) -> Mute:
-    if not isinstance(raw, dict):
-        raise ValueError("a mute is a mapping: {start, end} or {cron, duration}")
-    unknown = set(raw) - MUTE_KEYS
-    if unknown:
-        raise ValueError(f"mute: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    raw = _mapping(raw, MUTE_KEYS, "a mute is a mapping: {start, end} or {cron, duration}",
+                   "mute: ")  # fmt: skip
     learn = raw.get("learn", True)
     if not isinstance(learn, bool):
         raise ValueError(f"mute: learn must be true or false, got {learn!r}")
