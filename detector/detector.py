@@ -308,11 +308,11 @@ class Detector:
     def run_series(self, values: np.ndarray, timestamps: np.ndarray, stride: int = 1,
                    batch: int = 2048, slot: int = 0) -> SeriesRun:  # fmt: skip
         """Feed one series [n] or [n, D] (NaN = missing) at UTC seconds [n] through `slot`,
-        reset first, exactly as `tsguard serve` does (stream/windows.py): a window of the last L points
-        (missing slots before the series' first point) is taken at the series' min_points-th
-        point and then every `stride` points, and its newest `stride` points are scored. Points
-        no window scores (a young series, the tail of the series after the last full stride)
-        score 0."""
+        reset first, exactly as `tsguard serve` does (stream/windows.py): a window of the last
+        L points (missing slots before the series' first point) is taken at the series'
+        min_points-th point and then every `stride` points, and its newest `stride` points are
+        scored. Points no window scores (a young series, the tail of the series after the last
+        full stride) score 0."""
         x = np.asarray(values, dtype=np.float32)
         x = x[:, None] if x.ndim == 1 else x
         n, dims = x.shape

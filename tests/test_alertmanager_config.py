@@ -74,7 +74,8 @@ def test_two_processes_incidents_of_one_host_are_one_notification_group(tmp_path
                                incident.encode()))  # fmt: skip
     with running_alertmanager(tmp_path, CONFIG.read_text()) as am:
         sinks = [AlertmanagerSink([am.url], "tsguard.anomalies", Metrics(),
-                                  incidents_topic="tsguard.incidents") for _ in messages]  # fmt: skip
+                                  incidents_topic="tsguard.incidents")
+                 for _ in messages]  # fmt: skip
         try:
             for sink, message in zip(sinks, messages, strict=True):
                 sink.take([message])
