@@ -107,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("set", choices=SETS)
     p.add_argument("settings", nargs="*", help="DetectorConfig fields, key=value")
+    p.add_argument("--model", type=Path, default=None, help="model directory (default: shipped)")
     p.add_argument("--cache", type=Path, default=Path("/tmp/tsguard_detector_dev"))
     p.add_argument("--out", type=Path, default=None, help="JSON here (default: none)")
     args = p.parse_args(argv)
-    scorer = load_scorer(device="cpu")
+    scorer = load_scorer(args.model, device="cpu")
     settings = overrides(args.settings)
     config = replace(scorer.calibration, **settings)
     cache = args.cache / scorer.version / args.set

@@ -13,7 +13,10 @@ Everything a reader needs is in this file:
 - `PatchForecaster`: patch embedding -> pre-norm Transformer blocks -> flatten head that
   predicts, for every future step, a location (the forecast) and a Laplace scale (how sure the
   model is). Trained by the Laplace negative log-likelihood, the scale is large where the series
-  is hard to predict (white noise) and small where it is not (a clean cycle).
+  is hard to predict (white noise) and small where it is not (a clean cycle). The location is
+  the last context value plus the head's output (`anchor` "last"): the network learns a
+  correction to the naive forecast (Hyndman & Athanasopoulos, "Forecasting: Principles and
+  Practice", 5.2), so a smooth series is forecast to within its step, not a share of its range.
 
 Channel independence: a [B, L, D] window is scored as B*D univariate series with shared weights,
 so one model handles any number of dimensions; per-dimension errors give the contributions.
@@ -35,6 +38,9 @@ from numba import njit
 INPUT_CLIP = 20.0
 
 
+ANCHORS = ("last", "median")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of `PatchForecaster`. `window` = context + horizon points."""
@@ -53,6 +59,11 @@ class ModelConfig:
     # lower on NAB (benchmarks/README.md), so the scale head only shapes training (a likelihood
     # instead of a plain regression loss).
     error_power: float = 0.0
+    # What the forecast is relative to. "last": the last context value plus the network's
+    # output, so persistence is the starting point and the network learns the correction (a
+    # smooth series is then forecast to within its step, not to within a share of its range).
+    # "median": around the context's median (models trained before "last" existed).
+    anchor: str = "last"
 
     @property
     def context(self) -> int:
@@ -69,6 +80,8 @@ class ModelConfig:
             )
         if self.context % self.patch != 0:
             raise ValueError(f"context ({self.context}) must be a multiple of patch ({self.patch})")
+        if self.anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {list(ANCHORS)}, got {self.anchor!r}")
         if self.d_model % self.n_heads != 0:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
@@ -80,6 +93,7 @@ class ModelConfig:
     @staticmethod
     def from_dict(d: dict) -> ModelConfig:
         names = {f.name for f in fields(ModelConfig)}
+        d = {"anchor": "median", **d}  # written before the anchor was a choice
         missing = names - set(d)
         unknown = set(d) - names
         if missing or unknown:
@@ -319,6 +333,8 @@ class PatchForecaster(nn.Module):
             h = block(h)
         h = self.ln_f(h)
         loc, log_scale = self.head(h.reshape(n, -1)).split(self.cfg.horizon, dim=1)
+        if self.cfg.anchor == "last":
+            loc = loc + values[:, -1:]
         return loc, log_scale.clamp(LOG_SCALE_MIN, LOG_SCALE_MAX)
 
 

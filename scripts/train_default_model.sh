@@ -22,6 +22,6 @@ PY="${PYTHON:-.venv/bin/python}"
   --epochs 8 --batch-size 256 --lr 2e-3 --stride 4 \
   --patience 3 --max-minutes 45 \
   --seed 20261123 --device cpu --threads 1 \
-  --version "tsguard-default-2026.12.06-p16d32-ks" \
+  --version "tsguard-default-2026.12.07-p16d32-ks-last" \
   --out "$OUT"
 # The report and the plot stay next to the weights; they document how the model was made.

@@ -71,7 +71,29 @@ def test_config_round_trips_through_json() -> None:
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-@pytest.mark.parametrize("bad", [{"window": 40, "horizon": 40}, {"window": 41}, {"d_model": 31}])
+def test_a_config_written_before_the_anchor_reads_as_median() -> None:
+    old = {k: v for k, v in TINY.to_dict().items() if k != "anchor"}
+    assert ModelConfig.from_dict(old).anchor == "median"
+    assert ModelConfig().anchor == "last"  # what a newly trained model gets
+
+
+@pytest.mark.parametrize("anchor,expected", [("last", "last value"), ("median", "median")])
+def test_an_untrained_head_forecasts_its_anchor(anchor: str, expected: str) -> None:
+    """The head starts at zero: the first forecast is the anchor itself, persistence for "last"
+    (a smooth series then starts within one step) and the context's median for "median"."""
+    model = PatchForecaster(ModelConfig(**{**TINY.to_dict(), "anchor": anchor})).eval()
+    context = torch.cumsum(torch.rand(2, TINY.context) + 0.5, dim=1)  # a rising series
+    values, mask, loc, scale = prepare(context)
+    with torch.no_grad():
+        forecast, _ = model(values, mask)
+    in_units = forecast * scale + loc
+    want = context[:, -1:] if expected == "last value" else context.quantile(0.5, 1, keepdim=True)
+    torch.testing.assert_close(in_units, want.expand(-1, TINY.horizon), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"window": 40, "horizon": 40}, {"window": 41}, {"d_model": 31}, {"anchor": "mean"}]
+)
 def test_invalid_architecture_is_refused(bad: dict) -> None:
     with pytest.raises(ValueError):
         ModelConfig(**{**TINY.to_dict(), **bad}).validate()

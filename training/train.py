@@ -57,6 +57,7 @@ class TrainConfig:
     d_ff: int = 128
     dropout: float = 0.1
     error_power: float = 0.0  # how the scorer uses the predicted scale (see ModelConfig)
+    anchor: str = "last"  # what the forecast is relative to (see ModelConfig)
     stride: int = 4  # step between training windows of one series
     missing_prob: float = 0.2  # share of training windows that get random missing points
     val_fraction: float = 0.1
@@ -150,6 +151,8 @@ def register_cli(subparsers: Any) -> None:
         default=d.error_power,
         help="scorer error = |x - forecast| / predicted_scale^P (0 = series units, 1 = z-score)",
     )
+    p.add_argument("--anchor", default=d.anchor, choices=["last", "median"],
+                   help="forecast relative to the last context value or to its median")  # fmt: skip
     p.add_argument("--stride", type=int, default=d.stride, help="step between training windows")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
@@ -219,6 +222,7 @@ def _handle(args: argparse.Namespace) -> int:
         n_layers=args.layers,
         stride=args.stride,
         error_power=args.error_power,
+        anchor=args.anchor,
         seed=args.seed,
         device=args.device,
         val_fraction=args.val_fraction,
@@ -515,6 +519,7 @@ def _architecture(cfg: TrainConfig) -> Any:
             d_ff=cfg.d_ff,
             dropout=cfg.dropout,
             error_power=cfg.error_power,
+            anchor=cfg.anchor,
         )
         arch.validate()
     except ValueError as exc:
