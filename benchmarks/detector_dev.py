@@ -57,6 +57,9 @@ class CachedErrors:
         if self.replaying:
             with np.load(path) as f:
                 self.answers = [WindowScores(f[f"e{i}"], f[f"c{i}"]) for i in range(len(f) // 2)]
+            if self.answers and self.answers[0].errors.ndim != 3:
+                raise SystemExit(f"{path}: errors cached before they were per dimension; delete "
+                                 "the cache")  # fmt: skip
 
     def __getattr__(self, name):
         return getattr(self.scorer, name)

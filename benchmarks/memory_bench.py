@@ -80,7 +80,9 @@ def warm_state(head, rng: np.random.Generator) -> None:
         windows = rng.normal(50.0, 5.0, (len(part), length, 1)).astype(np.float32)
         times = np.broadcast_to(seconds, (len(part), length))
         errors = rng.gamma(2.0, 0.5, (len(part), WARM_ERRORS))
-        det.detect(1, part, windows, times, errors, np.ones((*errors.shape, 1), np.float32))
+        det.detect(
+            1, part, windows, times, errors[:, :, None], np.ones((*errors.shape, 1), np.float32)
+        )
 
 
 def child_per_series(n: int) -> dict:

@@ -27,8 +27,8 @@ TS_MIN, TS_MAX = 0.0, 4102444800.0
 class WindowScores:
     """Raw scores for a batch of B windows, each scored on its newest `n_new` points.
 
-    errors:        float32 [B, n_new], non-negative; larger = more anomalous. NaN where the
-                   point itself was missing.
+    errors:        float32 [B, n_new, D], each dimension's error in the series' units,
+                   non-negative; larger = more anomalous. NaN where the value was missing.
     contributions: float32 [B, n_new, D]; each row sums to 1 (share of the error per dimension).
     """
 

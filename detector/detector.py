@@ -46,6 +46,7 @@ from detector.episodes import END, KINDS, START, EpisodeBank, EpisodeConfig
 from detector.rows import SlotRows
 from detector.signals import (
     SIGNALS,
+    ForecastResidual,
     LevelShift,
     PatternNovelty,
     RangeExcess,
@@ -173,12 +174,14 @@ class _Bank:
     """Every series of one dimensionality: a slot each in the tails, signals and episodes."""
 
     tails: TailBank
-    signals: dict[str, Any]
+    forecast: ForecastResidual  # the model's per-dimension errors as one raw value
+    signals: dict[str, Any]  # every other signal
     recent: SlotRows  # the last `hold` fused scores, a ring
     episodes: EpisodeBank
 
     def reset(self, slot: int) -> None:
         self.tails.reset(slot)
+        self.forecast.reset(slot)
         self.recent.reset(slot)
         for sig in self.signals.values():
             sig.reset(slot)
@@ -186,7 +189,7 @@ class _Bank:
 
     @property
     def bytes_per_series(self) -> int:
-        rows = [self.tails.rows, self.recent, self.episodes.rows,
+        rows = [self.tails.rows, self.forecast.rows, self.recent, self.episodes.rows,
                 *(s.rows for s in self.signals.values())]  # fmt: skip
         return sum(r.bytes_per_row for r in rows)
 
@@ -263,7 +266,9 @@ class Detector:
             made.pop("seasonal")
         signals = {name: made[name]() for name in c.signals if name in made}
         recent = SlotRows(64, scores=((c.hold,), np.float64, 0.0), pos=((), np.int64, 0))
-        return _Bank(TailBank(c.tails, len(SIGNALS)), signals, recent, EpisodeBank(c.episodes))
+        forecast = ForecastResidual(dims, c.long_window)
+        return _Bank(TailBank(c.tails, len(SIGNALS)), forecast, signals, recent,
+                     EpisodeBank(c.episodes))  # fmt: skip
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, dims: int, slots: np.ndarray, windows: np.ndarray, times: np.ndarray,
@@ -276,19 +281,19 @@ class Detector:
             result = self.scorer.score(windows, n_new)
             errors, contributions = result.errors, result.contributions
         else:
-            errors = np.full((b, n_new), np.nan)
+            errors = np.full((b, n_new, dims), np.nan)
             contributions = np.full((b, n_new, dims), 1.0 / dims, np.float32)
         return self.detect(dims, slots, windows, times, errors, contributions)
 
     def detect(self, dims: int, slots: np.ndarray, windows: np.ndarray, times: np.ndarray,
                errors: np.ndarray, contributions: np.ndarray) -> Detection:  # fmt: skip
-        """`score` after the model: its errors [B, n_new] (NaN: no opinion) and contributions
+        """`score` after the model: its errors [B, n_new, D] (NaN: no opinion) and contributions
         given, every other signal, the tails, the fusion and the episodes."""
         bank = self.banks[dims]
         slots = np.asarray(slots, dtype=np.int64)
-        b, n_new = errors.shape
+        b, n_new = errors.shape[:2]
         raw = np.full((b, n_new, len(SIGNALS)), np.nan)
-        raw[:, :, 0] = errors
+        raw[:, :, 0] = bank.forecast.raw(slots, errors)
         for name, sig in bank.signals.items():
             raw[:, :, SIGNALS.index(name)] = sig.raw(slots, windows, times, n_new)
         tails = bank.tails.score(slots, raw)
@@ -408,7 +413,7 @@ class _ProbeScorer:
         from detector.api import WindowScores
 
         b, _, d = windows.shape
-        return WindowScores(np.zeros((b, n_new), np.float32), np.ones((b, n_new, d), np.float32))
+        return WindowScores(np.zeros((b, n_new, d), np.float32), np.ones((b, n_new, d), np.float32))
 
 
 def load_kernels() -> None:

@@ -9,7 +9,7 @@ with the directory raises `ModelLoadError` with one line saying what is wrong.
 >>> windows = np.random.default_rng(0).normal(size=(4, scorer.window_length, 2)).astype("float32")
 >>> scores = scorer.score(windows, n_new=1)
 >>> scores.errors.shape, scores.contributions.shape
-((4, 1), (4, 1, 2))
+((4, 1, 2), (4, 1, 2))
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class Scorer:
         b, length, d = w.shape
         if b == 0 or d == 0:
             return WindowScores(
-                np.zeros((b, n_new), np.float32), np.zeros((b, n_new, d), np.float32)
+                np.zeros((b, n_new, d), np.float32), np.zeros((b, n_new, d), np.float32)
             )
         # Channel independence: [B, L, D] -> [B*D, L] rows, scored with shared weights.
         rows = np.ascontiguousarray(w.transpose(0, 2, 1).reshape(b * d, length))
@@ -127,7 +127,7 @@ class Scorer:
             err[start:stop], scale[start:stop] = self._row_errors(chunk, n_new)
         err = err.reshape(b, d, n_new).transpose(0, 2, 1)  # [B, n_new, D], NaN where missing
         scale = scale.reshape(b, 1, d)
-        return _combine(err, scale)
+        return _per_dimension(err, scale)
 
     def compile(self, mode: str | None = None) -> None:
         """Run the network through torch.compile: it pays on a GPU, not measurably on a small
@@ -192,20 +192,17 @@ class Scorer:
         return staged.to("cuda", non_blocking=True)
 
 
-def _combine(err: np.ndarray, scale: np.ndarray) -> WindowScores:
+def _per_dimension(err: np.ndarray, scale: np.ndarray) -> WindowScores:
     """Unit-free per-dimension errors [B, n, D] (NaN = missing) and unit factors [B, 1, D] ->
-    WindowScores: errors in series units (RMS over dimensions), contributions as shares."""
+    WindowScores: each dimension's error in series units (the Detector combines dimensions,
+    detector/signals/forecast.py), contributions as shares of the unit-free squared errors."""
+    errors = err * scale
     sq = np.square(err, dtype=np.float64)
     observed = ~np.isnan(sq)
     n_obs = observed.sum(axis=2)
     sq0 = np.where(observed, sq, 0.0)
     total = sq0.sum(axis=2)
-    # Geometric mean of the observed dimensions' unit factors: for one dimension, the errors come
-    # out in the series' units again.
-    log_scale = np.where(observed, np.log(scale.astype(np.float64)), 0.0)
-    unit = np.exp(log_scale.sum(axis=2) / np.maximum(n_obs, 1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        errors = np.where(n_obs > 0, np.sqrt(total / np.maximum(n_obs, 1)) * unit, np.nan)
         shares = sq0 / total[..., None]
     # No error at all (perfect forecast) or every dimension missing: equal shares among the
     # observed dimensions (all of them if none is), so each row still sums to 1.
@@ -333,8 +330,8 @@ def save_model_dir(
             "max_new": cfg.horizon,
             "scoring": "the `context` points before the newest n_new forecast them (Laplace "
             "location and scale b, 1..n_new steps ahead): error = |observed - forecast| / "
-            "b^error_power in series units (several dimensions: RMS of unit-free errors times "
-            "the geometric mean unit factor)",
+            "b^error_power in series units, per dimension (the Detector combines dimensions "
+            "by running per-dimension units)",
         },
         "normalisation": {
             "method": "per-window robust: (x - median) / (IQR/1.349, or 1.2533*mean|x - median| when IQR is 0) of the context",

@@ -182,9 +182,9 @@ class _EchoScorer:
 
     def score(self, windows: np.ndarray, n_new: int):
         assert windows.ndim == 3 and windows.shape[1] == self.window_length
-        errors = windows[:, -n_new:, 0].astype(np.float32)
+        errors = windows[:, -n_new:, :1].astype(np.float32)  # [B, n_new, 1]
         self.seen.append(errors.reshape(-1).copy())
-        return SimpleNamespace(errors=errors, contributions=np.ones((*errors.shape, 1)))
+        return SimpleNamespace(errors=errors, contributions=np.ones_like(errors))
 
 
 @pytest.mark.parametrize("min_points", [8, 5])

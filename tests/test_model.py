@@ -103,7 +103,7 @@ def test_invalid_architecture_is_refused(bad: dict) -> None:
 def test_score_shapes_and_contributions(scorer: Scorer, b: int, d: int, n_new: int) -> None:
     out = scorer.score(_windows(b, scorer.window_length, d), n_new=n_new)
     assert isinstance(out, WindowScores)
-    assert out.errors.shape == (b, n_new) and out.errors.dtype == np.float32
+    assert out.errors.shape == (b, n_new, d) and out.errors.dtype == np.float32
     assert out.contributions.shape == (b, n_new, d) and out.contributions.dtype == np.float32
     assert np.all(out.errors >= 0)
     np.testing.assert_allclose(out.contributions.sum(axis=2), 1.0, atol=1e-5)
@@ -149,7 +149,7 @@ def test_scaling_and_shifting_leave_calibrated_scores_unchanged(
     cal_scores = []
     for x in (series, a * series.astype(np.float64) + b):
         view = np.lib.stride_tricks.sliding_window_view(x, scorer.window_length)
-        errs = scorer.score(view[:, :, None].astype(np.float32), 1).errors[:, 0]
+        errs = scorer.score(view[:, :, None].astype(np.float32), 1).errors[:, 0, 0]
         tail = TailBank(TailConfig(warmup=50), signals=1)
         tail.reset(0)
         cal_scores.append(tail.score(np.array([0]), errs.reshape(1, -1, 1))[0, :, 0])
@@ -169,6 +169,15 @@ def test_errors_depend_on_the_new_points(scorer: Scorer) -> None:
     assert np.all(scorer.score(spiked, 1).errors > scorer.score(w, 1).errors + 10)
 
 
+def test_each_dimension_s_error_is_in_its_own_units(scorer: Scorer) -> None:
+    """Dimension 1 is dimension 0 times 1000: its errors are 1000 times dimension 0's."""
+    w = _windows(3, scorer.window_length, 1, seed=5)
+    both = np.concatenate([w, 1000.0 * w], axis=2).astype(np.float32)
+    out = scorer.score(both, 2)
+    np.testing.assert_allclose(out.errors[:, :, 1], 1000.0 * out.errors[:, :, 0], rtol=1e-3)
+    np.testing.assert_allclose(out.errors[:, :, :1], scorer.score(w, 2).errors, rtol=1e-5)
+
+
 def test_contributions_point_at_the_anomalous_dimension(scorer: Scorer) -> None:
     w = _windows(3, scorer.window_length, 3, seed=3)
     w[:, -1, 1] += 100.0
@@ -183,8 +192,9 @@ def test_nan_handling(scorer: Scorer) -> None:
     w[2, -1, :] = np.nan  # the new point missing in every dimension
     w[3, -1, 0] = np.nan  # the new point missing in one dimension
     out = scorer.score(w, 1)
-    assert np.isfinite(out.errors[[0, 1, 3]]).all()
-    assert np.isnan(out.errors[2, 0])
+    assert np.isfinite(out.errors[0]).all() and np.isfinite(out.errors[1, :, 0]).all()
+    assert np.isnan(out.errors[1, :, 1]) and np.isnan(out.errors[2]).all()
+    assert np.isnan(out.errors[3, 0, 0]) and np.isfinite(out.errors[3, 0, 1])
     assert np.isfinite(out.contributions).all()
     np.testing.assert_allclose(out.contributions.sum(axis=2), 1.0, atol=1e-5)
     assert out.contributions[1, 0, 1] == 0.0  # a missing dimension contributes nothing
@@ -350,7 +360,7 @@ def test_default_model_loads_and_scores() -> None:
     calm = (100 + 10 * np.sin(2 * np.pi * t / 48)).astype(np.float32)[None, :, None]
     spike = calm.copy()
     spike[0, -1, 0] += 80
-    assert scorer.score(spike, 1).errors[0, 0] > 5 * scorer.score(calm, 1).errors[0, 0]
+    assert scorer.score(spike, 1).errors[0, 0, 0] > 5 * scorer.score(calm, 1).errors[0, 0, 0]
     assert scorer.max_new >= 8
     # The trained scale head knows a clean cycle is easier to forecast than white noise.
     rng = np.random.default_rng(0)

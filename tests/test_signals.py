@@ -9,12 +9,14 @@ import doctest
 import numpy as np
 import pytest
 
+import detector.signals.forecast
 import detector.signals.novelty
 import detector.signals.range
 import detector.signals.seasonal
 import detector.signals.shift
 import detector.signals.spread
 from detector.signals import (
+    ForecastResidual,
     LevelShift,
     PatternNovelty,
     RangeExcess,
@@ -221,9 +223,33 @@ def test_a_level_shift_alone_does_not_move_the_spread() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    [detector.signals.seasonal, detector.signals.novelty, detector.signals.range,
-     detector.signals.shift, detector.signals.spread],
+    [detector.signals.forecast, detector.signals.seasonal, detector.signals.novelty,
+     detector.signals.range, detector.signals.shift, detector.signals.spread],
 )  # fmt: skip
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_forecast_residual_of_one_dimension_is_the_error_itself() -> None:
+    res = ForecastResidual(dims=1, long_window=100)
+    res.reset(0)
+    errors = np.array([[[2.0], [np.nan], [0.5]], [[9.0], [9.0], [9.0]]])
+    out = res.raw(np.array([0, -1]), errors)
+    np.testing.assert_array_equal(out[0], [2.0, np.nan, 0.5])
+    assert np.isnan(out[1]).all()  # slot -1: skipped
+
+
+def test_forecast_residual_weighs_a_flat_dimension_by_its_own_usual_error() -> None:
+    """Dimension 0 usually errs by 0.01, dimension 1 by 10. A 0.1 error on dimension 0 is ten
+    times its usual and must move the combined value as much as a 100 error on dimension 1."""
+
+    def combined(last: list[float]) -> float:
+        res = ForecastResidual(dims=2, long_window=1000)
+        res.reset(0)
+        usual = np.tile([[[0.01, 10.0]]], (1, 200, 1))
+        res.raw(np.array([0]), usual)
+        return float(res.raw(np.array([0]), np.array([[last]]))[0, 0])
+
+    np.testing.assert_allclose(combined([0.1, 10.0]), combined([0.01, 100.0]), rtol=1e-6)
+    assert combined([0.1, 10.0]) > 3 * combined([0.01, 10.0])

@@ -37,7 +37,7 @@ def test_tiny_synthetic_run_writes_a_loadable_model_and_report(tmp_path: Path) -
     scorer = load_scorer(out, device="cpu")
     assert scorer.window_length == 40 and scorer.version == "test-train-1"
     w = np.random.default_rng(0).normal(size=(4, 40, 2)).astype(np.float32)
-    assert scorer.score(w, 8).errors.shape == (4, 8)
+    assert scorer.score(w, 8).errors.shape == (4, 8, 2)
 
     saved = json.loads((out / "report.json").read_text())
     assert saved["epochs_run"] == report["epochs_run"] == len(saved["history"]) >= 1

@@ -6,10 +6,12 @@ out by the `Detector`), and `raw(slots, windows, times, n_new)` returns raw valu
 (>= 0, NaN = no opinion) for the newest n_new points of each window, learning from those
 points afterwards. The forecast
 residual is the exception: the model computes it for the whole batch (detector/scorer.py), so
-its raw values arrive from the scorer. Raw values live on each signal's own scale; a
+its errors arrive from the scorer and `ForecastResidual.raw(slots, errors)` only combines the
+dimensions. Raw values live on each signal's own scale; a
 `TailBank` (detector/calibration.py) turns each into a calibrated tail score.
 """
 
+from detector.signals.forecast import ForecastResidual
 from detector.signals.novelty import PatternNovelty
 from detector.signals.range import RangeExcess
 from detector.signals.seasonal import SeasonalProfile
@@ -21,6 +23,7 @@ SIGNALS = ("forecast", "seasonal", "novelty", "range", "shift", "spread")
 
 __all__ = [
     "SIGNALS",
+    "ForecastResidual",
     "LevelShift",
     "PatternNovelty",
     "RangeExcess",
