@@ -19,13 +19,10 @@ window's spread, counts by how unusual its error is for it, not by that window's
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from numba import njit
 
 from detector.rows import SlotRows
-from detector.signals.units import combine_dims
+from detector.signals.units import combine_rows
 
 
 class ForecastResidual:
@@ -48,26 +45,6 @@ class ForecastResidual:
             return np.where(np.asarray(slots)[:, None] >= 0, e[:, :, 0], np.nan)
         out = np.full(e.shape[:2], np.nan)
         r = self.rows
-        _combine(np.ascontiguousarray(slots, np.int64), e, float(self.long_window), r.scale,
-                 r.learned, out)  # fmt: skip
+        combine_rows(np.ascontiguousarray(slots, np.int64), e, float(self.long_window), r.scale,
+                     r.learned, out)  # fmt: skip
         return out
-
-
-@njit(cache=True)
-def _combine(slots, errors, long_window, scale, learned, out):
-    dims = errors.shape[2]
-    answered = np.empty(dims, dtype=np.int64)
-    values = np.empty(dims, dtype=np.float64)
-    for i in range(errors.shape[0]):
-        s = slots[i]
-        if s < 0:
-            continue
-        for j in range(errors.shape[1]):
-            n = 0
-            for d in range(dims):
-                v = errors[i, j, d]
-                if math.isfinite(v):
-                    answered[n] = d
-                    values[n] = v
-                    n += 1
-            out[i, j] = combine_dims(answered, values, n, scale[s], learned, s, long_window)

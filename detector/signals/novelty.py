@@ -48,7 +48,7 @@ from numba import njit
 
 from detector.rows import SlotRows
 from detector.signals.base import Signal
-from detector.signals.units import combine_dims
+from detector.signals.units import combine_dims, combine_rows
 
 SEARCHES = ("loop", "matmul")
 # Bytes of distances (float64, history x new points per row and dimension) and candidate stretches
@@ -95,7 +95,7 @@ class PatternNovelty(Signal):
         query = windows[:, windows.shape[1] - n_new - self.length + 1 :]
         dist = nearest_distances(past, query, self.length, self.device)
         # Combining the dimensions updates per-series units point by point: the compiled loop's.
-        _combine(slots, dist, float(self.long_window), r.scale, r.learned, out)
+        combine_rows(slots, dist, float(self.long_window), r.scale, r.learned, out)
 
 
 def nearest_distances(past: np.ndarray, query: np.ndarray, m: int, device: str) -> np.ndarray:
@@ -239,25 +239,3 @@ def _gather_and_learn(slots, windows, n_new, ring, pos, past):
             past[i, h + k] = windows[i, length - n_new + k]
         for j in range(length - n_new, length):
             _learn(ring, pos, s, windows[i, j])
-
-
-@njit(cache=True)
-def _combine(slots, dist, long_window, scale, learned, out):
-    """out[i, j] <- the dimensions' distances dist[i, j] (inf: no answer) combined, as the loop
-    combines them."""
-    dims = dist.shape[2]
-    answered = np.empty(dims, dtype=np.int64)
-    values = np.empty(dims, dtype=np.float64)
-    for i in range(dist.shape[0]):
-        s = slots[i]
-        if s < 0:
-            continue
-        for j in range(dist.shape[1]):
-            n_answered = 0
-            for d in range(dims):
-                if dist[i, j, d] < math.inf:
-                    answered[n_answered] = d
-                    values[n_answered] = dist[i, j, d]
-                    n_answered += 1
-            out[i, j] = combine_dims(answered, values, n_answered, scale[s], learned, s,
-                                     long_window)  # fmt: skip

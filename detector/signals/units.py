@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
 
@@ -29,3 +30,25 @@ def combine_dims(dims, values, n, scale, learned, s, long_window):
             log_unit += math.log(sd)
         scale[d] = sd + a * (r - sd)
     return math.sqrt(sq / n) * math.exp(log_unit / n)
+
+
+@njit(cache=True)
+def combine_rows(slots, values, long_window, scale, learned, out):
+    """out[i, j] <- values[i, j, :] (NaN or inf: that dimension has no answer) combined by
+    `combine_dims`, point by point in time order, for the rows whose slot is not -1."""
+    dims = values.shape[2]
+    answered = np.empty(dims, dtype=np.int64)
+    found = np.empty(dims, dtype=np.float64)
+    for i in range(values.shape[0]):
+        s = slots[i]
+        if s < 0:
+            continue
+        for j in range(values.shape[1]):
+            n = 0
+            for d in range(dims):
+                v = values[i, j, d]
+                if math.isfinite(v):
+                    answered[n] = d
+                    found[n] = v
+                    n += 1
+            out[i, j] = combine_dims(answered, found, n, scale[s], learned, s, long_window)
