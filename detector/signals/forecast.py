@@ -41,8 +41,6 @@ class ForecastResidual:
         """errors [B, n_new, D] in series units (NaN: missing) -> raw values [B, n_new]; rows
         with slot -1 are skipped (NaN) and change nothing."""
         e = np.asarray(errors, dtype=np.float64)
-        if e.shape[2] == 1:
-            return np.where(np.asarray(slots)[:, None] >= 0, e[:, :, 0], np.nan)
         out = np.full(e.shape[:2], np.nan)
         r = self.rows
         combine_rows(np.ascontiguousarray(slots, np.int64), e, float(self.long_window), r.scale,
