@@ -195,6 +195,36 @@ def test_a_new_level_leaves_the_range_and_the_shift_keeps_hearing_it() -> None:
     assert np.median(gap[1010:1200]) > 3 * np.quantile(gap[500:1000], 0.99)  # lasts
 
 
+def test_a_burst_does_not_leave_the_clipped_shift_baseline_in_alarm() -> None:
+    """Ten points a thousand times the usual size, then the usual series: with the clip the
+    baseline moves a few usual steps and the level it returns to reads as usual; learning whole
+    steps, it reads as a shift until the baseline forgets (NAB's ec2_network_in_257a54)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, 1500)
+    x[1000:1010] = 1000.0
+    x, t = x.astype(np.float32)[:, None], np.arange(1500.0)
+    gaps = {}
+    for clip in (0.0, 5.0):
+        sig = LevelShift(1, short=8, long_window=500, clip=clip)
+        sig.reset(0)
+        gaps[clip] = _feed(sig, x, t, 1)
+    usual = np.quantile(gaps[5.0][500:1000], 0.99)
+    assert gaps[5.0][1010] > 10 * usual  # the burst itself is heard
+    assert np.median(gaps[5.0][1030:1500]) < usual
+    assert np.median(gaps[0.0][1030:1500]) > 5 * usual
+
+
+def test_a_lasting_shift_is_absorbed_by_the_clipped_baseline_too() -> None:
+    rng = np.random.default_rng(6)
+    x = np.r_[rng.normal(0, 1, 1000), rng.normal(10, 1, 1500)].astype(np.float32)[:, None]
+    sig = LevelShift(1, short=8, long_window=200, clip=5.0)
+    sig.reset(0)
+    gap = _feed(sig, x, np.arange(2500.0), 1)
+    usual = np.quantile(gap[500:1000], 0.99)
+    assert np.median(gap[1010:1050]) > 3 * usual  # heard while new
+    assert np.median(gap[2000:2500]) < usual  # absorbed: the new level is the usual one
+
+
 def test_denser_spikes_inside_the_range_are_heard_by_the_spread_alone() -> None:
     """Spikes to the same height every 50 points, then every 5 for a while: no new extreme and
     little change of the short mean, but the recent dispersion doubles and stays up."""
