@@ -162,6 +162,26 @@ def examples_file(data: list[TopicSystem], path: Path) -> Path:
     return path
 
 
+def bootstrap_gain(truth, pred, baseline, groups, n: int, seed: int = 0) -> np.ndarray:
+    """`n` resamples of the (pred - baseline) macro-F1 difference, in points: the groups of lines
+    (a system's templates, the unit its hand labels were given to; or whole systems) drawn with
+    replacement, each with all its lines, the F1 over the topics each resample has."""
+    truth, pred, baseline = np.asarray(truth), np.asarray(pred), np.asarray(baseline)
+    groups = np.asarray(groups)
+    ids = np.unique(groups)
+    lines = [np.flatnonzero(groups == g) for g in ids]
+    rng = np.random.default_rng(seed)
+    out = np.empty(n)
+    for b in range(n):
+        ix = np.concatenate([lines[k] for k in rng.integers(0, len(ids), len(ids))])
+        present = tuple(t for t in TOPICS if t in set(truth[ix].tolist()))
+        out[b] = 100 * (
+            _f1(truth[ix].tolist(), pred[ix].tolist(), present)
+            - _f1(truth[ix].tolist(), baseline[ix].tolist(), present)
+        )
+    return out
+
+
 def _f1(truth: list[str], pred: list[str], labels: tuple[str, ...]) -> float:
     from sklearn.metrics import f1_score
 
@@ -169,13 +189,21 @@ def _f1(truth: list[str], pred: list[str], labels: tuple[str, ...]) -> float:
 
 
 def leave_one_system_out(
-    loghub: Path, encoder, systems: list[str], few_shot: bool = True, nested: bool = False
+    loghub: Path,
+    encoder,
+    systems: list[str],
+    few_shot: bool = True,
+    nested: bool = False,
+    bootstrap: int = 0,
 ):
     """Per system and pooled macro-F1 of the keyword baseline, zero-shot (label descriptions,
     nothing fitted), few-shot (`--examples` from the other systems' templates) and the trained
     topic head (fitted on the other systems; with `nested` its design, `training.topic.DESIGNS`,
-    is chosen by a leave-one-system-out inside those systems). Returns (rows, pooled predictions,
-    the design used for each held-out system)."""
+    is chosen by a leave-one-system-out inside those systems). With `bootstrap` n, each system's
+    row also gets the spread of the head's gain over the keyword baseline under `n` resamples of
+    its templates (`bootstrap_gain`): how far one system's figure can be trusted; the pooled row,
+    under resamples of whole systems. Returns
+    (rows, pooled predictions, the design used for each held-out system)."""
     import tempfile
 
     from benchmarks.logs_bench import classify_all, records
@@ -213,9 +241,23 @@ def leave_one_system_out(
         for m in methods:
             row[f"{m}_f1"] = _f1(held.truth, pred[m], present)
             pooled[m] += pred[m]
+        if bootstrap:
+            gains = bootstrap_gain(held.truth, pred["head"], pred["keyword"], held.row, bootstrap)
+            row["head_vs_kw_sd"] = float(gains.std())
+            row["head_vs_kw_p05"], row["head_vs_kw_p95"] = np.quantile(gains, [0.05, 0.95]).tolist()
+            row["p_head_5_below_kw"] = float(np.mean(gains < -5))
         pooled["truth"] += held.truth
         rows.append(row)
     overall = {"system": "overall (pooled)", "lines": len(pooled["truth"]), "topics": len(TOPICS)}
+    if bootstrap:  # the pooled gain over resamples of whole systems: how it may transfer
+        system_of = np.repeat(np.arange(len(rows)), [r["lines"] for r in rows])
+        gains = bootstrap_gain(pooled["truth"], pooled["head"], pooled["keyword"], system_of,
+                               bootstrap)  # fmt: skip
+        overall["head_vs_kw_sd"] = float(gains.std())
+        overall["head_vs_kw_p05"], overall["head_vs_kw_p95"] = np.quantile(
+            gains, [0.05, 0.95]
+        ).tolist()
+        overall["p_head_5_below_kw"] = float(np.mean(gains < -5))
     mean = {"system": "mean of systems", "topics": None}
     for m in methods:
         overall[f"{m}_f1"] = _f1(pooled["truth"], pooled[m], TOPICS)
@@ -227,7 +269,8 @@ def leave_one_system_out(
 
 
 COLUMNS = ["system", "lines", "topics", "keyword_f1", "zeroshot_f1", "zeroshot_vs_kw",
-           "fewshot_f1", "fewshot_vs_kw", "design", "head_f1", "head_vs_kw"]  # fmt: skip
+           "fewshot_f1", "fewshot_vs_kw", "design", "head_f1", "head_vs_kw", "head_vs_kw_sd",
+           "head_vs_kw_p05", "head_vs_kw_p95", "p_head_5_below_kw"]  # fmt: skip
 TITLE = (
     "Topic, leave one system out (12 loghub systems, hand-labelled templates): keyword baseline, "
     "zero-shot (descriptions), few-shot (--examples from the other 11), trained head (fit on 11)"
@@ -250,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--nested", action="store_true", help="choose the head's design inside each fold (slow)"
     )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="per system, N resamples of its templates: the spread of the head's gain",
+    )
     args = p.parse_args(argv)
     if not LOGHUB.is_dir():
         print(f"tsguard: error: loghub data not found at {LOGHUB}", file=sys.stderr)
@@ -257,7 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     systems = sorted(d.name for d in LOGHUB.iterdir() if d.is_dir())
     rows, _, _ = leave_one_system_out(
-        LOGHUB, CachedEncoder(shared_encoder("cpu")), systems, not args.no_few_shot, args.nested
+        LOGHUB,
+        CachedEncoder(shared_encoder("cpu")),
+        systems,
+        not args.no_few_shot,
+        args.nested,
+        args.bootstrap,
     )
     print_table(rows, [c for c in COLUMNS if c in rows[0] or c in ("system",)], TITLE)
     write_json(args.out, {"topic_leave_one_system_out": rows})

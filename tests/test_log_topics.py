@@ -100,6 +100,21 @@ def test_leave_one_system_out_never_fits_on_the_held_out_system(monkeypatch) -> 
     assert rows[-2]["system"] == "overall (pooled)"
 
 
+def test_bootstrap_gain_resamples_whole_templates() -> None:
+    truth = ["network"] * 6 + ["storage"] * 4
+    templates = [0, 0, 0, 1, 1, 1, 2, 2, 3, 3]
+    right, wrong = list(truth), ["network"] * 10
+    same = topics.bootstrap_gain(truth, right, right, templates, 50)
+    assert same.shape == (50,) and (same == 0).all()
+    gains = topics.bootstrap_gain(truth, right, wrong, templates, 200, seed=1)
+    assert (gains >= 0).all() and gains.max() > 0  # the head is never worse here
+    # a resample with only network templates leaves one topic, on which both are perfect
+    assert (gains == 0).any()
+    # one template: every resample is the system itself
+    one = topics.bootstrap_gain(truth[:3], ["storage"] * 3, truth[:3], [7, 7, 7], 20)
+    assert np.allclose(one, -100.0)
+
+
 # ----------------------------------------------------------------------------- the topic head
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "detector" / "logs" / "models" / "topic"
