@@ -174,12 +174,21 @@ def bootstrap_gain(truth, pred, baseline, groups, n: int, seed: int = 0) -> np.n
     out = np.empty(n)
     for b in range(n):
         ix = np.concatenate([lines[k] for k in rng.integers(0, len(ids), len(ids))])
-        present = tuple(t for t in TOPICS if t in set(truth[ix].tolist()))
-        out[b] = 100 * (
-            _f1(truth[ix].tolist(), pred[ix].tolist(), present)
-            - _f1(truth[ix].tolist(), baseline[ix].tolist(), present)
-        )
+        t = truth[ix].tolist()
+        present = tuple(topic for topic in TOPICS if topic in set(t))
+        out[b] = 100 * (_f1(t, pred[ix].tolist(), present) - _f1(t, baseline[ix].tolist(), present))
     return out
+
+
+def gain_spread(gains: np.ndarray) -> dict[str, float]:
+    """The columns a row gets from `bootstrap_gain`'s resamples."""
+    p05, p95 = np.quantile(gains, [0.05, 0.95]).tolist()
+    return {
+        "head_vs_kw_sd": float(gains.std()),
+        "head_vs_kw_p05": p05,
+        "head_vs_kw_p95": p95,
+        "p_head_5_below_kw": float(np.mean(gains < -5)),
+    }
 
 
 def _f1(truth: list[str], pred: list[str], labels: tuple[str, ...]) -> float:
@@ -243,9 +252,7 @@ def leave_one_system_out(
             pooled[m] += pred[m]
         if bootstrap:
             gains = bootstrap_gain(held.truth, pred["head"], pred["keyword"], held.row, bootstrap)
-            row["head_vs_kw_sd"] = float(gains.std())
-            row["head_vs_kw_p05"], row["head_vs_kw_p95"] = np.quantile(gains, [0.05, 0.95]).tolist()
-            row["p_head_5_below_kw"] = float(np.mean(gains < -5))
+            row.update(gain_spread(gains))
         pooled["truth"] += held.truth
         rows.append(row)
     overall = {"system": "overall (pooled)", "lines": len(pooled["truth"]), "topics": len(TOPICS)}
@@ -253,11 +260,7 @@ def leave_one_system_out(
         system_of = np.repeat(np.arange(len(rows)), [r["lines"] for r in rows])
         gains = bootstrap_gain(pooled["truth"], pooled["head"], pooled["keyword"], system_of,
                                bootstrap)  # fmt: skip
-        overall["head_vs_kw_sd"] = float(gains.std())
-        overall["head_vs_kw_p05"], overall["head_vs_kw_p95"] = np.quantile(
-            gains, [0.05, 0.95]
-        ).tolist()
-        overall["p_head_5_below_kw"] = float(np.mean(gains < -5))
+        overall.update(gain_spread(gains))
     mean = {"system": "mean of systems", "topics": None}
     for m in methods:
         overall[f"{m}_f1"] = _f1(pooled["truth"], pooled[m], TOPICS)
@@ -271,6 +274,13 @@ def leave_one_system_out(
 COLUMNS = ["system", "lines", "topics", "keyword_f1", "zeroshot_f1", "zeroshot_vs_kw",
            "fewshot_f1", "fewshot_vs_kw", "design", "head_f1", "head_vs_kw", "head_vs_kw_sd",
            "head_vs_kw_p05", "head_vs_kw_p95", "p_head_5_below_kw"]  # fmt: skip
+
+
+def columns(rows: list[dict]) -> list[str]:
+    """The COLUMNS a run's rows have (few-shot and the bootstrap are optional)."""
+    return [c for c in COLUMNS if c in rows[0]]
+
+
 TITLE = (
     "Topic, leave one system out (12 loghub systems, hand-labelled templates): keyword baseline, "
     "zero-shot (descriptions), few-shot (--examples from the other 11), trained head (fit on 11)"
@@ -314,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         args.nested,
         args.bootstrap,
     )
-    print_table(rows, [c for c in COLUMNS if c in rows[0] or c in ("system",)], TITLE)
+    print_table(rows, columns(rows), TITLE)
     write_json(args.out, {"topic_leave_one_system_out": rows})
     return 0
 

@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         t_rows, _, _ = log_topics.leave_one_system_out(
             LOGHUB, shared, systems, nested=args.topic_nested
         )
-        print_table(t_rows, [c for c in log_topics.COLUMNS if c in t_rows[0]], log_topics.TITLE)
+        print_table(t_rows, log_topics.columns(t_rows), log_topics.TITLE)
         result["topic_leave_one_system_out"] = t_rows
     if not args.skip_throughput:
         all_systems = sorted(d.name for d in LOGHUB.iterdir() if d.is_dir())
