@@ -6,7 +6,7 @@ import logging
 
 from kafka.errors import Cancelled, KafkaConnectionError
 
-from stream.cli import drop_cancelled_refresh
+from stream.cli import drop_cancelled_refresh, drop_receive_after_close
 
 
 def record(exc: Exception) -> logging.LogRecord:
@@ -28,3 +28,21 @@ def test_a_refresh_cancelled_by_a_closing_client_is_dropped_other_failures_show(
     assert [r.getMessage() for r in caplog.records] == [
         "Metadata refresh: failed KafkaConnectionError: broker down"
     ]
+
+
+class _Transport:
+    def __init__(self, closed: bool) -> None:
+        self.closed = closed
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_a_receive_error_after_our_close_is_dropped_on_an_open_transport_it_shows() -> None:
+    def rec(closed: bool) -> logging.LogRecord:
+        return logging.LogRecord("kafka.net.transport", logging.ERROR, "transport.py", 125,
+                                 "%s: Error receiving network data closing socket",
+                                 (_Transport(closed),), None)  # fmt: skip
+
+    assert not drop_receive_after_close(rec(True))
+    assert drop_receive_after_close(rec(False))
