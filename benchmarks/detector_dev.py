@@ -81,13 +81,37 @@ class CachedErrors:
 
 def nab_scores(onsets: dict[str, np.ndarray], corpus_root: Path = DATA / "nab") -> dict:
     """NAB's normalised score per cost profile of the score at each episode start (0 elsewhere),
-    keyed by series name as `series_set("nab")` names them (the corpus file without .csv)."""
+    keyed by series name as `series_set("nab")` names them (the corpus file without .csv), and
+    where the standard profile's points go at its corpus-optimised threshold."""
     from training import nab
 
     corpus = nab.read_corpus(corpus_root)
     scores = {f.name: onsets[f.name.removesuffix(".csv")] for f in corpus.files}
     results = nab.score_all_profiles(scores, corpus.files, corpus.profiles)
-    return {name: round(r.normalised, 4) for name, r in results.items()}
+    out = {name: round(r.normalised, 4) for name, r in results.items()}
+    standard = results["standard"]
+    credits, costs, missed = [], [], 0
+    for f in corpus.files:
+        scored = f.window_of != -2
+        hit = scored & (scores[f.name] >= standard.threshold)
+        costs += f.fp_cost[hit & (f.window_of == -1)].tolist()
+        for k in np.unique(f.window_of[scored & (f.window_of >= 0)]):
+            in_k = hit & (f.window_of == k)
+            if in_k.any():
+                credits.append(float(f.tp_credit[in_k].max()))
+            else:
+                missed += 1
+    fp_weight = corpus.profiles["standard"].fp_weight
+    out["standard_breakdown"] = {
+        "threshold": round(standard.threshold, 4),
+        "windows_hit": len(credits),
+        "hit_credit": round(sum(credits), 2),  # 1 for a detection at a window's start
+        "false_starts": len(costs),
+        "false_cost": round(fp_weight * sum(costs), 2),
+        "windows_missed": missed,  # each costs 1
+        "raw_per_point": round((standard.perfect - standard.null) / 100, 2),
+    }
+    return out
 
 
 def overrides(pairs: list[str]) -> dict:
@@ -135,7 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     report = {"set": args.set, "settings": settings, "means": means}
     if args.set == "nab":
         report["nab"] = nab_scores(onsets)
+        b = report["nab"].pop("standard_breakdown")
         print("NAB", " ".join(f"{k}={v:.2f}" for k, v in report["nab"].items()))
+        print(f"NAB standard at {b['threshold']}: {b['windows_hit']} windows hit (credit "
+              f"{b['hit_credit']}), {b['false_starts']} false starts (cost {b['false_cost']}), "
+              f"{b['windows_missed']} missed (cost -{b['windows_missed']}); one point of the "
+              f"score is {b['raw_per_point']} raw")  # fmt: skip
+        report["nab_standard_breakdown"] = b
     if args.out:
         write_json(args.out, {**report, "files": rows, "environment": environment()})
     return 0

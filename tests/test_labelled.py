@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from training import labelled, metrics
-from training.baselines import Poly, SubPca
+from training.baselines import Poly, SubIForest, SubPca
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,7 +196,7 @@ def test_offline_baselines_find_a_planted_anomaly():
     x = np.sin(2 * np.pi * t / 50) + 0.05 * rng.normal(size=3000)
     x[2000:2010] += 3.0
     # MatrixProfile is left out: stumpy's first call compiles for half a minute or more here.
-    for det in (SubPca(), Poly()):
+    for det in (SubPca(), SubIForest(), Poly()):
         raw = det.raw_scores(x)
         assert raw.shape == (3000,)
         assert 1950 <= int(np.argmax(raw)) <= 2060, det.name

@@ -229,5 +229,11 @@ def test_detector_dev_nab_scores_match_the_scorer():
     by_series = {name.removesuffix(".csv"): s for name, s in scores.items()}
     expected = nab.score_all_profiles(scores, corpus.files, corpus.profiles)
     got = nab_scores(by_series, NAB_DIR)
+    parts = got.pop("standard_breakdown")
     assert got == {k: round(r.normalised, 4) for k, r in expected.items()}
     assert got["standard"] == pytest.approx(70.10, abs=0.01)
+    # The breakdown adds up to the standard profile's raw score over every scored window.
+    standard = expected["standard"]
+    assert parts["windows_hit"] + parts["windows_missed"] == -standard.null
+    total = parts["hit_credit"] + parts["false_cost"] - parts["windows_missed"]
+    assert total == pytest.approx(standard.raw, abs=0.02)

@@ -15,8 +15,8 @@ means over the files that have a labelled event in their test part, plus pooled 
 Detectors: `tsguard` (the Detector that serves, streaming; `tsguard:A+B` keeps only signals A
 and B, for an ablation), the streaming baselines of
 training/baselines.py (`windowed-gaussian`, `isolation-forest`, `pca`, `null`) and TSB-AD's
-offline `sub-pca`, `poly`, `matrix-profile`, which see the whole series and whose raw scores are
-min-max normalised per series. Multivariate series: univariate baselines score each dimension
+offline `sub-pca`, `sub-iforest`, `poly`, `matrix-profile`, which see the whole series and whose
+raw scores are min-max normalised per series. Multivariate series: univariate baselines score each dimension
 and take the largest normalised score. Shipped threshold (alerts = onsets of runs above it):
 tsguard: its episode starts; offline baselines: TSB-AD's rule,
 score > mean + 3 std of the series' scores; windowed-gaussian, isolation-forest, pca: a fixed
