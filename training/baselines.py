@@ -205,6 +205,21 @@ def _pad_centred(scores: np.ndarray, window: int, n: int) -> np.ndarray:
     return np.r_[np.full(front, scores[0]), scores, np.full(back, scores[-1])][:n]
 
 
+def _standard_windows(values: np.ndarray, window: int | None) -> tuple[np.ndarray | None, int]:
+    """The series' sliding windows (`window` points, default its period estimate), each column
+    standardised over the windows (a constant column becomes 0), and the window length; None
+    instead of the windows when the series is too short for two of them."""
+    from training.metrics import period_length
+
+    x = _fill_missing(values)
+    w = window or period_length(x)
+    if len(x) < w + 2:
+        return None, w
+    win = np.lib.stride_tricks.sliding_window_view(x, w)
+    sd = win.std(axis=0)
+    return (win - win.mean(axis=0)) / np.where(sd == 0.0, 1.0, sd), w
+
+
 @dataclass
 class SubPca:
     """Sub-PCA: PCA on the sliding windows of the series (Aggarwal, "Outlier Analysis", ch. 3;
@@ -223,16 +238,10 @@ class SubPca:
     def raw_scores(self, values: np.ndarray) -> np.ndarray:
         from sklearn.decomposition import PCA
 
-        from training.metrics import period_length
-
-        x = _fill_missing(values)
-        n = len(x)
-        w = self.window or period_length(x)
-        if n < w + 2:
+        n = len(values)
+        z, w = _standard_windows(values, self.window)
+        if z is None:
             return np.zeros(n)
-        win = np.lib.stride_tricks.sliding_window_view(x, w)
-        sd = win.std(axis=0)
-        z = (win - win.mean(axis=0)) / np.where(sd == 0.0, 1.0, sd)
         z = z[:, np.any(z != 0.0, axis=0)]
         if z.shape[1] == 0:  # a constant series: nothing to decompose
             return np.zeros(n)
@@ -365,16 +374,10 @@ class SubIForest:
     def raw_scores(self, values: np.ndarray) -> np.ndarray:
         from sklearn.ensemble import IsolationForest
 
-        from training.metrics import period_length
-
-        x = _fill_missing(values)
-        n = len(x)
-        w = self.window or period_length(x)
-        if n < w + 2:
+        n = len(values)
+        z, w = _standard_windows(values, self.window)
+        if z is None:
             return np.zeros(n)
-        win = np.lib.stride_tricks.sliding_window_view(x, w)
-        sd = win.std(axis=0)
-        z = (win - win.mean(axis=0)) / np.where(sd == 0.0, 1.0, sd)
         forest = IsolationForest(n_estimators=self.trees, max_features=1, random_state=0)
         return _pad_centred(-forest.fit(z).score_samples(z), w, n)
 
