@@ -90,17 +90,13 @@ def nab_scores(onsets: dict[str, np.ndarray], corpus_root: Path = DATA / "nab") 
     results = nab.score_all_profiles(scores, corpus.files, corpus.profiles)
     out = {name: round(r.normalised, 4) for name, r in results.items()}
     standard = results["standard"]
-    credits, costs, missed = [], [], 0
+    costs, credits = [], []
     for f in corpus.files:
-        scored = f.window_of != -2
-        hit = scored & (scores[f.name] >= standard.threshold)
-        costs += f.fp_cost[hit & (f.window_of == -1)].tolist()
-        for k in np.unique(f.window_of[scored & (f.window_of >= 0)]):
-            in_k = hit & (f.window_of == k)
-            if in_k.any():
-                credits.append(float(f.tp_credit[in_k].max()))
-            else:
-                missed += 1
+        file_costs, file_credits = nab.file_parts(scores[f.name], f, standard.threshold)
+        costs += file_costs.tolist()
+        credits += file_credits
+    missed = credits.count(None)
+    credits = [c for c in credits if c is not None]
     fp_weight = corpus.profiles["standard"].fp_weight
     out["standard_breakdown"] = {
         "threshold": round(standard.threshold, 4),

@@ -287,20 +287,28 @@ def sweep_thresholds(
     return thresholds, np.r_[base, totals[last_of_run]]
 
 
+def file_parts(
+    scores: np.ndarray, f: LabelledFile, threshold: float
+) -> tuple[np.ndarray, list[float | None]]:
+    """What one file's detections at `threshold` are worth before a profile's weights: the
+    fp_cost of each detection outside the windows, and per scored window the credit of its
+    earliest detection (None: missed)."""
+    scored = f.window_of != -2
+    detected = scored & (scores >= threshold)
+    credits: list[float | None] = []
+    for k in np.unique(f.window_of[scored & (f.window_of >= 0)]):
+        hits = detected & (f.window_of == k)
+        credits.append(float(np.max(f.tp_credit[hits])) if hits.any() else None)
+    return f.fp_cost[detected & (f.window_of == -1)], credits
+
+
 def _file_score(
     scores: np.ndarray, f: LabelledFile, profile: CostProfile, threshold: float
 ) -> float:
-    scored = f.window_of != -2
-    detected = scored & (scores >= threshold)
-    outside = detected & (f.window_of == -1)
-    total = float(np.sum(f.fp_cost[outside])) * profile.fp_weight
-    for k in np.unique(f.window_of[scored & (f.window_of >= 0)]):
-        hits = detected & (f.window_of == k)
-        total += (
-            profile.tp_weight * float(np.max(f.tp_credit[hits]))
-            if hits.any()
-            else -profile.fn_weight
-        )
+    costs, credits = file_parts(scores, f, threshold)
+    total = float(np.sum(costs)) * profile.fp_weight
+    for credit in credits:
+        total += -profile.fn_weight if credit is None else profile.tp_weight * credit
     return total
 
 
