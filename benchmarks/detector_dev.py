@@ -53,13 +53,14 @@ class CachedErrors:
 
     def __init__(self, scorer, path: Path) -> None:
         self.scorer, self.path, self.answers, self.calls = scorer, path, [], 0
-        self.replaying = path.exists()
-        if self.replaying:
+        if path.exists():
             with np.load(path) as f:
                 self.answers = [WindowScores(f[f"e{i}"], f[f"c{i}"]) for i in range(len(f) // 2)]
             if self.answers and self.answers[0].errors.ndim != 3:
                 raise SystemExit(f"{path}: errors cached before they were per dimension; delete "
                                  "the cache")  # fmt: skip
+        # An empty record was written by a run without the forecast (an ablation): not a cache.
+        self.replaying = bool(self.answers)
 
     def __getattr__(self, name):
         return getattr(self.scorer, name)
@@ -72,7 +73,7 @@ class CachedErrors:
         return self.answers[-1]
 
     def save(self) -> None:
-        if not self.replaying:
+        if not self.replaying and self.answers:  # a run that never asked the model records nothing
             arrays = {}
             for i, r in enumerate(self.answers):
                 arrays[f"e{i}"], arrays[f"c{i}"] = r.errors, r.contributions
