@@ -11,7 +11,9 @@ warm-up: where detection settings are chosen), `nab`, `kpitest`, `smd` (as `eval
 reads them, warm-up cut to 20,000). The cache is under --cache (per model version); delete it
 when the model changes. Prints one line of means over files and writes JSON (--out). On `nab` it
 also prints NAB v1.1's three profile scores of the episode starts, as `tsguard evaluate nab`
-computes them (training/nab.py, the corpus-optimised threshold), from the same runs.
+computes them (training/nab.py, the corpus-optimised threshold), from the same runs. `--tails`
+also prints how often each signal's tail reaches a score on ordinary points against the
+probability the score claims, and which signal was loudest at true and false episode starts.
 """
 
 from __future__ import annotations
@@ -111,6 +113,59 @@ def nab_scores(onsets: dict[str, np.ndarray], corpus_root: Path = DATA / "nab") 
     return out
 
 
+LEVELS = (0.3, 0.4, 0.6, 1.0)  # tail scores: P 1e-3, 1e-4, 1e-6, 1e-10 at 10 decades
+QUIET = 50  # points from any labelled point beyond which a point counts as ordinary
+
+
+def tail_diagnosis(runs: list, tail_decades: float) -> dict:
+    """How the tails' scores hold up on the set: per signal, the share of quiet points (test
+    part, farther than QUIET points from every labelled point) whose tail score reaches each of
+    LEVELS, beside the probability it claims; and, at the episode starts of the test part, which
+    signal was loudest and how often it was at its cap (1.0), for starts within 2 points of a
+    labelled point ("true") and the others ("false"). runs: (LabelledSeries, SeriesRun) pairs."""
+    from detector.detector import SIGNALS, START
+
+    quiet, starts = [], {"true": [], "false": []}
+    for s, run in runs:
+        labels = np.asarray(s.labels).astype(bool)
+        near = np.convolve(labels, np.ones(2 * QUIET + 1), "same") > 0
+        test = np.arange(len(labels)) >= s.test_start
+        quiet.append(run.signals[test & ~near & run.scored])
+        close = np.convolve(labels, np.ones(5), "same") > 0
+        for t in np.flatnonzero((run.kinds == START) & test):
+            starts["true" if close[t] else "false"].append(run.signals[t])
+    q = np.concatenate(quiet)
+    shares = {name: [float(np.mean(q[np.isfinite(q[:, i]), i] >= lvl)) if q.size else np.nan
+                     for lvl in LEVELS] for i, name in enumerate(SIGNALS)}  # fmt: skip
+    anatomy = {}
+    for kind, rows in starts.items():
+        t = np.nan_to_num(np.array(rows).reshape(-1, len(SIGNALS)), nan=0.0)
+        loudest = t.argmax(axis=1)
+        anatomy[kind] = {
+            "starts": len(t),
+            "loudest": {n: int((loudest == i).sum()) for i, n in enumerate(SIGNALS)},
+            "loudest_at_cap": {
+                n: int(((loudest == i) & (t.max(axis=1) >= 1.0)).sum())
+                for i, n in enumerate(SIGNALS)
+            },  # fmt: skip
+        }
+    return {"quiet_points": len(q), "levels": list(LEVELS),
+            "claimed": [10.0 ** (-lvl * tail_decades) for lvl in LEVELS],
+            "share_at_or_above": shares, "starts": anatomy}  # fmt: skip
+
+
+def print_diagnosis(d: dict) -> None:
+    print(f"tails on {d['quiet_points']} quiet points, share at or above score "
+          + " / ".join(f"{v:g}" for v in d["levels"]) + " (claimed "
+          + " / ".join(f"{p:.0e}" for p in d["claimed"]) + "):")  # fmt: skip
+    for name, shares in d["share_at_or_above"].items():
+        print(f"  {name:9s}" + " / ".join(f"{v:.1e}" for v in shares))
+    for kind, a in d["starts"].items():
+        loud = ", ".join(f"{n} {c} ({a['loudest_at_cap'][n]} at cap)"
+                         for n, c in a["loudest"].items() if c)  # fmt: skip
+        print(f"{kind} episode starts {a['starts']}, loudest signal: {loud}")
+
+
 def overrides(pairs: list[str]) -> dict:
     """`key=value` pairs; values are Python literals (numbers, tuples) or bare words."""
     out = {}
@@ -134,18 +189,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=None, help="model directory (default: shipped)")
     p.add_argument("--cache", type=Path, default=Path("/tmp/tsguard_detector_dev"))
     p.add_argument("--out", type=Path, default=None, help="JSON here (default: none)")
+    p.add_argument("--tails", action="store_true",
+                   help="also print how often each signal's tail reaches its scores on quiet "
+                        "points, and the loudest signal at true and false episode starts")  # fmt: skip
     args = p.parse_args(argv)
     scorer = load_scorer(args.model, device="cpu")
     settings = overrides(args.settings)
     config = replace(scorer.calibration, **settings)
     cache = args.cache / scorer.version / args.set
     cache.mkdir(parents=True, exist_ok=True)
-    started, rows, onsets = time.time(), [], {}
+    started, rows, onsets, runs = time.time(), [], {}, []
     for s in series_set(args.set):
         errors = CachedErrors(scorer, cache / (s.name.replace("/", "_") + ".npz"))
         run = Detector(errors, config).run_series(s.values, s.timestamps)
         errors.save()
         onsets[s.name] = onset_scores(run)
+        if args.tails:
+            runs.append((s, run))
         rows.append(
             {"series": s.name, **file_metrics(s, DetectorRun(run.scores, run.kinds == START))}
         )
@@ -163,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{b['windows_missed']} missed (cost -{b['windows_missed']}); one point of the "
               f"score is {b['raw_per_point']} raw")  # fmt: skip
         report["nab_standard_breakdown"] = b
+    if args.tails:
+        report["tails"] = tail_diagnosis(runs, config.tail_decades)
+        print_diagnosis(report["tails"])
     if args.out:
         write_json(args.out, {**report, "files": rows, "environment": environment()})
     return 0
