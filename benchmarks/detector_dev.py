@@ -147,7 +147,7 @@ def tail_diagnosis(runs: list, tail_decades: float) -> dict:
             "loudest_at_cap": {
                 n: int(((loudest == i) & (t.max(axis=1) >= 1.0)).sum())
                 for i, n in enumerate(SIGNALS)
-            },  # fmt: skip
+            },
         }
     return {"quiet_points": len(q), "levels": list(LEVELS),
             "claimed": [10.0 ** (-lvl * tail_decades) for lvl in LEVELS],
