@@ -123,7 +123,7 @@ def tail_diagnosis(runs: list, tail_decades: float) -> dict:
     LEVELS, beside the probability it claims; and, at the episode starts of the test part, which
     signal was loudest and how often it was at its cap (1.0), for starts within 2 points of a
     labelled point ("true") and the others ("false"). runs: (LabelledSeries, SeriesRun) pairs."""
-    from detector.detector import SIGNALS, START
+    from detector.detector import SIGNALS, START, tail_probability
 
     quiet, starts = [], {"true": [], "false": []}
     for s, run in runs:
@@ -150,7 +150,7 @@ def tail_diagnosis(runs: list, tail_decades: float) -> dict:
             },
         }
     return {"quiet_points": len(q), "levels": list(LEVELS),
-            "claimed": [10.0 ** (-lvl * tail_decades) for lvl in LEVELS],
+            "claimed": [tail_probability(lvl, tail_decades) for lvl in LEVELS],
             "share_at_or_above": shares, "starts": anatomy}  # fmt: skip
 
 
