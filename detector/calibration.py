@@ -17,6 +17,9 @@ Changes from the paper, so that a tail's state is a few fixed-size numbers (unde
   Means are cumulative for the first `long_window` points, then exponential, so the tail follows
   slow changes (the paper's DSPOT);
 - x is the mean of the last `short_window` raw values, which damps single-point noise;
+- the tail's scale m is at least one up-step of the running quantile, so excesses within u's
+  own jitter claim little: values with a bounded top (Beta-like) would otherwise learn m near 0
+  and alarm on their ordinary maxima;
 - as in the paper's Algorithm 1, a value that raises an alarm (score >= `alarm`) is not
   learned as a peak; it moves the running quantile ten times slower than an ordinary value,
   so an anomaly's score stays high while it lasts and a lasting new regime is still absorbed;
@@ -238,7 +241,11 @@ def _tail_score(st, x, k):
         return min(x / u, 1.0) * k[_K_MINUS_LOG10_1MQ] * k[_K_INV_DECADES]
     # Floor relative to x: a series whose errors were all equal (mean excess 0) flags any
     # larger error as certain, without dividing by zero and without a unit-dependent epsilon.
-    m = max(st[_PEAK_MEAN], _REL_EPS * x)
+    # The tail's scale is at least one up-step of the running quantile: an excess smaller than
+    # that is within u's own jitter. Without it a signal with bounded values (a pulse train's
+    # level shift) learns a mean excess near 0, and a hair above its usual top claims 1e-10.
+    step = k[_K_STEP_SCALE] * st[_MEAN_ERR] / min(max(st[_N], 1.0), k[_K_LONG])
+    m = max(st[_PEAK_MEAN], step, _REL_EPS * x)
     raw = (k[_K_MINUS_LOG10_1MQ] + (x - u) / m / _LN10) * k[_K_INV_DECADES]
     return min(1.0, max(0.0, raw))
 

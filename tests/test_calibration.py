@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import detector.calibration
 from detector.calibration import TailBank, TailConfig, warm_keep
+from detector.detector import DetectorConfig
 
 THRESHOLD = 0.4  # the shipped alert threshold: a tail probability of 1e-4
 
@@ -112,6 +113,18 @@ def test_calm_false_alarm_rate_is_low() -> None:
     assert (scores >= THRESHOLD).mean() < 1e-3  # P = 1e-4 per point
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_values_with_a_bounded_top_do_not_alarm_on_their_ordinary_maxima(seed: int) -> None:
+    """Beta(5, 1) values never pass 1, so their excesses over the 99% quantile shrink toward 0;
+    a tail that took that mean excess as its scale would alarm on ordinary maxima (6 per 1,000
+    values before the scale's floor, against 0.1 per 1,000 at P = 1e-4)."""
+    cfg = DetectorConfig().tails  # the shipped tails: one value at a time, memory 2,000
+    values = np.random.default_rng(seed).beta(5.0, 1.0, 100_000)
+    scores = Tail(cfg).update(values)[1000:]
+    assert (scores >= THRESHOLD).mean() < 1e-3
+    assert Tail(cfg).update(np.r_[values, 5.0])[-1] >= THRESHOLD  # a real excess still alarms
+
+
 def test_sustained_shift_is_flagged_then_absorbed() -> None:
     tail = Tail(TailConfig(long_window=500))
     tail.update(_calm(1000))
@@ -172,6 +185,8 @@ def test_score_is_the_exponential_tail_above_the_quantile() -> None:
     state = tail.bank.tail(0, 0)
     u, m = state["u"], state["peak_mean"]
     assert 1.5 < u < 4.0 and 0 < m < 2.0  # near the 99% quantile of |N(0, 1)| (2.58)
+    step = cfg.quantile_rate / (1 - cfg.q) * state["mean_err"] / min(state["n"], cfg.long_window)
+    assert step < m  # the floor on the scale does not bind on unbounded errors
     for y in (0.5, 2.0, 6.0):
         expected = (2.0 + y / m / np.log(10)) / cfg.tail_decades  # -log10(0.01 * exp(-y / m))
         got = copy.deepcopy(tail).update(np.array([u + y]))[0]
@@ -220,7 +235,10 @@ def test_tail_follows_the_spot_formulas(warmup: int) -> None:
             want = 0.0
             if n >= 2:  # a tail scores once it has learned two values
                 if x > u and n_peaks:
-                    log10_p = np.log10(1 - cfg.q) - (x - u) / peak_mean / np.log(10)
+                    # the scale: at least one up-step of the running quantile
+                    step = cfg.quantile_rate / (1 - cfg.q) * mean_err / min(n, cfg.long_window)
+                    scale = max(peak_mean, step)
+                    log10_p = np.log10(1 - cfg.q) - (x - u) / scale / np.log(10)
                     want = min(1.0, max(0.0, -log10_p / cfg.tail_decades))
                 elif u > 0:
                     want = min(x / u, 1.0) * base

@@ -94,6 +94,18 @@ def test_the_score_stays_high_while_a_level_shift_lasts_and_alerts_once(scorer):
     assert len(starts) == 1 and starts[0] < 5  # one page for the whole shift
 
 
+def test_a_steady_pulse_train_does_not_page(scorer):
+    """A heartbeat-like series (a sharp pulse every 300 points, as in ECG) keeps the same
+    shape for 150,000 points: nothing to page. Before the tails' scale had a floor, the level
+    shift's tail learned a mean excess near 0 (its values have a bounded top) and paged on about
+    every pulse from point 80,000 on (455 starts)."""
+    n = 150_000
+    t = np.arange(n)
+    x = np.sin(2 * np.pi * t / 300) ** 15 + np.random.default_rng(0).normal(0, 0.02, n)
+    run = Detector(scorer).run_series(x[:, None], 60.0 * t)
+    assert not (run.kinds == START).any()
+
+
 def test_each_signal_alone_and_any_subset_runs(scorer):
     x, t = _series(), _times()
     for name in SIGNALS:
