@@ -49,6 +49,24 @@ def test_scoring_bench_smoke(tmp_path):
     assert "| 8 |" in text and "Pipeline in-process (no Kafka), 700 points" in text
 
 
+def test_quiet_bench_smoke(tmp_path):
+    from benchmarks import quiet_bench
+
+    out = tmp_path / "quiet.json"
+    quiet_bench.main(["--kinds", "spikes,noise", "--points", "3000", "--skip", "1000",
+                      "--seeds", "0,1", "--threads", "1", "--out", str(out)])  # fmt: skip
+    runs = orjson.loads(out.read_bytes())["runs"]
+    assert [(r["kind"], r["seed"]) for r in runs] == [
+        ("spikes", 0), ("spikes", 1), ("noise", 0), ("noise", 1)
+    ]  # fmt: skip
+    for r in runs:
+        assert r["counted_points"] == 2000 and sum(r["loudest"].values()) == r["starts"]
+        assert r["starts_per_1k"] == pytest.approx(r["starts"] / 2)
+        assert r["first_start"] is None or r["first_start"] >= 1000
+    # A spike of 50 noise units every 500 points after 1,000 quiet ones: the first is news.
+    assert all(r["starts"] >= 1 for r in runs[:2])
+
+
 def test_novelty_bench_smoke(tmp_path):
     from benchmarks import novelty_bench
 
