@@ -239,12 +239,9 @@ def _tail_score(st, x, k):
         if u <= 0.0:
             return 0.0
         return min(x / u, 1.0) * k[_K_MINUS_LOG10_1MQ] * k[_K_INV_DECADES]
-    # Floor relative to x: a series whose errors were all equal (mean excess 0) flags any
-    # larger error as certain, without dividing by zero and without a unit-dependent epsilon.
-    # The tail's scale is at least one up-step of the running quantile: an excess smaller than
-    # that is within u's own jitter. Without it a signal with bounded values (a pulse train's
-    # level shift) learns a mean excess near 0, and a hair above its usual top claims 1e-10.
-    step = k[_K_STEP_SCALE] * st[_MEAN_ERR] / min(max(st[_N], 1.0), k[_K_LONG])
+    # The scale is at least one up-step of u (an excess within u's own jitter is no evidence),
+    # and relative to x, so all-equal errors (mean excess 0) flag any larger one as certain.
+    step = k[_K_STEP_SCALE] * st[_MEAN_ERR] / min(st[_N], k[_K_LONG])  # n >= 2 here
     m = max(st[_PEAK_MEAN], step, _REL_EPS * x)
     raw = (k[_K_MINUS_LOG10_1MQ] + (x - u) / m / _LN10) * k[_K_INV_DECADES]
     return min(1.0, max(0.0, raw))
