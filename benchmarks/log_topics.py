@@ -68,19 +68,60 @@ TRUTH = Path(__file__).resolve().parent / "data" / "log_topics.csv"
 def load_topic_truth(path: Path = TRUTH) -> dict[tuple[str, str], str]:
     """(system, EventId) -> topic, from the hand-labelled templates."""
     with path.open(newline="", encoding="utf-8") as f:
-        out = {(r["system"], r["event_id"]): r["topic"] for r in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        if not {"system", "event_id", "topic"} <= set(reader.fieldnames or ()):
+            raise ValueError(f"{path}: needs the columns system, event_id and topic")
+        out = {(r["system"], r["event_id"]): r["topic"] for r in reader}
     unknown = {t for t in out.values() if t not in TOPICS}
     if unknown:
         raise ValueError(f"{path}: topics {sorted(unknown)} are not in {TOPICS}")
     return out
 
 
-def system_lines(loghub: Path, system: str, truth: dict[tuple[str, str], str]):
-    """Content lines of a system's structured CSV and the topic of each (by its EventId)."""
+def _structured_rows(loghub: Path, system: str) -> list[dict[str, str]]:
     path = loghub / system / f"{system}_2k.log_structured.csv"
     with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        return list(csv.DictReader(f))
+
+
+def system_lines(loghub: Path, system: str, truth: dict[tuple[str, str], str]):
+    """Content lines of a system's structured CSV and the topic of each (by its EventId)."""
+    rows = _structured_rows(loghub, system)
     return [r["Content"] for r in rows], [truth[(system, r["EventId"])] for r in rows]
+
+
+def agreement(loghub: Path, systems: list[str], first: dict, second: dict) -> list[dict]:
+    """How two labellers' topics agree, per system and over all: the share of templates given
+    the same topic, and Cohen's kappa over templates and over lines (each template weighted by
+    its lines in the 2k sample)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    def kappa(a: list[str], b: list[str], w: list[int]) -> float | None:
+        # one topic on both sides leaves nothing to agree by chance on
+        return float(cohen_kappa_score(a, b, sample_weight=w)) if len({*a, *b}) > 1 else None
+
+    rows, every = [], ([], [], [])
+    for system in systems:
+        lines: dict[str, int] = {}
+        for r in _structured_rows(loghub, system):
+            lines[r["EventId"]] = lines.get(r["EventId"], 0) + 1
+        a = [first[(system, e)] for e in lines]
+        b = [second[(system, e)] for e in lines]
+        w = list(lines.values())
+        for acc, part in zip(every, (a, b, w), strict=True):
+            acc += part
+        rows.append((system, a, b, w))
+    rows.append(("all", *every))
+    return [
+        {
+            "system": name,
+            "templates": len(a),
+            "same_topic": float(np.mean([x == y for x, y in zip(a, b, strict=True)])),
+            "kappa_templates": kappa(a, b, [1] * len(a)),
+            "kappa_lines": kappa(a, b, w),
+        }
+        for name, a, b, w in rows
+    ]
 
 
 # ------------------------------------------------------------------------- the protocol
@@ -204,6 +245,7 @@ def leave_one_system_out(
     few_shot: bool = True,
     nested: bool = False,
     bootstrap: int = 0,
+    truth: Path = TRUTH,
 ):
     """Per system and pooled macro-F1 of the keyword baseline, zero-shot (label descriptions,
     nothing fitted), few-shot (`--examples` from the other systems' templates) and the trained
@@ -211,7 +253,8 @@ def leave_one_system_out(
     is chosen by a leave-one-system-out inside those systems). With `bootstrap` n, each system's
     row also gets the spread of the head's gain over the keyword baseline under `n` resamples of
     its templates (`bootstrap_gain`): how far one system's figure can be trusted; the pooled row,
-    under resamples of whole systems. Returns
+    under resamples of whole systems. `truth`: the hand labels fitted on and scored against
+    (another labeller's file, same columns). Returns
     (rows, pooled predictions, the design used for each held-out system)."""
     import tempfile
 
@@ -219,7 +262,7 @@ def leave_one_system_out(
     from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig
     from training.topic import DESIGN
 
-    truth_map = load_topic_truth()
+    truth_map = load_topic_truth(truth)
     data = [topic_system(loghub, s, truth_map, encoder) for s in systems]
     methods = ["keyword", "zeroshot", *(["fewshot"] if few_shot else []), "head"]
     pooled: dict[str, list[str]] = {m: [] for m in ["truth", *methods]}
@@ -293,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from benchmarks._common import add_common_args, print_table, write_json
+    from benchmarks._common import RESULTS, add_common_args, print_table, write_json
     from benchmarks.logs_bench import LOGHUB
     from detector.logs.encoder import CachedEncoder, shared_encoder
 
@@ -310,12 +353,46 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="per system, N resamples of its templates: the spread of the head's gain",
     )
+    p.add_argument(
+        "--truth",
+        type=Path,
+        default=TRUTH,
+        metavar="CSV",
+        help="hand labels to fit on and score against (system,event_id,topic; default "
+        "benchmarks/data/log_topics.csv)",
+    )
+    p.add_argument(
+        "--agreement",
+        type=Path,
+        metavar="CSV",
+        help="only compare another labeller's file with --truth (Cohen's kappa) and exit",
+    )
     args = p.parse_args(argv)
     if not LOGHUB.is_dir():
         print(f"tsguard: error: loghub data not found at {LOGHUB}", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
     systems = sorted(d.name for d in LOGHUB.iterdir() if d.is_dir())
+    try:
+        first = load_topic_truth(args.truth)
+        second = load_topic_truth(args.agreement) if args.agreement else None
+    except (OSError, ValueError) as exc:
+        print(f"tsguard: error: {exc}", file=sys.stderr)
+        return 2
+    if second is not None:
+        if set(first) != set(second):
+            print(f"tsguard: error: {args.agreement} and {args.truth} label different templates "
+                  f"({len(set(first) ^ set(second))} differ)", file=sys.stderr)  # fmt: skip
+            return 2
+        rows = agreement(LOGHUB, systems, first, second)
+        print_table(
+            rows, list(rows[0]), f"Topic labels: {args.truth.name} against {args.agreement.name}"
+        )
+        out = (
+            args.out if args.out != p.get_default("out") else RESULTS / "log_topics_agreement.json"
+        )
+        write_json(out, {"topic_agreement": rows})
+        return 0
+    torch.set_num_threads(args.threads)
     rows, _, _ = leave_one_system_out(
         LOGHUB,
         CachedEncoder(shared_encoder("cpu")),
@@ -323,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         not args.no_few_shot,
         args.nested,
         args.bootstrap,
+        args.truth,
     )
     print_table(rows, columns(rows), TITLE)
     write_json(args.out, {"topic_leave_one_system_out": rows})

@@ -47,6 +47,45 @@ def test_unknown_topic_in_the_labels_file_is_refused(tmp_path) -> None:
         topics.load_topic_truth(bad)
 
 
+def test_a_labels_file_without_the_topic_column_is_refused(tmp_path) -> None:
+    bad = tmp_path / "t.csv"
+    bad.write_text("system,event_id,label\nX,E1,network\n")
+    with pytest.raises(ValueError, match="system, event_id and topic"):
+        topics.load_topic_truth(bad)
+
+
+def _loghub(root: Path, system: str, event_ids: list[str]) -> None:
+    (root / system).mkdir(parents=True)
+    path = root / system / f"{system}_2k.log_structured.csv"
+    path.write_text("EventId,Content\n" + "".join(f"{e},m\n" for e in event_ids))
+
+
+def test_agreement_counts_templates_and_weights_kappa_by_lines(tmp_path) -> None:
+    _loghub(tmp_path, "S", ["E1"] * 8 + ["E2", "E3"])
+    _loghub(tmp_path, "T", ["E1", "E1"])
+    first = {("S", "E1"): "network", ("S", "E2"): "storage", ("S", "E3"): "storage",
+             ("T", "E1"): "security"}  # fmt: skip
+    second = {**first, ("S", "E3"): "network"}
+    rows = {r["system"]: r for r in topics.agreement(tmp_path, ["S", "T"], first, second)}
+    assert rows["S"]["templates"] == 3 and rows["S"]["same_topic"] == pytest.approx(2 / 3)
+    # templates: observed 2/3, chance (1/3 x 2/3 + 2/3 x 1/3) = 4/9 -> kappa 0.4; by lines the
+    # one disagreement is 1 line of 10: observed 0.9, chance 0.8 x 0.9 + 0.2 x 0.1 = 0.74
+    assert rows["S"]["kappa_templates"] == pytest.approx(0.4)
+    assert rows["S"]["kappa_lines"] == pytest.approx((0.9 - 0.74) / (1 - 0.74))
+    assert rows["T"]["kappa_templates"] is None  # one topic on both sides: no chance to correct
+    assert rows["all"]["templates"] == 4 and rows["all"]["same_topic"] == pytest.approx(3 / 4)
+
+
+def test_agreement_cli_refuses_files_of_different_templates(tmp_path, capsys) -> None:
+    if not LOGHUB.is_dir():
+        pytest.skip(f"loghub data not found at {LOGHUB}")
+    other = tmp_path / "b.csv"
+    other.write_text("system,event_id,topic\nApache,E1,network\n")
+    assert topics.main(["--agreement", str(other), "--out", str(tmp_path / "a.json")]) == 2
+    assert "label different templates" in capsys.readouterr().err
+    assert not (tmp_path / "a.json").exists()
+
+
 @pytest.mark.parametrize(
     ("message", "topic"),
     [
@@ -74,7 +113,7 @@ def test_leave_one_system_out_never_fits_on_the_held_out_system(monkeypatch) -> 
     rng = np.random.default_rng(0)
     fake = {s: _system(s, 12, rng) for s in ("A", "B", "C")}
     monkeypatch.setattr(topics, "topic_system", lambda _root, s, _truth, _enc: fake[s])
-    monkeypatch.setattr(topics, "load_topic_truth", lambda: {})
+    monkeypatch.setattr(topics, "load_topic_truth", lambda _path: {})
     import benchmarks.logs_bench as bench
 
     network = LogClass("s", 0.0, "m", "network", 1.0, {"network": 1.0})
