@@ -160,11 +160,43 @@ def test_raw_line_uses_key_and_its_leading_timestamp() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # zap: epoch seconds in "ts", the logger's name
+        (b'{"level":"warn","ts":1714564800.5,"logger":"db","msg":"slow query"}',
+         LogRecord("k", 1714564800.5, "slow query", "slow query", "warn", "db")),
+        # logrus / slog: ISO 8601 "time"
+        (b'{"time":"2024-05-01T12:00:00.123456789+02:00","level":"ERROR","msg":"disk full"}',
+         LogRecord("k", _utc(2024, 5, 1, 10) + 0.123456, "disk full", "disk full", "ERROR")),
+        # pino / bunyan: numeric level, epoch milliseconds, "name"
+        (b'{"level":50,"time":1714564800123,"name":"api","hostname":"h","msg":"boom"}',
+         LogRecord("k", 1714564800.123, "boom", "boom", "error", "api")),
+        # no time: the arrival time; the object's source beats the key
+        (b'{"msg":"hello","source":"web-1"}', LogRecord("web-1", NOW, "hello", "hello")),
+        # Docker's json-file driver: the raw line inside, parsed as that line would be
+        (b'{"log":"2024-05-01 12:00:00,000 WARN [main] Pool low\\n","stream":"stderr",'
+         b'"time":"2024-05-01T12:00:01Z"}',
+         parse_log_value(b"2024-05-01 12:00:00,000 WARN [main] Pool low", b"k", NOW)),
+        (b'{"log":"no header here","time":"2024-05-01T12:00:01Z"}',
+         LogRecord("k", _utc(2024, 5, 1, 12, 0, 1), "no header here")),
+    ],
+)  # fmt: skip
+def test_json_logger_records_are_read(value: bytes, expected: LogRecord) -> None:
+    assert parse_log_value(value, b"k", NOW) == expected
+
+
+@pytest.mark.parametrize(
     ("value", "reason"),
     [
         (b'{"message": "x"', "invalid JSON"),
         (b'{"message": 42}', "message must be a string"),
         (b'{"source": "a"}', "message must be a string"),
+        (b'{"msg": 42}', "msg must be a string"),
+        (b'{"log": null}', "log must be a string"),
+        (b'{"msg": " "}', "empty message"),
+        (b'{"msg": "x", "level": [1]}', "level"),
+        (b'{"msg": "x", "time": "5 May"}', "timestamp"),
+        (b'{"msg": "x", "source": 7}', "source"),
         (b'{"message": "x", "ts": "yesterday"}', "ts"),
         (b'{"message": "x", "ts": 1e30}', "ts"),
         (b'{"message": "x", "ts": "2024-05-01T12:00:00"}', "timezone"),  # as on tsguard.metrics

@@ -250,10 +250,47 @@ def _journald(obj: dict, key_source: str) -> LogRecord:
                      component if isinstance(component, str) else None)  # fmt: skip
 
 
+# Time fields of JSON loggers: zap "ts" (epoch seconds), logrus / slog / bunyan "time" (ISO 8601),
+# pino "time" (epoch milliseconds), others "timestamp" or "@timestamp".
+_LOGGER_TIME_KEYS = ("ts", "time", "timestamp", "@timestamp")
+# pino and bunyan write their level as a number.
+_NUMERIC_LEVELS = {10: "trace", 20: "debug", 30: "info", 40: "warn", 50: "error", 60: "fatal"}
+
+
+def _logger_json(obj: dict, key_source: str, now: float, log_format: LogFormat | None) -> LogRecord:
+    """A JSON logger's record: {"msg", "level", a time} (zap, logrus, slog, pino, bunyan), or
+    Docker's json-file driver {"log": the raw line, "time"}, whose line is parsed as any raw one."""
+    stamp = next((obj[k] for k in _LOGGER_TIME_KEYS if obj.get(k) is not None), None)
+    if isinstance(stamp, int | float) and not isinstance(stamp, bool) and stamp > 1e11:
+        stamp = stamp / 1000  # epoch milliseconds: seconds stay under 1e11 until the year 5138
+    ts = now if stamp is None else parse_ts(stamp)
+    source = obj.get("source") or key_source
+    if not isinstance(source, str):
+        raise ValueError("source must be a non-empty string")
+    source = source[:MAX_SOURCE_CHARS]
+    field = "msg" if "msg" in obj else "log"
+    message = obj[field]
+    if not isinstance(message, str):
+        raise ValueError(f"{field} must be a string")
+    if not message.strip():
+        raise ValueError("empty message")
+    if field == "log":
+        return _raw_record(source, message.strip(), ts, log_format)
+    level = obj.get("level", obj.get("severity"))
+    if isinstance(level, int) and not isinstance(level, bool):
+        level = _NUMERIC_LEVELS.get(level)
+    elif level is not None and not isinstance(level, str):
+        raise ValueError("level must be a string or a number")
+    component = obj.get("logger", obj.get("name"))
+    return LogRecord(source, ts, message, message, level or None,
+                     component if isinstance(component, str) and component else None)  # fmt: skip
+
+
 def parse_log_value(
     value: bytes | None, key: bytes | None, now: float, log_format: LogFormat | None = None
 ) -> LogRecord:
-    """Decode one tsguard.logs value: a JSON object {"source", "ts", "message"} or a raw line.
+    """Decode one tsguard.logs value: a JSON object {"source", "ts", "message"}, a journald or
+    JSON logger's record ("MESSAGE"; "msg" or Docker's "log"), or a raw line.
 
     source: the object's, else the key, else "unknown"; ts: the object's (the rule of every topic,
     `detector.messages.parse_ts`), else a timestamp at the start of a raw line, else `now`. Raises ValueError with a short
@@ -281,6 +318,8 @@ def parse_log_value(
             raise ValueError("JSON value is not an object")
         if "message" not in obj and "MESSAGE" in obj:
             return _journald(obj, key_source)
+        if "message" not in obj and ("msg" in obj or "log" in obj):
+            return _logger_json(obj, key_source, now, log_format)
         message = obj.get("message")
         if not isinstance(message, str):
             raise ValueError("message must be a string")
