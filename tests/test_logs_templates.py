@@ -185,6 +185,15 @@ def test_json_logger_records_are_read(value: bytes, expected: LogRecord) -> None
     assert parse_log_value(value, b"k", NOW) == expected
 
 
+def test_a_contract_record_states_its_level_as_level_or_severity() -> None:
+    for field in ("level", "severity"):
+        value = f'{{"message": "disk full", "{field}": "ERROR"}}'.encode()
+        assert parse_log_value(value, b"k", NOW) == LogRecord(
+            "k", NOW, "disk full", "disk full", "ERROR"
+        )
+    assert parse_log_value(b'{"message": "x"}', b"k", NOW).level is None
+
+
 @pytest.mark.parametrize(
     ("value", "reason"),
     [

@@ -330,7 +330,7 @@ def parse_log_value(
             source = key_source
         if not isinstance(source, str) or not source:
             raise ValueError("source must be a non-empty string")
-        level = obj.get("level")
+        level = obj.get("level", obj.get("severity"))  # "severity": Cloud Logging's name
         if level is not None and not isinstance(level, str):
             raise ValueError("level must be a string")
         return LogRecord(
