@@ -250,6 +250,26 @@ def _journald(obj: dict, key_source: str) -> LogRecord:
                      component if isinstance(component, str) else None)  # fmt: skip
 
 
+def _object_source(obj: dict, key_source: str) -> str:
+    """A JSON record's "source", else the message key's."""
+    source = obj.get("source", key_source)
+    if source is None:
+        source = key_source
+    if not isinstance(source, str) or not source:
+        raise ValueError("source must be a non-empty string")
+    return source[:MAX_SOURCE_CHARS]
+
+
+def _object_text(obj: dict, field: str) -> str:
+    """A JSON record's message field: a string with something in it."""
+    message = obj.get(field)
+    if not isinstance(message, str):
+        raise ValueError(f"{field} must be a string")
+    if not message.strip():
+        raise ValueError("empty message")
+    return message
+
+
 # Time fields of JSON loggers: zap "ts" (epoch seconds), logrus / slog / bunyan "time" (ISO 8601),
 # pino "time" (epoch milliseconds), others "timestamp" or "@timestamp".
 _LOGGER_TIME_KEYS = ("ts", "time", "timestamp", "@timestamp")
@@ -264,16 +284,9 @@ def _logger_json(obj: dict, key_source: str, now: float, log_format: LogFormat |
     if isinstance(stamp, int | float) and not isinstance(stamp, bool) and stamp > 1e11:
         stamp = stamp / 1000  # epoch milliseconds: seconds stay under 1e11 until the year 5138
     ts = now if stamp is None else parse_ts(stamp)
-    source = obj.get("source") or key_source
-    if not isinstance(source, str):
-        raise ValueError("source must be a non-empty string")
-    source = source[:MAX_SOURCE_CHARS]
+    source = _object_source(obj, key_source)
     field = "msg" if "msg" in obj else "log"
-    message = obj[field]
-    if not isinstance(message, str):
-        raise ValueError(f"{field} must be a string")
-    if not message.strip():
-        raise ValueError("empty message")
+    message = _object_text(obj, field)
     if field == "log":
         return _raw_record(source, message.strip(), ts, log_format)
     level = obj.get("level", obj.get("severity"))
@@ -320,21 +333,13 @@ def parse_log_value(
             return _journald(obj, key_source)
         if "message" not in obj and ("msg" in obj or "log" in obj):
             return _logger_json(obj, key_source, now, log_format)
-        message = obj.get("message")
-        if not isinstance(message, str):
-            raise ValueError("message must be a string")
-        if not message.strip():
-            raise ValueError("empty message")
-        source = obj.get("source", key_source)
-        if source is None:
-            source = key_source
-        if not isinstance(source, str) or not source:
-            raise ValueError("source must be a non-empty string")
+        message = _object_text(obj, "message")
+        source = _object_source(obj, key_source)
         level = obj.get("level", obj.get("severity"))  # "severity": Cloud Logging's name
         if level is not None and not isinstance(level, str):
             raise ValueError("level must be a string")
         return LogRecord(
-            source[:MAX_SOURCE_CHARS],
+            source,
             now if obj.get("ts") is None else parse_ts(obj["ts"]),
             message,
             None if level is None else message,
