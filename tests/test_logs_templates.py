@@ -249,6 +249,25 @@ def test_loghub_timestamps_are_parsed(line: str, expected: float) -> None:
     assert parse_line_timestamp(line, NOW) == pytest.approx(expected)
 
 
+def test_a_timestamp_inside_a_header_is_the_lines_time() -> None:
+    # No leading timestamp: the date and time among the header's fields (before the level and
+    # component) is the line's, read as UTC; one in the content is not.
+    bgl = (b"- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.363779 "
+           b"R02-M1-N0-C:J12-U11 RAS KERNEL INFO instruction cache parity error corrected")  # fmt: skip
+    rec = parse_log_value(bgl, b"bgl", NOW)
+    assert rec.ts == pytest.approx(_utc(2005, 6, 3, 15, 42, 50) + 0.363779)
+    assert (rec.level, rec.content) == ("INFO", "instruction cache parity error corrected")
+    openstack = (b"nova-compute.log.1.2017-05-16_13:55:31 2017-05-16 00:00:10.296 2931 WARNING "
+                 b"nova.compute.manager [req-addc1839 - - - - -] While synchronizing power states")  # fmt: skip
+    rec = parse_log_value(openstack, b"nova", NOW)
+    assert rec.ts == pytest.approx(_utc(2017, 5, 16, 0, 0, 10) + 0.296)
+    assert (rec.level, rec.component) == ("WARNING", "nova.compute.manager")
+    in_content = b"- 1117838570 R02-M1-N0 RAS KERNEL INFO job of 2005-06-03 10:00:00 started"
+    assert parse_log_value(in_content, b"bgl", NOW).ts == NOW
+    impossible = b"- 1117838570 2005-13-03-15.42.50 R02-M1-N0 RAS KERNEL INFO started"
+    assert parse_log_value(impossible, b"bgl", NOW).ts == NOW
+
+
 def test_unrecognised_or_impossible_timestamps_give_none() -> None:
     assert parse_line_timestamp("hello 2015", NOW) is None
     assert parse_line_timestamp("2015-13-45 10:00:00 bad month", NOW) is None

@@ -120,6 +120,12 @@ _ISO_RE = re.compile(
     r"\s*(Z|[+-]\d{2}:?\d{2})?(?![\d:])"
 )
 _CTIME_RE = re.compile(r"^\[\w{3} (\w{3}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2}) (\d{4})\]")
+# A date and time inside a header of unknown layout (after a level, component or id fields):
+# ISO 8601 without zone, or IBM's dashed form "2005-06-03-15.42.50.363779" (DB2, Blue Gene).
+_HEADER_TIME_RE = re.compile(
+    r"(?<![\d.:-])(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):|-(\d{2})\.)(\d{2})[:.](\d{2})"
+    r"(?:[.,](\d{1,9}))?(?![\d:])"
+)
 _SYSLOG_RE = re.compile(r"^(\w{3}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2})\b")
 _YYMMDD_RE = re.compile(r"^(\d{2})(\d{2})(\d{2}) (\d{2})(\d{2})(\d{2})\b")  # HDFS
 _SLASH_RE = re.compile(r"^(\d{2})/(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})\b")  # yy/mm/dd (Spark)
@@ -195,6 +201,22 @@ def parse_line_timestamp(line: str, now: float) -> float | None:
     return None
 
 
+def header_timestamp(head: str) -> float | None:
+    """Epoch seconds from the first date and time among a header's fields (a line whose header
+    does not start with its timestamp: OpenStack's `file.log 2017-05-16 00:00:00.008 ...`, Blue
+    Gene's `- 1117838570 2005.06.03 node 2005-06-03-15.42.50.363779 ...`), read as UTC; else
+    None."""
+    m = _HEADER_TIME_RE.search(head)
+    if m is None:
+        return None
+    y, mo, d = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    h = int(m.group(4) or m.group(5))
+    try:
+        return _utc(y, mo, d, h, int(m.group(6)), int(m.group(7)), m.group(8))
+    except ValueError:  # e.g. month 13: not a timestamp after all
+        return None
+
+
 def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None) -> LogRecord:
     """A raw line with its header parsed (see detector/logs/headers.py)."""
     if log_format is not None:
@@ -221,6 +243,11 @@ def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None
         header = parse_after_timestamp(body, False)
     if header is None:
         header = parse_glog(body) or parse_embedded_level(body)
+        if header is not None and ts is None:
+            # The header is what precedes the content; its time is the line's.
+            head = body.rstrip()
+            if head.endswith(header.content):
+                ts = header_timestamp(head[: len(head) - len(header.content)])
     if header is None:
         if pri_level is None:
             return LogRecord(source, now if ts is None else ts, text)

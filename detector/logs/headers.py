@@ -15,7 +15,8 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
 - otherwise an upper-case level word among a line's first ten tokens after a token with a digit
   (BGL `... R02-M1-N0 RAS KERNEL INFO content`, ZooKeeper `... - INFO  [thread:Class@774] - content`,
   OpenStack `file.log 2017-05-16 00:00:00.008 25746 INFO nova.compute [req-..] content`): what
-  follows, without leading `[...]` groups and dashes, is the content.
+  follows, without leading `[...]` groups and dashes, is the content (the first date and time
+  among the header's tokens is the line's time: `analyzer.header_timestamp`).
 
 journald JSON records are read in `head.parse_log_value`. Anything else is a loghub-style format,
 `LogFormat('<Date> <Time> <Level> <Component>: <Content>')`: each `<Field>` matches lazily, the
