@@ -101,9 +101,10 @@ def test_members_killed_during_their_join_do_not_end_the_job_early(backfill, tmp
         final = serve(broker, logs[3])
         time.sleep(1.0)
         kill(runs[1])
-        # Killed once it holds its share of a generation formed with the final run (on a busy
-        # machine its first generation can be its own, all four partitions, before final joins).
+        # Killed once it and the final run each hold a share of the topic (on a busy machine the
+        # third run's first share can come from a generation with the second, before final joins).
         wait_log(logs[2], SHARED_ASSIGNMENT)
+        wait_log(logs[3], SHARED_ASSIGNMENT)
         time.sleep(0.2)
         kill(runs[2])
         try:
@@ -117,9 +118,7 @@ def test_members_killed_during_their_join_do_not_end_the_job_early(backfill, tmp
     assert offsets == {k: len(messages) // 4 for k in range(4)}, offsets
     assert got == expected, f"lost {len(expected - got)}, unexpected {len(got - expected)}"
     assert published >= len(got)
-    # The final run's first generation left it part of the topic; it said what it waited for.
-    first = re.search(r"assigned (\[.*\])", log).group(1)
-    assert first.count("tsguard.metrics") < 4, first
+    # The final run held part of the topic while another member lived; it said what it waited for.
     assert re.search(r"waiting for the group to commit .*tsguard.metrics\[\d\] \(committed", log)
 
 
