@@ -252,7 +252,7 @@ def test_loghub_timestamps_are_parsed(line: str, expected: float) -> None:
 def test_a_timestamp_inside_a_header_is_the_lines_time() -> None:
     # No leading timestamp: the date and time among the header's fields (before the level and
     # component) is the line's, read as UTC; one in the content is not.
-    bgl = (b"- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.363779 "
+    bgl = (b"R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.363779 "
            b"R02-M1-N0-C:J12-U11 RAS KERNEL INFO instruction cache parity error corrected")  # fmt: skip
     rec = parse_log_value(bgl, b"bgl", NOW)
     assert rec.ts == pytest.approx(_utc(2005, 6, 3, 15, 42, 50) + 0.363779)
@@ -266,6 +266,24 @@ def test_a_timestamp_inside_a_header_is_the_lines_time() -> None:
     assert parse_log_value(in_content, b"bgl", NOW).ts == NOW
     impossible = b"- 1117838570 2005-13-03-15.42.50 R02-M1-N0 RAS KERNEL INFO started"
     assert parse_log_value(impossible, b"bgl", NOW).ts == NOW
+
+
+def test_a_relay_prefix_is_split_off_and_its_epoch_is_the_lines_time() -> None:
+    # Alert tag, epoch, date and node before the original line (the Sandia supercomputer logs):
+    # the relayed line is parsed as any other; the tag is neither content nor component.
+    relayed = (b"TAG_X 1131566461 2005.11.09 dn228 Nov 9 12:01:01 dn228/dn228 "
+               b"crond(pam_unix)[2915]: session closed for user root")  # fmt: skip
+    rec = parse_log_value(relayed, b"tb", NOW)
+    assert rec.ts == 1131566461.0
+    assert (rec.content, rec.component, rec.level) == (
+        "session closed for user root", "crond(pam_unix)", None)  # fmt: skip
+    bgl = (b"- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.363779 "
+           b"R02-M1-N0-C:J12-U11 RAS KERNEL FATAL data TLB error interrupt")  # fmt: skip
+    rec = parse_log_value(bgl, b"bgl", NOW)
+    assert (rec.ts, rec.level, rec.content) == (1117838570.0, "FATAL", "data TLB error interrupt")
+    unknown = b"- 1131566461 2005.11.09 node-7 some relayed text without a header"
+    rec = parse_log_value(unknown, b"tb", NOW)
+    assert (rec.ts, rec.content) == (1131566461.0, "some relayed text without a header")
 
 
 def test_unrecognised_or_impossible_timestamps_give_none() -> None:

@@ -46,6 +46,7 @@ from detector.logs.headers import (
     parse_embedded_level,
     parse_glog,
     parse_pri,
+    parse_relay,
 )
 from detector.logs.severity import CLASSES as SEVERITY_CLASSES
 from detector.logs.severity import STATED_LEVELS, SeverityModel, features, severity_mapping
@@ -234,7 +235,11 @@ def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None
     pri = parse_pri(text)
     if pri is not None:
         pri_level, body = pri
-    ts = parse_line_timestamp(body, now)
+    relay = parse_relay(body)
+    if relay is not None:  # its epoch is the line's time (the relayed line's may lack a year)
+        ts, body = relay
+    else:
+        ts = parse_line_timestamp(body, now)
     m = _TS_PREFIX_RE.match(body)
     header = None
     if m and m.end() < len(body):
@@ -249,7 +254,7 @@ def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None
             if head.endswith(header.content):
                 ts = header_timestamp(head[: len(head) - len(header.content)])
     if header is None:
-        if pri_level is None:
+        if pri_level is None and relay is None:
             return LogRecord(source, now if ts is None else ts, text)
         return LogRecord(source, now if ts is None else ts, text, strip_timestamp(body), pri_level)
     return LogRecord(source, now if ts is None else ts, text, header.content,

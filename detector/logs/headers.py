@@ -8,8 +8,12 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
   Apache, i.e. optional pid and tid numbers, an optional `[thread]`, a level word (`ERROR`, `warn`,
   `[notice]`, or a one-letter Android level after pid and tid), an optional `[thread]`, then an
   optional `component:` (or a short component followed by two or more spaces);
-- syslog (BSD): `Jun 14 15:16:01 host program[pid]: content`, and RFC 5424 / a leading `<PRI>`,
-  whose severity is the level;
+- syslog (BSD): `Jun 14 15:16:01 host program[pid]: content` (a relayed host as
+  `host/relay` or `user@host`), and RFC 5424 / a leading `<PRI>`, whose severity is the level;
+- a relay prefix before any of these, as the Sandia supercomputer logs carry it (Oliner and
+  Stearley, DSN 2007): an alert tag (`-` when none), epoch seconds, the date and the reporting
+  node, `- 1131566461 2005.11.09 node Nov 9 12:01:01 node/node crond[2915]: content`; the epoch
+  is the line's time, and the tag is dropped (in those collections it is the label);
 - glog / abseil (`I1206 04:59:41.123456  1234 file.cc:12] content`);
 - a line that starts with a level word and a colon or brackets (`ERROR: disk full`);
 - otherwise an upper-case level word among a line's first ten tokens after a token with a digit
@@ -46,8 +50,11 @@ _AFTER_TS = re.compile(
     re.DOTALL,
 )
 _SYSLOG_BODY = re.compile(
-    r"(?P<host>[\w.\-]+)\s+(?P<component>[\w.\-/()@]{1,128}?)(?:\[\d+\])?:\s+(?P<content>.*)$",
+    r"(?P<host>[\w.\-/@]+)\s+(?P<component>[\w.\-/()@]{1,128}?)(?:\[\d+\])?:\s+(?P<content>.*)$",
     re.DOTALL,
+)
+_RELAY = re.compile(
+    r"\S{1,64} (?P<epoch>\d{9,10}) \d{4}\.\d{2}\.\d{2} \S+ (?P<rest>\S.*)$", re.DOTALL
 )
 _PRI = re.compile(r"<(?P<pri>\d{1,3})>(?:1\s+)?")
 _PRI_LEVEL = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
@@ -92,6 +99,12 @@ def parse_glog(line: str) -> Header | None:
     if m is None or not m.group("content").strip():
         return None
     return Header(m.group("content").strip(), m.group("level"), m.group("component"))
+
+
+def parse_relay(line: str) -> tuple[float, str] | None:
+    """(epoch seconds, the relayed line) for a line with the relay prefix above, else None."""
+    m = _RELAY.match(line)
+    return (float(m.group("epoch")), m.group("rest")) if m else None
 
 
 def parse_pri(line: str) -> tuple[str, str] | None:
