@@ -12,8 +12,13 @@ The group of an episode is decided by its start event (`group_of`):
 
 An episode that starts while an incident of its group is open joins it (kind "update"; so does
 a member's end while others are open); the incident closes when its last open episode ends
-(kind "close"). `IncidentTracker` follows the events in the order the metrics head publishes
-them, each scored batch sorted by time: in a live stream that is time order. The incident id is
+(kind "close"). `IncidentTracker` takes the events in time order: the metrics head hands them
+over through `EventTimeOrder`, which holds each event until every partition still receiving
+points has been scored past its time, so a partition read behind the others (a poll that brings
+one partition's backlog first, a restart's catch-up) cannot split episodes that overlapped in
+time; incident messages wait for the slowest partition, the anomaly events do not. A partition
+not scored for IDLE_S seconds stops holding the others (a partition more behind than that can
+still split an incident). The incident id is
 a digest of the group and its first episode's id, and episode ids are deterministic, so a
 re-consumed stream gives the same incidents and consumers de-duplicate as they do events.
 
@@ -46,6 +51,8 @@ Scope, and what happens on a restart or rebalance:
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -224,3 +231,101 @@ class IncidentTracker:
     def _gauge(self) -> None:
         if self.metrics is not None:
             self.metrics.incidents_open.set(len(self._open))
+
+
+# A partition scored nothing for this long holds no other partition's incidents back (its
+# series went quiet, or its share of a backfill is done).
+IDLE_S = 10.0
+
+
+@dataclass(order=True, slots=True)
+class _Held:
+    ts: float
+    seq: int  # arrival order among events of one time: each series' own events keep theirs
+    event: AnomalyEvent = field(compare=False)
+    publish: bool = field(compare=False)
+    partition: int = field(compare=False)
+    offset: int | None = field(compare=False)  # the commit waits here until it is released
+
+
+class EventTimeOrder:
+    """Anomaly events in, in the order their partitions were scored; out in time order, each
+    once every partition that was scored within the last `idle_s` seconds has been scored up to
+    its time (the watermark). Until then its partition's commit is held at the first record of
+    the batch that made it, so a restart re-derives it rather than losing its incident message.
+
+    >>> from detector.messages import AnomalyEvent, EventWindow
+    >>> def ev(series, ts):
+    ...     return AnomalyEvent(series, series, "start", series, ts, 0.8, 0.4, "v1",
+    ...                         EventWindow(ts, ts, 1), {}, ts)
+    >>> order = EventTimeOrder()
+    >>> order.add([(ev("a/mem", 120.0), True, 0)], {0: 7}, now=0.0)
+    >>> order.scored(0, 130.0, now=0.0); order.scored(1, 60.0, now=0.0)
+    >>> order.due(now=0.0), order.holds()   # partition 1 has been scored up to 60 only
+    ([], {0: 7})
+    >>> order.add([(ev("a/cpu", 100.0), True, 1)], {1: 3}, now=0.1)
+    >>> order.scored(1, 130.0, now=0.1)
+    >>> [e.series for e, _ in order.due(now=0.1)], order.holds()
+    (['a/cpu', 'a/mem'], {})
+    """
+
+    def __init__(self, idle_s: float = IDLE_S) -> None:
+        self.idle_s = idle_s
+        self._clock: dict[int, tuple[float, float]] = {}  # partition -> (scored up to, when)
+        self._heap: list[_Held] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def add(self, events: Iterable[tuple[AnomalyEvent, bool, int]], held: Mapping[int, int],
+            now: float) -> None:  # fmt: skip
+        """(event, published, partition) from one scoring call; `held`: each partition's first
+        record in that call."""
+        for event, publish, partition in events:
+            self._seq += 1
+            item = _Held(event.ts, self._seq, event, publish, partition, held.get(partition))
+            heapq.heappush(self._heap, item)
+
+    def expect(self, partitions: Iterable[int], now: float) -> None:
+        """Newly assigned partitions: each holds every event back until it is first scored, or
+        for `idle_s` if it never is (a partition without series)."""
+        for p in partitions:
+            self._clock.setdefault(p, (-math.inf, now))
+
+    def scored(self, partition: int, ts: float, now: float) -> None:
+        """The partition's series have been scored up to ts (its clock never goes back)."""
+        if math.isfinite(ts):
+            before = self._clock.get(partition, (-math.inf, now))[0]
+            self._clock[partition] = (max(before, ts), now)
+
+    def watermark(self, now: float) -> float:
+        active = [ts for ts, at in self._clock.values() if now - at < self.idle_s]
+        return min(active, default=math.inf)
+
+    def due(self, now: float, flush: bool = False) -> list[tuple[AnomalyEvent, bool]]:
+        """The events every active partition has been scored past, in time order (all with
+        flush: end of input, shutdown, a model reload)."""
+        limit = math.inf if flush else self.watermark(now)
+        out = []
+        while self._heap and self._heap[0].ts <= limit:
+            item = heapq.heappop(self._heap)
+            out.append((item.event, item.publish))
+        return out
+
+    def holds(self) -> dict[int, int]:
+        """partition -> the offset its commit must wait at for the events held."""
+        out: dict[int, int] = {}
+        for item in self._heap:
+            if item.offset is not None and item.offset < out.get(item.partition, math.inf):
+                out[item.partition] = item.offset
+        return out
+
+    def drop(self, partitions: set[int]) -> None:
+        """Revoked: their events and clocks go (the new owner rebuilds their incidents)."""
+        for p in partitions:
+            self._clock.pop(p, None)
+        kept = [item for item in self._heap if item.partition not in partitions]
+        if len(kept) != len(self._heap):
+            heapq.heapify(kept)
+            self._heap = kept

@@ -277,8 +277,14 @@ class Pipeline:
 
     def _rebuild(self, partitions: list[TopicPartition]) -> None:
         depth = self.settings.rebuild_messages
-        for tp in partitions:
-            committed = self.consumer.committed(tp)
+        commits = {tp: self.consumer.committed(tp) for tp in partitions}
+        unread = self._unread(commits)
+        now = time.monotonic()
+        for head in self.heads.values():
+            mine = {tp.partition for tp in unread if tp.topic == head.topic}
+            if mine:
+                head.assigned(mine, now)
+        for tp, committed in commits.items():
             if committed:
                 self._floor[tp] = committed
             if not committed or depth <= 0 or not self.heads[tp.topic].rebuilds_state:
@@ -294,6 +300,16 @@ class Pipeline:
                     start,
                     committed,
                 )
+
+    def _unread(self, commits: dict[TopicPartition, int | None]) -> list[TopicPartition]:
+        """The partitions with records past the group's committed offset (all, if the broker
+        does not answer)."""
+        try:
+            ends = self.consumer.end_offsets(list(commits), timeout_s=2.0)
+        except KafkaError as exc:
+            log.warning("cannot read end offsets on assignment: %s", exc)
+            return list(commits)
+        return [tp for tp, c in commits.items() if ends.get(tp, 1) > (c or 0)]
 
     def _rewind(self) -> None:
         """An output could not be delivered: forget everything since the last commit and consume

@@ -13,7 +13,7 @@ import pytest
 from detector.messages import AnomalyEvent, EventWindow
 from stream.alertmanager import incident_alert_of
 from stream.broker import free_port
-from stream.incidents import IncidentTracker, group_of
+from stream.incidents import EventTimeOrder, IncidentTracker, group_of
 from stream.metrics import Metrics
 from tests.conftest import point, produce, read_topic, stop, tsguard
 from tests.test_alertmanager import BINARY, alertmanager  # noqa: F401 (a fixture)
@@ -227,6 +227,52 @@ def test_the_head_rebuilds_an_open_incident_after_a_restart():
     later = [m for m in expected if m["ts"] >= 1.7e9 + 60 * committed]
     assert [m["kind"] for m in later] == ["update", "close"]  # the episodes' ends
     assert incidents_of(out) == later
+
+
+def test_a_partition_read_behind_the_other_does_not_split_an_incident():
+    """h/a's episode starts two points before h/b's, on another partition. A poll brings h/b's
+    partition whole before h/a's (a restart's catch-up): its episode starts and ends first, yet
+    the incidents are the time-ordered run's, one incident of both; the events that wait hold
+    their partition's commit."""
+    from detector.scorer import load_scorer
+    from stream.heads.metrics import MetricsHead
+    from stream.settings import Settings
+
+    scorer = load_scorer(None, "cpu")
+    recs = host_records(340, {"h/a": 300, "h/b": 302})
+    head = MetricsHead(Settings(), scorer, Metrics())
+    out = head.handle(recs, 0.0) + [o for part in head.ready(0.0, flush=True) for o in part]
+    expected = incidents_of(out)
+    assert [m["kind"] for m in expected] == ["open", "update", "update", "close"]
+
+    head = MetricsHead(Settings(), scorer, Metrics())
+    head.assigned({0, 1}, 0.0)
+    out = head.handle([r for r in recs if r.partition == 1], 0.0)
+    out += [o for part in head.ready(1.0) for o in part]
+    anomalies = [o for o in out if o.topic == "tsguard.anomalies"]
+    assert len(anomalies) == 2 and incidents_of(out) == []  # h/b's start and end, held
+    assert head.holds() == {1: 0}
+    out = head.handle([r for r in recs if r.partition == 0], 1.0)
+    out += [o for part in head.ready(2.0) for o in part]
+    out += [o for part in head.ready(3.0, flush=True) for o in part]
+    assert incidents_of(out) == expected and head.holds() == {}
+
+
+def test_a_partition_that_goes_quiet_holds_the_others_back_only_for_idle_s():
+    order = EventTimeOrder(idle_s=10.0)
+    order.expect({0, 1, 2}, now=0.0)
+    order.add([(event("start", "h/a", 100.0), True, 0)], {0: 5}, now=1.0)
+    order.scored(0, 100.0, now=1.0)
+    order.scored(1, 160.0, now=1.0)
+    assert order.due(now=9.0) == [] and order.holds() == {0: 5}  # 2 never scored, 10 s not up
+    order.scored(0, 200.0, now=10.5)
+    assert [e.ts for e, _ in order.due(now=10.5)] == [100.0]  # 2 idle since assignment
+    order.add([(event("end", "h/a", 200.0), True, 0)], {0: 9}, now=10.5)
+    assert order.due(now=10.9) == []  # 1 was scored up to 160, 9.9 s ago
+    assert [e.kind for e, _ in order.due(now=11.1)] == ["end"]
+    order.add([(event("start", "h/b", 300.0), True, 1)], {1: 2}, now=12.0)
+    order.drop({1})  # revoked: its events and its clock go
+    assert order.due(now=12.0) == [] and order.holds() == {} and len(order) == 0
 
 
 # --- a running serve --------------------------------------------------------------------------

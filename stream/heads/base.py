@@ -52,6 +52,10 @@ class Head:
         sent yet (pending work, or state kept to publish later). {}: commit what was consumed."""
         return {}
 
+    def assigned(self, partitions: set[int], now: float) -> None:
+        """These partitions, newly this process's, have records left to read (called before
+        their state is rebuilt)."""
+
     def revoked(self, partitions: set[int]) -> None:
         """Forget the state of these partitions; whoever reads them next rebuilds it."""
 

@@ -28,7 +28,7 @@ from detector.messages import (
 )
 from stream.codec import decode_batch
 from stream.heads.base import Head, Output, dead_letter
-from stream.incidents import IncidentTracker
+from stream.incidents import EventTimeOrder, IncidentTracker
 from stream.metrics import Metrics
 from stream.series import Series, SeriesTable
 from stream.settings import Settings
@@ -80,6 +80,7 @@ class MetricsHead(Head):
         self._last_model_check = time.monotonic()
         self.rules = None  # stream.rules.RuleGate with --rules: holds events, adds labels
         self.incidents = IncidentTracker(metrics)  # the episodes' incidents (tsguard.incidents)
+        self.event_order = EventTimeOrder()  # hands the tracker its events in time order
         self.set_scorer(scorer)
         load_kernels()  # now rather than in the first batch
 
@@ -214,6 +215,17 @@ class MetricsHead(Head):
     def _gone(self, name: str, series: Series) -> None:
         self.incidents.forget([name])
 
+    def _to_incidents(self, now: float, flush: bool = False) -> list[Output]:
+        """The incident messages of the events that are due (stream/incidents.py); events of a
+        series forgotten while they waited are dropped, as its state was."""
+        table = self.series
+        due = [(e, p) for e, p in self.event_order.due(now, flush) if e.series in table]
+        return [self._incident(m) for m in self.incidents.observe(due)] if due else []
+
+    def assigned(self, partitions: set[int], now: float) -> None:
+        """New partitions hold the incidents back until they are first scored (or go idle)."""
+        self.event_order.expect(partitions, now)
+
     def revoked(self, partitions: set[int]) -> None:
         """Series of these partitions, and their windows waiting to be scored, are forgotten."""
         table = self.series
@@ -222,6 +234,7 @@ class MetricsHead(Head):
         self.store.keep_pending(table.__contains__)
         for p in partitions:
             self._held.pop(p, None)
+        self.event_order.drop(partitions)
         if not self.store.pending_count():
             self._held.clear()
         self.metrics.series_tracked.set(len(self.store))
@@ -239,15 +252,19 @@ class MetricsHead(Head):
                 n = len(pend)
                 for lo in range(0, n, step):
                     hi = min(n, lo + step)
-                    yield self._score(dims, pend.windows[lo:hi], pend.ts[lo:hi], pend.series[lo:hi])
+                    yield self._score(
+                        dims, pend.windows[lo:hi], pend.ts[lo:hi], pend.series[lo:hi], now
+                    )
                 self.metrics.end_to_end.observe(time.monotonic() - pend.first_at)
                 self.store.clear_pending(dims)
             self._held.clear()
-        if reload and self._reload():
+        reloaded = reload and self._reload()
+        out = self._to_incidents(now, flush or reloaded) if len(self.event_order) else []
+        if reloaded:
             # The old model's open episodes ended without an event: so do their incidents.
-            closed = self.incidents.close_all()
-            if closed:
-                yield [self._incident(m) for m in closed]
+            out += [self._incident(m) for m in self.incidents.close_all()]
+        if out:
+            yield out
 
     def _due(self, now: float) -> bool:
         pending = self.store.pending_count()
@@ -259,10 +276,13 @@ class MetricsHead(Head):
         )
 
     def holds(self) -> dict[int, int]:
-        return dict(self._held)
+        out = dict(self._held)
+        for partition, offset in self.event_order.holds().items():
+            out[partition] = min(offset, out.get(partition, offset))
+        return out
 
     def _score(
-        self, dims: int, windows: np.ndarray, ts: np.ndarray, series: list[str]
+        self, dims: int, windows: np.ndarray, ts: np.ndarray, series: list[str], now: float
     ) -> list[Output]:
         stride = self.settings.stride
         table = self.series
@@ -281,7 +301,7 @@ class MetricsHead(Head):
         point_ts = ts[:, base:]
         scores, kinds = det.scores, det.kinds
         out: list[Output] = []
-        events: list[tuple[AnomalyEvent, bool]] = []  # for the incidents: (event, published)
+        events: list[tuple[AnomalyEvent, bool, int]] = []  # for the incidents
         version = self.scorer.version
         for i, j in zip(*np.nonzero(kinds), strict=True):  # window, point: in order
             name = series[i]
@@ -300,9 +320,15 @@ class MetricsHead(Head):
             if publish:
                 self._count(event)
                 out.append(Output(self.settings.topics.anomalies, name.encode(), event.encode()))
-            events.append((event, publish))
-        if events:
-            out += [self._incident(m) for m in self.incidents.observe(events)]
+            events.append((event, publish, st.partition))
+        order = self.event_order
+        order.add(events, self._held, now)
+        ends = ts[:, -1].tolist()
+        for name, slot, end in zip(series, slot_list, ends, strict=True):
+            if slot >= 0:
+                order.scored(table.get(name).partition, end, now)
+        if len(order):
+            out += self._to_incidents(now)
         # One gauge update per series and batch, in the order of their last windows (the
         # gauge cap is an LRU).
         pairs = enumerate(zip(series, slot_list, strict=True))
