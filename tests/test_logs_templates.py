@@ -281,6 +281,8 @@ def test_a_relay_prefix_is_split_off_and_its_epoch_is_the_lines_time() -> None:
            b"R02-M1-N0-C:J12-U11 RAS KERNEL FATAL data TLB error interrupt")  # fmt: skip
     rec = parse_log_value(bgl, b"bgl", NOW)
     assert (rec.ts, rec.level, rec.content) == (1117838570.0, "FATAL", "data TLB error interrupt")
+    failure = bgl.replace(b"FATAL", b"FAILURE")  # Blue Gene's sixth severity
+    assert parse_log_value(failure, b"bgl", NOW).level == "FAILURE"
     unknown = b"- 1131566461 2005.11.09 node-7 some relayed text without a header"
     rec = parse_log_value(unknown, b"tb", NOW)
     assert (rec.ts, rec.content) == (1131566461.0, "some relayed text without a header")

@@ -115,8 +115,10 @@ def parse_pri(line: str) -> tuple[str, str] | None:
     return _PRI_LEVEL[int(m.group("pri")) % 8], line[m.end() :]
 
 
+# FAILURE: Blue Gene/L's RAS severities are INFO, WARNING, SEVERE, ERROR, FATAL and FAILURE.
 _CAPS_LEVEL = re.compile(
-    r"(?:EMERG|ALERT|CRIT|CRITICAL|ERROR|ERR|FATAL|SEVERE|WARN|WARNING|NOTICE|INFO|DEBUG|TRACE)"
+    r"(?:EMERG|ALERT|CRIT|CRITICAL|ERROR|ERR|FATAL|FAILURE|SEVERE|WARN|WARNING|NOTICE|INFO|DEBUG"
+    r"|TRACE)"
 )
 _LEADING_NOISE = re.compile(r"(?:\[(?:[^\[\]]|\[[^\[\]]*\]){0,300}\]\s*|-\s+)*")
 # A header token: has a digit or punctuation, or is upper case (`RAS`, `KERNEL`); a plain word
