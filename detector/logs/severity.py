@@ -145,8 +145,8 @@ _ALIASES = {
 # Stated levels in headers: syslog, log4j, Android letters, Windows, Apache.
 STATED_LEVELS = {
     "emerg": "error", "emergency": "error", "alert": "error", "crit": "error", "critical": "error",
-    "err": "error", "error": "error", "fatal": "error", "failure": "error", "severe": "error", "e": "error",
-    "f": "error", "a": "error",
+    "err": "error", "error": "error", "fatal": "error", "failure": "error", "severe": "error",
+    "e": "error", "f": "error", "a": "error",
     "warn": "warning", "warning": "warning", "w": "warning",
     "notice": "info", "info": "info", "information": "info", "informational": "info", "i": "info",
     "debug": "info", "trace": "info", "verbose": "info", "d": "info", "v": "info", "fine": "info",
