@@ -306,6 +306,8 @@ class EventTimeOrder:
     def due(self, now: float, flush: bool = False) -> list[tuple[AnomalyEvent, bool]]:
         """The events every active partition has been scored past, in time order (all with
         flush: end of input, shutdown, a model reload)."""
+        if not self._heap:  # the common case: nothing waits, no watermark to work out
+            return []
         limit = math.inf if flush else self.watermark(now)
         out = []
         while self._heap and self._heap[0].ts <= limit:

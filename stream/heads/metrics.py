@@ -259,7 +259,7 @@ class MetricsHead(Head):
                 self.store.clear_pending(dims)
             self._held.clear()
         reloaded = reload and self._reload()
-        out = self._to_incidents(now, flush or reloaded) if len(self.event_order) else []
+        out = self._to_incidents(now, flush or reloaded)
         if reloaded:
             # The old model's open episodes ended without an event: so do their incidents.
             out += [self._incident(m) for m in self.incidents.close_all()]
@@ -321,18 +321,17 @@ class MetricsHead(Head):
                 self._count(event)
                 out.append(Output(self.settings.topics.anomalies, name.encode(), event.encode()))
             events.append((event, publish, st.partition))
+        # Each series' last window: its partition's clock, and its score gauge.
+        pairs = enumerate(zip(series, slot_list, strict=True))
+        last = {name: i for i, (name, slot) in pairs if slot >= 0}
         order = self.event_order
         order.add(events, self._held, now)
         ends = ts[:, -1].tolist()
-        for name, slot, end in zip(series, slot_list, ends, strict=True):
-            if slot >= 0:
-                order.scored(table.get(name).partition, end, now)
-        if len(order):
-            out += self._to_incidents(now)
+        for name, i in last.items():
+            order.scored(table.get(name).partition, ends[i], now)
+        out += self._to_incidents(now)
         # One gauge update per series and batch, in the order of their last windows (the
         # gauge cap is an LRU).
-        pairs = enumerate(zip(series, slot_list, strict=True))
-        last = {name: i for i, (name, slot) in pairs if slot >= 0}
         latest = scores[:, -1].tolist()
         for name, i in sorted(last.items(), key=itemgetter(1)):
             self.metrics.set_score(name, latest[i])
