@@ -259,11 +259,11 @@ class EventTimeOrder:
     ...     return AnomalyEvent(series, series, "start", series, ts, 0.8, 0.4, "v1",
     ...                         EventWindow(ts, ts, 1), {}, ts)
     >>> order = EventTimeOrder()
-    >>> order.add([(ev("a/mem", 120.0), True, 0)], {0: 7}, now=0.0)
+    >>> order.add([(ev("a/mem", 120.0), True, 0)], {0: 7})
     >>> order.scored(0, 130.0, now=0.0); order.scored(1, 60.0, now=0.0)
     >>> order.due(now=0.0), order.holds()   # partition 1 has been scored up to 60 only
     ([], {0: 7})
-    >>> order.add([(ev("a/cpu", 100.0), True, 1)], {1: 3}, now=0.1)
+    >>> order.add([(ev("a/cpu", 100.0), True, 1)], {1: 3})
     >>> order.scored(1, 130.0, now=0.1)
     >>> [e.series for e, _ in order.due(now=0.1)], order.holds()
     (['a/cpu', 'a/mem'], {})
@@ -278,8 +278,9 @@ class EventTimeOrder:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def add(self, events: Iterable[tuple[AnomalyEvent, bool, int]], held: Mapping[int, int],
-            now: float) -> None:  # fmt: skip
+    def add(
+        self, events: Iterable[tuple[AnomalyEvent, bool, int]], held: Mapping[int, int]
+    ) -> None:
         """(event, published, partition) from one scoring call; `held`: each partition's first
         record in that call."""
         for event, publish, partition in events:

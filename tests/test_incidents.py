@@ -261,16 +261,16 @@ def test_a_partition_read_behind_the_other_does_not_split_an_incident():
 def test_a_partition_that_goes_quiet_holds_the_others_back_only_for_idle_s():
     order = EventTimeOrder(idle_s=10.0)
     order.expect({0, 1, 2}, now=0.0)
-    order.add([(event("start", "h/a", 100.0), True, 0)], {0: 5}, now=1.0)
+    order.add([(event("start", "h/a", 100.0), True, 0)], {0: 5})
     order.scored(0, 100.0, now=1.0)
     order.scored(1, 160.0, now=1.0)
     assert order.due(now=9.0) == [] and order.holds() == {0: 5}  # 2 never scored, 10 s not up
     order.scored(0, 200.0, now=10.5)
     assert [e.ts for e, _ in order.due(now=10.5)] == [100.0]  # 2 idle since assignment
-    order.add([(event("end", "h/a", 200.0), True, 0)], {0: 9}, now=10.5)
+    order.add([(event("end", "h/a", 200.0), True, 0)], {0: 9})
     assert order.due(now=10.9) == []  # 1 was scored up to 160, 9.9 s ago
     assert [e.kind for e, _ in order.due(now=11.1)] == ["end"]
-    order.add([(event("start", "h/b", 300.0), True, 1)], {1: 2}, now=12.0)
+    order.add([(event("start", "h/b", 300.0), True, 1)], {1: 2})
     order.drop({1})  # revoked: its events and its clock go
     assert order.due(now=12.0) == [] and order.holds() == {} and len(order) == 0
 

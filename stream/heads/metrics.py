@@ -325,7 +325,7 @@ class MetricsHead(Head):
         pairs = enumerate(zip(series, slot_list, strict=True))
         last = {name: i for i, (name, slot) in pairs if slot >= 0}
         order = self.event_order
-        order.add(events, self._held, now)
+        order.add(events, self._held)
         ends = ts[:, -1].tolist()
         for name, i in last.items():
             order.scored(table.get(name).partition, ends[i], now)
