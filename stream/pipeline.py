@@ -265,7 +265,7 @@ class Pipeline:
         for tp in lost:
             self._consumed.pop(tp, None)
         gained, self._to_rebuild = sorted(self._to_rebuild), set()
-        self._rebuild(gained)
+        self._rebuild({tp: self.consumer.committed(tp) for tp in gained})
         if gained:
             self.consumer.resume(gained)
 
@@ -275,9 +275,9 @@ class Pipeline:
             if mine:
                 head.revoked(mine)
 
-    def _rebuild(self, partitions: list[TopicPartition]) -> None:
+    def _rebuild(self, commits: dict[TopicPartition, int | None]) -> None:
+        """`commits`: each partition taken on and its group's committed offset (None: none)."""
         depth = self.settings.rebuild_messages
-        commits = {tp: self.consumer.committed(tp) for tp in partitions}
         unread = self._unread(commits)
         now = time.monotonic()
         for head in self.heads.values():
@@ -315,14 +315,14 @@ class Pipeline:
         """An output could not be delivered: forget everything since the last commit and consume
         it again, exactly as a restarted process would."""
         self._revoke(self.assigned)
-        for tp in self.assigned:
-            committed = self.consumer.committed(tp)
+        commits = {tp: self.consumer.committed(tp) for tp in sorted(self.assigned)}
+        for tp, committed in commits.items():
             if committed is None:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
         self._consumed.clear()
-        self._rebuild(sorted(self.assigned))
+        self._rebuild(commits)
         self._send_failed = None
 
     # -- --stop-at-end -----------------------------------------------------------------------

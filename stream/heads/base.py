@@ -6,6 +6,7 @@ The pipeline drives every head the same way, and knows none by name:
     rebuild(records, now)  records read back from before the committed offset (state only)
     ready(now, flush)      outputs of work held back until now (all of it with flush), in parts
     holds()                where each partition's commit must stop: outputs not yet sent
+    assigned(partitions)   partitions newly this process's that have records left to read
     revoked(partitions)    state of partitions given away, or about to be re-consumed
     close()                end of input or shutdown: outputs of every state still held
 
