@@ -92,6 +92,13 @@ def _parse(line: str, log_format: LogFormat | None = None) -> LogRecord:
         ),
         ("ERROR: could not open the database", "could not open the database", "ERROR", None),
         (
+            "2015-07-29 17:41:44,747 - INFO  [QuorumPeer[myid=1]/0:0:0:0:0:0:0:0:2181:"
+            "FastLeaderElection@774] - Notification time out: 3200",
+            "Notification time out: 3200",
+            "INFO",
+            "FastLeaderElection",
+        ),
+        (
             "W1206 04:59:41.123456  1234 server.cc:88] queue 7 is 90% full",
             "queue 7 is 90% full",
             "W",

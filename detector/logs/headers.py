@@ -17,7 +17,8 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
 - glog / abseil (`I1206 04:59:41.123456  1234 file.cc:12] content`);
 - a line that starts with a level word and a colon or brackets (`ERROR: disk full`);
 - otherwise an upper-case level word among a line's first ten tokens after a token with a digit
-  (BGL `... R02-M1-N0 RAS KERNEL INFO content`, ZooKeeper `... - INFO  [thread:Class@774] - content`,
+  (BGL `... R02-M1-N0 RAS KERNEL INFO content`, ZooKeeper `... - INFO  [thread:Class@774] - content`
+  whose `Class` is the component,
   OpenStack `file.log 2017-05-16 00:00:00.008 25746 INFO nova.compute [req-..] content`): what
   follows, without leading `[...]` groups and dashes, is the content (the first date and time
   among the header's tokens is the line's time: `analyzer.header_timestamp`).
@@ -125,6 +126,8 @@ _LEADING_NOISE = re.compile(r"(?:\[(?:[^\[\]]|\[[^\[\]]*\]){0,300}\]\s*|-\s+)*")
 # such as `Took` means the line's prose has begun and a level word after it is content.
 _PLAIN_WORD = re.compile(r"[A-Za-z]*[a-z][A-Za-z]*")
 _DOTTED_COMPONENT = re.compile(r"([\w$-]+(?:\.[\w$-]+)+):?\s+")
+# log4j's `[%t:%C{1}@%L]` (ZooKeeper's layout): the thread, then the class that logged and its line.
+_THREAD_CLASS = re.compile(r"\[(?:[^\[\]]|\[[^\[\]]*\]){0,300}:(?P<cls>[A-Za-z_$][\w$]*)@\d+\]")
 
 
 def parse_embedded_level(line: str) -> Header | None:
@@ -134,9 +137,10 @@ def parse_embedded_level(line: str) -> Header | None:
     for i, token in enumerate(tokens[:10]):
         if digit_seen and _CAPS_LEVEL.fullmatch(token) and i + 1 < len(tokens):
             rest = line.split(None, i + 1)[i + 1]
+            m = _THREAD_CLASS.match(rest)
+            component = m.group("cls") if m else None
             rest = rest[_LEADING_NOISE.match(rest).end() :]
-            component = None
-            m = _DOTTED_COMPONENT.match(rest)
+            m = None if component else _DOTTED_COMPONENT.match(rest)
             if m:
                 component, rest = m.group(1), rest[m.end() :]
                 rest = rest[_LEADING_NOISE.match(rest).end() :]
