@@ -150,6 +150,8 @@ class AnomalyEvent:
     contributions: dict[str, float]  # dimension -> share of the error
     detected_at: float
     labels: dict[str, str] = field(default_factory=dict)  # the series' operator rule's labels
+    # Each signal's tail score at the event's point (those with an opinion): what made it one.
+    signals: dict[str, float] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         return dumps(self)
@@ -161,13 +163,15 @@ class AnomalyEvent:
 
 @dataclass(frozen=True, slots=True)
 class IncidentMember:
-    """One episode of an incident: when it started and ended (None while open), its start score."""
+    """One episode of an incident: when it started and ended (None while open), its start score
+    and its start event's `signals`."""
 
     series: str
     episode_id: str
     start: float
     end: float | None
     score: float
+    signals: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

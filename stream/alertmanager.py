@@ -13,6 +13,8 @@ it). The thread turns them into alerts (contract, "Alerting and health"), one pa
 - an episode of a series that groups with no other (no rule labels, no "/" in its id) is one
   alert: labels `alertname`, `series`, `severity` and the rule's labels; annotations `summary`,
   `description`, `score`;
+- both add `why`, the signals loud at the start in words (`detector.signals.reasons`: `level
+  shift, off the forecast`; an incident's per member series), and the summary ends with it;
 - `startsAt` at the (first) episode's start; while open, re-sent every 60 s with `endsAt` a few
   resend intervals ahead (as Prometheus does: if tsguard goes away, the alert resolves by
   itself); at the end (the incident's close), sent once more with `endsAt` then, which resolves
@@ -39,6 +41,7 @@ from typing import Any
 import orjson
 
 from detector.errors import UserError
+from detector.signals import reasons
 from stream.heads.base import Output
 from stream.incidents import BY_SERIES, group_of
 from stream.metrics import Metrics
@@ -90,14 +93,17 @@ def alert_of(event: dict[str, Any]) -> Alert:
     extra = {str(k): str(v) for k, v in (event.get("labels") or {}).items()}
     labels = {"severity": DEFAULT_SEVERITY, **extra, "alertname": ALERTNAME, "series": series}
     when = rfc3339(float(event["ts"]))
+    why = ", ".join(reasons(event.get("signals") or {}))
     annotations = {
-        "summary": f"Anomaly on {series}",
+        "summary": f"Anomaly on {series}" + (f": {why}" if why else ""),
         "description": (
             f"tsguard scored {series} {score:.3f} (threshold {float(event['threshold']):.3f}) "
             f"at {when}; model {event['model_version']}, episode {event['episode_id']}"
         ),
         "score": f"{score:.4f}",
     }
+    if why:
+        annotations["why"] = why
     return Alert(labels, annotations, float(event["ts"]))
 
 
@@ -137,6 +143,13 @@ def _annotate(alert: Alert, incident: dict[str, Any]) -> None:
         "score": f"{score:.4f}",
         "series": ",".join(series),
     }
+    # Each series' latest episode's reasons, in the order the series joined.
+    latest = {
+        str(m["series"]): reasons(m.get("signals") or {}) for m in incident.get("members") or []
+    }
+    why = "; ".join(f"{s}: {', '.join(r)}" for s, r in latest.items() if r)
+    if why:
+        alert.annotations["why"] = why
 
 
 class AlertmanagerSink:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.messages import dumps
+from detector.signals import reasons
 from stream.broker import EmbeddedBroker, free_port
 from stream.demo_plot import Picture, Span
 
@@ -440,7 +441,9 @@ class Demo:
             note = f"  <- the injected {what}, caught {now - inj.at_s:.1f}s after injection"
         elif inj is not None:
             note = "  <- the spike the rules mute (!)" if inj.role == "mute" else "  <- the repeat"
-        self.say(f"  ANOMALY START {series:<24} score {ev['score']:.3f} (series time {_hhmm(ev['ts'])}){note}")  # fmt: skip
+        loud = reasons(ev.get("signals") or {})[:2]  # the two loudest signals, in words
+        why = "; " + ", ".join(loud) if loud else ""
+        self.say(f"  ANOMALY START {series:<24} score {ev['score']:.3f} (series time {_hhmm(ev['ts'])}{why}){note}")  # fmt: skip
         if inj is not None and inj.role == "judge":
             threading.Thread(target=self._judge, args=(ev,), name="operator", daemon=True).start()
 

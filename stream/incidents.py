@@ -95,6 +95,7 @@ class _Member:
     episode_id: str
     start: float
     score: float
+    signals: dict[str, float]
     end: float | None = None
 
 
@@ -127,7 +128,7 @@ class _Incident:
             grouped_by=self.group.by,
             contributions=shares,
             members=[
-                IncidentMember(m.series, m.episode_id, m.start, m.end, m.score)
+                IncidentMember(m.series, m.episode_id, m.start, m.end, m.score, m.signals)
                 for m in self.members
             ],
         )
@@ -173,7 +174,7 @@ class IncidentTracker:
             kind = "open"
             incident = _Incident(message_id(group.key, event.episode_id), group)
             self._open[group.key] = incident
-        member = _Member(event.series, event.episode_id, event.ts, event.score)
+        member = _Member(event.series, event.episode_id, event.ts, event.score, event.signals)
         incident.members.append(member)
         incident.last_ts = max(incident.last_ts, event.ts)
         self._episodes[event.episode_id] = (incident, member)

@@ -99,6 +99,9 @@ def test_a_short_demo_prints_a_mute_holding_a_verdict_in_force_and_the_picture(t
     assert "operator: tsguard feedback --event-id " in out
     assert "verdict in force: api-01/latency_ms now alerts above score" in out
     assert "no alert: the same spike in api-01/latency_ms stays quiet" in out
+    # Each caught injection's line says which signals were loud at its start, in words.
+    caught = [line for line in lines if "ANOMALY START" in line and "<- the injected" in line]
+    assert caught and all(re.search(r"\(series time \d\d:\d\d; [a-z ,]+\)", c) for c in caught)
     # web-01/mem spikes as web-01/cpu shifts: one incident of the two (tsguard.incidents).
     assert re.search(r"INCIDENT \w+ +\w{12} web-01/(mem, web-01/cpu|cpu, web-01/mem) ", out), out
     assert f"picture: {png.resolve()} " in out and png.read_bytes()[:8] == PNG

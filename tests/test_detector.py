@@ -14,6 +14,7 @@ from scipy.stats import combine_pvalues
 
 from detector.detector import SIGNALS, START, Detector, DetectorConfig, load_kernels
 from detector.scorer import detector_config, load_scorer
+from detector.signals import reasons
 from stream.broker import free_port
 from tests.conftest import point, produce, read_topic, tsguard
 from training.evaluate import TsguardDetector
@@ -61,6 +62,14 @@ def test_serve_on_the_broker_and_evaluate_give_the_same_scores_and_events(broker
     assert got == [(float(t), k, s) for t, k, s in expected]
     assert any(k == "start" and index[t] == SPIKE for t, k, _ in got)
     assert any(k == "start" and SHIFT.start <= index[t] <= SHIFT.start + 5 for t, k, _ in got)
+    # Each event names every signal's tail score at its point, as the evaluation path has them.
+    for e in served:
+        row = run.signals[index[e["ts"]]]
+        assert e["signals"] == {
+            name: round(float(v), 4) for name, v in zip(SIGNALS, row, strict=True) if np.isfinite(v)
+        }
+    spike = next(e for e in served if e["kind"] == "start" and index[e["ts"]] == SPIKE)
+    assert "off the forecast" in reasons(spike["signals"])  # a spike no forecast saw coming
 
 
 def test_fusion_is_the_better_of_bonferroni_and_fisher(scorer):

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from detector.messages import AnomalyEvent, EventWindow
-from stream.alertmanager import incident_alert_of
+from stream.alertmanager import alert_of, incident_alert_of
 from stream.broker import free_port
 from stream.incidents import EventTimeOrder, IncidentTracker, group_of
 from stream.metrics import Metrics
@@ -21,12 +21,13 @@ from tests.test_serve_integration import normal_series, scrape
 
 
 def event(kind: str, series: str, ts: float, episode: str | None = None, score: float = 0.8,
-          labels: dict[str, str] | None = None) -> AnomalyEvent:  # fmt: skip
+          labels: dict[str, str] | None = None,
+          signals: dict[str, float] | None = None) -> AnomalyEvent:  # fmt: skip
     episode = episode or f"ep-{series}"
     return AnomalyEvent(
         event_id=f"{episode}-{kind}", episode_id=episode, kind=kind, series=series, ts=ts,
         score=score, threshold=0.4, model_version="v1", window=EventWindow(ts - 60, ts, 2),
-        contributions={"value": 1.0}, detected_at=ts, labels=labels or {},
+        contributions={"value": 1.0}, detected_at=ts, labels=labels or {}, signals=signals or {},
     )  # fmt: skip
 
 
@@ -155,17 +156,20 @@ def test_forget_drops_unclosed_and_close_all_closes():
 
 
 def test_the_value_on_the_topic_has_the_contract_fields_first():
-    out = IncidentTracker().observe(published(event("start", "web-01/cpu", 100.0)))
+    start = event("start", "web-01/cpu", 100.0, signals={"forecast": 0.9, "shift": 0.2})
+    out = IncidentTracker().observe(published(start))
     value = orjson.loads(out[0].encode())
     assert list(value)[:7] == ["incident_id", "kind", "ts", "series", "episodes", "labels",
                                "score"]  # fmt: skip
     assert value["members"] == [{"series": "web-01/cpu", "episode_id": "ep-web-01/cpu",
-                                 "start": 100.0, "end": None, "score": 0.8}]  # fmt: skip
+                                 "start": 100.0, "end": None, "score": 0.8,
+                                 "signals": {"forecast": 0.9, "shift": 0.2}}]  # fmt: skip
 
 
 def test_an_incident_alert_names_the_incident_and_its_series():
     tracker = IncidentTracker()
-    tracker.observe(published(event("start", "web-01/cpu", 100.0, labels={"severity": "page"})))
+    tracker.observe(published(event("start", "web-01/cpu", 100.0, labels={"severity": "page"},
+                                    signals={"seasonal": 0.5, "shift": 0.8, "spread": 0.1})))  # fmt: skip
     out = tracker.observe(published(event("start", "web-02/cpu", 160.0, score=0.95,
                                           labels={"severity": "page"})))  # fmt: skip
     alert = incident_alert_of(orjson.loads(out[0].encode()))
@@ -173,7 +177,23 @@ def test_an_incident_alert_names_the_incident_and_its_series():
                             "incident": out[0].incident_id}  # fmt: skip
     assert alert.annotations["series"] == "web-01/cpu,web-02/cpu"
     assert alert.annotations["score"] == "0.9500"
+    # What was loud at each member's start, loudest first; web-02/cpu's start said nothing.
+    assert alert.annotations["why"] == "web-01/cpu: level shift, unusual for the time of day"
     assert alert.starts_at == 100.0 and alert.ends_at is None
+
+
+def test_an_episode_alert_says_which_signals_were_loud():
+    def annotations(signals: dict[str, float]) -> dict[str, str]:
+        return alert_of(
+            orjson.loads(event("start", "db", 100.0, signals=signals).encode())
+        ).annotations
+
+    assert "why" not in annotations({}) and annotations({})["summary"] == "Anomaly on db"
+    loud = annotations({"range": 0.7, "novelty": 0.3, "forecast": 0.29})
+    assert loud["why"] == "outside the usual range, a shape not seen recently"
+    assert loud["summary"] == "Anomaly on db: outside the usual range, a shape not seen recently"
+    # None at 0.3 (several a little surprised together): the loudest is still named.
+    assert annotations({"forecast": 0.1, "spread": 0.2})["why"] == "change in variability"
 
 
 # --- the metrics head ----------------------------------------------------------------------

@@ -23,12 +23,14 @@ from detector.messages import (
 
 def test_anomaly_event() -> None:
     event = AnomalyEvent("e1", "p1", "start", "web-01/cpu", 1700000000.0, 0.5, 0.3, "v1",
-                         EventWindow(1699999000.0, 1700000000.0, 128), {"value": 1.0}, 1.5)  # fmt: skip
+                         EventWindow(1699999000.0, 1700000000.0, 128), {"value": 1.0}, 1.5,
+                         signals={"forecast": 0.91, "shift": 0.2})  # fmt: skip
     assert event.encode() == (
         b'{"event_id":"e1","episode_id":"p1","kind":"start","series":"web-01/cpu",'
         b'"ts":1700000000.0,"score":0.5,"threshold":0.3,"model_version":"v1",'
         b'"window":{"start":1699999000.0,"end":1700000000.0,"length":128},'
-        b'"contributions":{"value":1.0},"detected_at":1.5,"labels":{}}'
+        b'"contributions":{"value":1.0},"detected_at":1.5,"labels":{},'
+        b'"signals":{"forecast":0.91,"shift":0.2}}'
     )
 
 

@@ -253,8 +253,9 @@ def test_a_level_shift_alone_does_not_move_the_spread() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    [detector.signals.forecast, detector.signals.seasonal, detector.signals.novelty,
-     detector.signals.range, detector.signals.shift, detector.signals.spread],
+    [detector.signals, detector.signals.forecast, detector.signals.seasonal,
+     detector.signals.novelty, detector.signals.range, detector.signals.shift,
+     detector.signals.spread],
 )  # fmt: skip
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module)

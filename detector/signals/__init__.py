@@ -20,13 +20,45 @@ from detector.signals.spread import SpreadShift
 
 # The order of the detector's signal columns; "forecast" is the model's residual.
 SIGNALS = ("forecast", "seasonal", "novelty", "range", "shift", "spread")
+# What each says when it is loud, for the people an alert goes to.
+SIGNAL_WORDS = {
+    "forecast": "off the forecast",
+    "seasonal": "unusual for the time of day",
+    "novelty": "a shape not seen recently",
+    "range": "outside the usual range",
+    "shift": "level shift",
+    "spread": "change in variability",
+}
+# A signal "speaks" in an alert's reasons from this tail score (P 1e-3 at 10 decades) on.
+LOUD = 0.3
+
+
+def reasons(signals: dict[str, float], loud: float = LOUD) -> list[str]:
+    """The signals at or above `loud`, loudest first (ties in the order of SIGNALS), in words;
+    the loudest alone when none is (several a little surprised at once can make an anomaly).
+
+    >>> reasons({"forecast": 0.35, "shift": 0.9, "spread": 0.1})
+    ['level shift', 'off the forecast']
+    >>> reasons({"seasonal": 1.0, "forecast": 1.0})
+    ['off the forecast', 'unusual for the time of day']
+    >>> reasons({"novelty": 0.25, "spread": 0.28}), reasons({"range": 0.0}), reasons({})
+    (['change in variability'], [], [])
+    """
+    ranked = sorted((k for k in SIGNALS if signals.get(k, 0.0) > 0.0), key=lambda k: -signals[k])
+    return [SIGNAL_WORDS[k] for k in ranked if signals[k] >= loud] or [
+        SIGNAL_WORDS[k] for k in ranked[:1]
+    ]
+
 
 __all__ = [
+    "LOUD",
     "SIGNALS",
+    "SIGNAL_WORDS",
     "ForecastResidual",
     "LevelShift",
     "PatternNovelty",
     "RangeExcess",
     "SeasonalProfile",
     "SpreadShift",
+    "reasons",
 ]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.detector import KINDS, Detector
+from detector.detector import KINDS, SIGNALS, Detector
 from detector.messages import (
     AnomalyEvent,
     EventWindow,
@@ -316,7 +316,8 @@ class MetricsHead(Head):
                 kind, name, st.episode_id, t, windows[i], base + j, contributions, count=publish
             ):
                 continue
-            event = self._event(kind, name, st, ts[i], base + j, float(scores[i, j]), contributions)
+            event = self._event(kind, name, st, ts[i], base + j, float(scores[i, j]), contributions,
+                                det.signals[i, j])  # fmt: skip
             if publish:
                 self._count(event)
                 out.append(Output(self.settings.topics.anomalies, name.encode(), event.encode()))
@@ -337,8 +338,8 @@ class MetricsHead(Head):
             self.metrics.set_score(name, latest[i])
         return out
 
-    def _event(self, kind: str, series: str, st: Series, ts_row: np.ndarray, j: int,
-               score: float, contributions: np.ndarray) -> AnomalyEvent:  # fmt: skip
+    def _event(self, kind: str, series: str, st: Series, ts_row: np.ndarray, j: int, score: float,
+               contributions: np.ndarray, signals: np.ndarray) -> AnomalyEvent:  # fmt: skip
         version = self.scorer.version
         ts = float(ts_row[j])
         observed = np.flatnonzero(np.isfinite(ts_row))
@@ -363,6 +364,10 @@ class MetricsHead(Head):
             contributions=shares,
             detected_at=time.time(),
             labels=self.rules.labels(series) if self.rules is not None else {},
+            signals={
+                SIGNALS[k]: round(float(signals[k]), 4)
+                for k in np.flatnonzero(np.isfinite(signals))
+            },
         )
 
     def _count(self, event: AnomalyEvent) -> None:
