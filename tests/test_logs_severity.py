@@ -91,6 +91,38 @@ def _parse(line: str, log_format: LogFormat | None = None) -> LogRecord:
             None,
         ),
         ("ERROR: could not open the database", "could not open the database", "ERROR", None),
+        (  # logfmt as Prometheus and go-kit write it: the error joins the message
+            "ts=2024-01-31T10:00:00.123Z caller=db.go:72 level=error component=tsdb "
+            'msg="compaction failed" err="write /data/01H: no space left on device"',
+            "compaction failed: write /data/01H: no space left on device",
+            "error",
+            "tsdb",
+        ),
+        (  # logrus' text format, an escaped quote inside a value
+            'time="2024-01-31T10:00:00Z" level=warning msg="slow query \\"users\\"" took=2.5s',
+            'slow query "users"',
+            "warning",
+            None,
+        ),
+        (
+            "2024/01/31 10:00:00 [error] 1234#0: *5 connect() failed (111: Connection refused)",
+            "*5 connect() failed (111: Connection refused)",
+            "error",
+            None,
+        ),  # fmt: skip
+        (
+            '2024-01-31 10:00:00.123 UTC [4821] ERROR:  relation "users" does not exist',
+            'relation "users" does not exist',
+            "ERROR",
+            None,
+        ),
+        (
+            "[2024-01-31T10:00:00,123][WARN ][o.e.c.r.a.DiskThresholdMonitor] [node-1] high disk "
+            "watermark exceeded",
+            "[node-1] high disk watermark exceeded",
+            "WARN",
+            None,
+        ),
         (
             "2015-07-29 17:41:44,747 - INFO  [QuorumPeer[myid=1]/0:0:0:0:0:0:0:0:2181:"
             "FastLeaderElection@774] - Notification time out: 3200",
@@ -113,9 +145,17 @@ def test_headers_are_split_from_the_content(line, content, level, component) -> 
 
 
 def test_prose_that_mentions_a_level_is_not_a_header() -> None:
-    for line in ("Took 5 ms, ERROR count 3", "Error reading file /tmp/x", "user info updated"):
+    for line in ("Took 5 ms, ERROR count 3", "Error reading file /tmp/x", "user info updated",
+                 "user=bob level=error action=login", "msg=ok but then prose"):  # fmt: skip
         rec = _parse(line)
         assert (rec.content, rec.level) == (None, None)
+
+
+def test_a_logfmt_lines_time_is_its_ts_or_time_field() -> None:
+    assert _parse('level=info ts=2024-01-31T10:00:00.5Z msg="started"').ts == 1706695200.5
+    assert _parse("level=info ts=1706695200.25 msg=started").ts == 1706695200.25
+    rec = _parse('msg="no time here" level=WARN')
+    assert (rec.ts, rec.level, rec.content) == (NOW, "WARN", "no time here")
 
 
 def test_journald_and_json_level() -> None:

@@ -243,6 +243,8 @@ def test_any_bytes_give_a_record_or_value_error(value: bytes, key: bytes | None)
         ("17/06/09 20:10:40 INFO x", _utc(2017, 6, 9, 20, 10, 40)),
         ("Jun 14 15:16:01 combo sshd", _utc(2023, 6, 14, 15, 16, 1)),  # year of NOW (2023)
         ("03-17 16:13:38.811  1702 D x", _utc(2023, 3, 17, 16, 13, 38) + 0.811),
+        ("2024/01/31 10:00:00 [error] 7#7: x", _utc(2024, 1, 31, 10)),  # nginx, Go's log
+        ("2024/01/31 10:00:00.250 x", _utc(2024, 1, 31, 10) + 0.25),
     ],
 )
 def test_loghub_timestamps_are_parsed(line: str, expected: float) -> None:

@@ -45,6 +45,7 @@ from detector.logs.headers import (
     parse_after_timestamp,
     parse_embedded_level,
     parse_glog,
+    parse_logfmt,
     parse_pri,
     parse_relay,
 )
@@ -130,17 +131,20 @@ _HEADER_TIME_RE = re.compile(
 _SYSLOG_RE = re.compile(r"^(\w{3}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2})\b")
 _YYMMDD_RE = re.compile(r"^(\d{2})(\d{2})(\d{2}) (\d{2})(\d{2})(\d{2})\b")  # HDFS
 _SLASH_RE = re.compile(r"^(\d{2})/(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})\b")  # yy/mm/dd (Spark)
+# yyyy/mm/dd: Go's standard `log` package, nginx's error log
+_YMD_SLASH_RE = re.compile(r"^(\d{4})/(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?\b")
 _MMDD_RE = re.compile(r"^(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?\b")  # Android
 
 
+_LOGFMT_START = re.compile(r"[A-Za-z_@][\w.@\-]*=")  # worth trying parse_logfmt on
 _LEVEL_FIRST_RE = re.compile(r"\[?(?i:" + LEVEL_WORDS + r")(?:\]|:)\s")
 _TS_PREFIX_RE = re.compile(
     "(?:"
     + "|".join(
         f"(?:{p.pattern})"
-        for p in (_ISO_RE, _CTIME_RE, _SYSLOG_RE, _YYMMDD_RE, _SLASH_RE, _MMDD_RE)
+        for p in (_ISO_RE, _CTIME_RE, _SYSLOG_RE, _YYMMDD_RE, _SLASH_RE, _YMD_SLASH_RE, _MMDD_RE)
     )
-    + r")[\s,;|\]]*"
+    + r")(?:\s*(?:UTC|GMT)\b)?[\s,;|\]]*"  # PostgreSQL writes its zone's name after the time
 )
 
 
@@ -161,7 +165,7 @@ def parse_line_timestamp(line: str, now: float) -> float | None:
 
     Recognises ISO 8601 ("2015-10-18 18:01:47,978", with or without zone), Apache
     "[Sun Dec 04 04:47:44 2005]", syslog "Jun 14 15:16:01", HDFS "081109 203615", "17/06/09
-    20:10:40" and Android "03-17 16:13:38.811". Zone-less times are read as UTC; year-less ones
+    20:10:40", Go's and nginx's "2024/01/31 10:00:00" and Android "03-17 16:13:38.811". Zone-less times are read as UTC; year-less ones
     take the year of `now`. Anything else: None (the caller uses arrival time).
     """
     try:
@@ -192,6 +196,10 @@ def parse_line_timestamp(line: str, now: float) -> float | None:
         if m:
             yy, mo, d, h, mi, s = (int(g) for g in m.groups())
             return _utc(2000 + yy, mo, d, h, mi, s)
+        m = _YMD_SLASH_RE.match(line)
+        if m:
+            y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
+            return _utc(y, mo, d, h, mi, s, m.group(7))
         m = _MMDD_RE.match(line)
         if m:
             mo, d, h, mi, s = (int(g) for g in m.groups()[:5])
@@ -235,6 +243,14 @@ def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None
     pri = parse_pri(text)
     if pri is not None:
         pri_level, body = pri
+    logfmt = parse_logfmt(body) if _LOGFMT_START.match(body) else None
+    if logfmt is not None:
+        header, stamp = logfmt
+        ts = parse_line_timestamp(stamp, now) if stamp else None
+        if ts is None and stamp and stamp.replace(".", "", 1).isdigit():
+            ts = float(stamp)  # epoch seconds, as go-kit's ts=unix writes them
+        return LogRecord(source, now if ts is None else ts, text, header.content,
+                         header.level or pri_level, header.component)  # fmt: skip
     relay = parse_relay(body)
     if relay is not None:  # its epoch is the line's time (the relayed line's may lack a year)
         ts, body = relay

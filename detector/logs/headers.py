@@ -5,8 +5,9 @@ such as `- <NUM> <NUM> <*> <NUM>-<NUM>-<NUM>-<NUM> <*> RAS KERNEL <*> <*> <*>`. 
 configuration (after a leading timestamp that `head.strip_timestamp` knows):
 
 - level-first layouts: log4j / logback / Python logging / Spark / HDFS / Android / Windows CBS /
-  Apache, i.e. optional pid and tid numbers, an optional `[thread]`, a level word (`ERROR`, `warn`,
-  `[notice]`, or a one-letter Android level after pid and tid), an optional `[thread]`, then an
+  Apache / nginx / PostgreSQL / Elasticsearch, i.e. optional pid and tid numbers, an optional
+  `[thread]`, a level word (`ERROR`, `warn`, `[notice]`, `[WARN ]`, or a one-letter Android level
+  after pid and tid), an optional `[thread]`, then an
   optional `component:` (or a short component followed by two or more spaces);
 - syslog (BSD): `Jun 14 15:16:01 host program[pid]: content` (a relayed host as
   `host/relay` or `user@host`), and RFC 5424 / a leading `<PRI>`, whose severity is the level;
@@ -15,6 +16,8 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
   node, `- 1131566461 2005.11.09 node Nov 9 12:01:01 node/node crond[2915]: content`; the epoch
   is the line's time, and the tag is dropped (in those collections it is the label);
 - glog / abseil (`I1206 04:59:41.123456  1234 file.cc:12] content`);
+- logfmt (`ts=... level=error component=tsdb msg="compaction failed" err="disk full"`), read by
+  `parse_logfmt` before anything else;
 - a line that starts with a level word and a colon or brackets (`ERROR: disk full`);
 - otherwise an upper-case level word among a line's first ten tokens after a token with a digit
   (BGL `... R02-M1-N0 RAS KERNEL INFO content`, ZooKeeper `... - INFO  [thread:Class@774] - content`
@@ -36,20 +39,21 @@ from dataclasses import dataclass
 from detector.errors import UserError
 
 LEVEL_WORDS = (
-    "EMERG|EMERGENCY|ALERT|CRIT|CRITICAL|ERR|ERROR|FATAL|SEVERE|WARN|WARNING|NOTICE|INFO|"
+    "EMERG|EMERGENCY|ALERT|CRIT|CRITICAL|ERR|ERROR|FATAL|PANIC|SEVERE|WARN|WARNING|NOTICE|INFO|"
     "INFORMATION|DEBUG|TRACE|VERBOSE|FINE|FINER|FINEST"
 )
 _AFTER_TS = re.compile(
     r"(?P<ids>(?:\d+\s+){0,2})"
     r"(?:\[[^\]]{0,64}\]\s*)?"
-    r"(?:\[(?P<blevel>(?i:" + LEVEL_WORDS + r"))\]|(?P<level>(?i:" + LEVEL_WORDS + r")|[VDIWEF]))"
-    r"(?=[\s:])[:\s]\s*"
+    r"(?:\[ ?(?P<blevel>(?i:" + LEVEL_WORDS + r")) *\]:?\s*"
+    r"|(?P<level>(?i:" + LEVEL_WORDS + r")|[VDIWEF])(?=[\s:])[:\s]\s*)"
     r"(?:\[[^\]]{0,64}\]\s*)?"
     r"(?:(?P<component>[\w.$\-/()#@]{1,128}?)(?:\[\d+\])?:\s+"
     r"|(?P<wcomponent>[A-Za-z][\w.\-]{0,31})\s{2,})?"
     r"(?P<content>.*)$",
     re.DOTALL,
 )
+_PID_TID = re.compile(r"\d+#\d+")
 _SYSLOG_BODY = re.compile(
     r"(?P<host>[\w.\-/@]+)\s+(?P<component>[\w.\-/()@]{1,128}?)(?:\[\d+\])?:\s+(?P<content>.*)$",
     re.DOTALL,
@@ -77,6 +81,8 @@ def parse_after_timestamp(rest: str, syslog: bool) -> Header | None:
         # A single letter is a level only in the Android layout (after pid and tid).
         if len(level) > 1 or (m.group("ids").split() and level.isupper()):
             component = m.group("component") or m.group("wcomponent")
+            if component and _PID_TID.fullmatch(component):  # nginx's `pid#tid:`, not a name
+                component = None
             content = m.group("content").strip()
             if content:
                 return Header(content, level, component)
@@ -118,8 +124,8 @@ def parse_pri(line: str) -> tuple[str, str] | None:
 
 # FAILURE: Blue Gene/L's RAS severities are INFO, WARNING, SEVERE, ERROR, FATAL and FAILURE.
 _CAPS_LEVEL = re.compile(
-    r"(?:EMERG|ALERT|CRIT|CRITICAL|ERROR|ERR|FATAL|FAILURE|SEVERE|WARN|WARNING|NOTICE|INFO|DEBUG"
-    r"|TRACE)"
+    r"(?:EMERG|ALERT|CRIT|CRITICAL|ERROR|ERR|FATAL|FAILURE|PANIC|SEVERE|WARN|WARNING|NOTICE|INFO"
+    r"|DEBUG|TRACE)"
 )
 _LEADING_NOISE = re.compile(r"(?:\[(?:[^\[\]]|\[[^\[\]]*\]){0,300}\]\s*|-\s+)*")
 # A header token: has a digit or punctuation, or is upper case (`RAS`, `KERNEL`); a plain word
@@ -150,6 +156,41 @@ def parse_embedded_level(line: str) -> Header | None:
             return None
         digit_seen = digit_seen or any(c.isdigit() for c in token)
     return None
+
+
+# logfmt (logrus' text format, go-kit, Prometheus, Grafana): `key=value` pairs, a value bare or
+# double-quoted with backslash escapes; a line is logfmt only if it is pairs from end to end.
+_LOGFMT_PAIR = re.compile(r'([A-Za-z_@][\w.@\-]*)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?:\s+|$)')
+_LOGFMT_ESCAPE = re.compile(r"\\(.)")
+_LOGFMT_MESSAGE = ("msg", "message")
+_LOGFMT_LEVEL = ("level", "lvl", "severity")
+_LOGFMT_COMPONENT = ("component", "logger", "module", "caller")
+_LOGFMT_ERROR = ("err", "error")
+
+
+def parse_logfmt(line: str) -> tuple[Header, str | None] | None:
+    """(header, its time as written) of a logfmt line with a `msg` or `message`, else None. The
+    content is the message, then `: ` and the `err` or `error` value when there is one."""
+    pairs: dict[str, str] = {}
+    pos = 0
+    while pos < len(line):
+        m = _LOGFMT_PAIR.match(line, pos)
+        if m is None:
+            return None
+        value = m.group(2)
+        if value.startswith('"'):
+            value = _LOGFMT_ESCAPE.sub(r"\1", value[1:-1])
+        pairs.setdefault(m.group(1), value)
+        pos = m.end()
+    message = next((pairs[k] for k in _LOGFMT_MESSAGE if pairs.get(k, "").strip()), None)
+    if message is None:
+        return None
+    error = next((pairs[k] for k in _LOGFMT_ERROR if pairs.get(k)), None)
+    content = f"{message.strip()}: {error}" if error else message.strip()
+    level = next((pairs[k] for k in _LOGFMT_LEVEL if pairs.get(k)), None)
+    component = next((pairs[k] for k in _LOGFMT_COMPONENT if pairs.get(k)), None)
+    stamp = next((pairs[k] for k in ("ts", "time", "t", "timestamp") if pairs.get(k)), None)
+    return Header(content, level, component), stamp
 
 
 _FIELD_RE = re.compile(r"<(\w+)>")

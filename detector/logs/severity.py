@@ -146,6 +146,7 @@ _ALIASES = {
 STATED_LEVELS = {
     "emerg": "error", "emergency": "error", "alert": "error", "crit": "error", "critical": "error",
     "err": "error", "error": "error", "fatal": "error", "failure": "error", "severe": "error",
+    "panic": "error", "eror": "error", "dbug": "info",  # logrus' panic; log15's eror, dbug
     "e": "error", "f": "error", "a": "error",
     "warn": "warning", "warning": "warning", "w": "warning",
     "notice": "info", "info": "info", "information": "info", "informational": "info", "i": "info",
