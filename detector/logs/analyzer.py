@@ -165,8 +165,9 @@ def parse_line_timestamp(line: str, now: float) -> float | None:
 
     Recognises ISO 8601 ("2015-10-18 18:01:47,978", with or without zone), Apache
     "[Sun Dec 04 04:47:44 2005]", syslog "Jun 14 15:16:01", HDFS "081109 203615", "17/06/09
-    20:10:40", Go's and nginx's "2024/01/31 10:00:00" and Android "03-17 16:13:38.811". Zone-less times are read as UTC; year-less ones
-    take the year of `now`. Anything else: None (the caller uses arrival time).
+    20:10:40", Go's and nginx's "2024/01/31 10:00:00" and Android "03-17 16:13:38.811".
+    Zone-less times are read as UTC; year-less ones take the year of `now`. Anything else: None
+    (the caller uses arrival time).
     """
     try:
         m = _ISO_RE.match(line)
@@ -248,7 +249,8 @@ def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None
         header, stamp = logfmt
         ts = parse_line_timestamp(stamp, now) if stamp else None
         if ts is None and stamp and stamp.replace(".", "", 1).isdigit():
-            ts = float(stamp)  # epoch seconds, as go-kit's ts=unix writes them
+            ts = float(stamp)  # epoch seconds (go-kit's ts=unix) or milliseconds
+            ts = ts / 1000 if ts > 1e11 else ts
         return LogRecord(source, now if ts is None else ts, text, header.content,
                          header.level or pri_level, header.component)  # fmt: skip
     relay = parse_relay(body)
