@@ -117,6 +117,12 @@ def _parse(line: str, log_format: LogFormat | None = None) -> LogRecord:
             None,
         ),
         (
+            "2024-01-31 10:00:00.123 UTC [4821] LOG:  checkpoint complete: wrote 12 buffers",
+            "checkpoint complete: wrote 12 buffers",
+            "LOG",
+            None,
+        ),
+        (
             "[2024-01-31T10:00:00,123][WARN ][o.e.c.r.a.DiskThresholdMonitor] [node-1] high disk "
             "watermark exceeded",
             "[node-1] high disk watermark exceeded",
@@ -146,6 +152,7 @@ def test_headers_are_split_from_the_content(line, content, level, component) -> 
 
 def test_prose_that_mentions_a_level_is_not_a_header() -> None:
     for line in ("Took 5 ms, ERROR count 3", "Error reading file /tmp/x", "user info updated",
+                 "2024-01-31 10:00:00 log rotated", "2024-01-31 10:00:00 LOG rotated",
                  "user=bob level=error action=login", "msg=ok but then prose"):  # fmt: skip
         rec = _parse(line)
         assert (rec.content, rec.level) == (None, None)

@@ -6,8 +6,8 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
 
 - level-first layouts: log4j / logback / Python logging / Spark / HDFS / Android / Windows CBS /
   Apache / nginx / PostgreSQL / Elasticsearch, i.e. optional pid and tid numbers, an optional
-  `[thread]`, a level word (`ERROR`, `warn`, `[notice]`, `[WARN ]`, or a one-letter Android level
-  after pid and tid), an optional `[thread]`, then an
+  `[thread]`, a level word (`ERROR`, `warn`, `[notice]`, `[WARN ]`, PostgreSQL's `LOG:`, or a
+  one-letter Android level after pid and tid), an optional `[thread]`, then an
   optional `component:` (or a short component followed by two or more spaces);
 - syslog (BSD): `Jun 14 15:16:01 host program[pid]: content` (a relayed host as
   `host/relay` or `user@host`), and RFC 5424 / a leading `<PRI>`, whose severity is the level;
@@ -46,7 +46,7 @@ _AFTER_TS = re.compile(
     r"(?P<ids>(?:\d+\s+){0,2})"
     r"(?:\[[^\]]{0,64}\]\s*)?"
     r"(?:\[ ?(?P<blevel>(?i:" + LEVEL_WORDS + r")) *\]:?\s*"
-    r"|(?P<level>(?i:" + LEVEL_WORDS + r")|[VDIWEF])(?=[\s:])[:\s]\s*)"
+    r"|(?P<level>(?i:" + LEVEL_WORDS + r")|[VDIWEF]|LOG(?=:))(?=[\s:])[:\s]\s*)"
     r"(?:\[[^\]]{0,64}\]\s*)?"
     r"(?:(?P<component>[\w.$\-/()#@]{1,128}?)(?:\[\d+\])?:\s+"
     r"|(?P<wcomponent>[A-Za-z][\w.\-]{0,31})\s{2,})?"

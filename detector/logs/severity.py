@@ -147,6 +147,7 @@ STATED_LEVELS = {
     "emerg": "error", "emergency": "error", "alert": "error", "crit": "error", "critical": "error",
     "err": "error", "error": "error", "fatal": "error", "failure": "error", "severe": "error",
     "panic": "error", "eror": "error", "dbug": "info",  # logrus' panic; log15's eror, dbug
+    "log": "info",  # PostgreSQL's LOG: (read only as `LOG:`, detector/logs/headers.py)
     "e": "error", "f": "error", "a": "error",
     "warn": "warning", "warning": "warning", "w": "warning",
     "notice": "info", "info": "info", "information": "info", "informational": "info", "i": "info",
