@@ -125,9 +125,23 @@ def _parse(line: str, log_format: LogFormat | None = None) -> LogRecord:
         (
             "[2024-01-31T10:00:00,123][WARN ][o.e.c.r.a.DiskThresholdMonitor] [node-1] high disk "
             "watermark exceeded",
-            "[node-1] high disk watermark exceeded",
+            "high disk watermark exceeded",
             "WARN",
             None,
+        ),
+        (
+            "2024-01-31T10:00:00.123Z ERROR 1 --- [main] o.s.boot.SpringApplication           "
+            "   : Application run failed",
+            "Application run failed",
+            "ERROR",
+            "o.s.boot.SpringApplication",
+        ),
+        ("WARNING:root:disk almost full", "disk almost full", "WARNING", "root"),
+        (
+            "ERROR:myapp.db:connection lost: timeout",
+            "connection lost: timeout",
+            "ERROR",
+            "myapp.db",
         ),
         (
             "2015-07-29 17:41:44,747 - INFO  [QuorumPeer[myid=1]/0:0:0:0:0:0:0:0:2181:"

@@ -47,6 +47,7 @@ from detector.logs.headers import (
     parse_glog,
     parse_logfmt,
     parse_pri,
+    parse_python_default,
     parse_relay,
 )
 from detector.logs.severity import CLASSES as SEVERITY_CLASSES
@@ -265,7 +266,7 @@ def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None
     elif _LEVEL_FIRST_RE.match(body):
         header = parse_after_timestamp(body, False)
     if header is None:
-        header = parse_glog(body) or parse_embedded_level(body)
+        header = parse_glog(body) or parse_python_default(body) or parse_embedded_level(body)
         if header is not None and ts is None:
             # The header is what precedes the content; its time is the line's.
             head = body.rstrip()

@@ -5,10 +5,11 @@ such as `- <NUM> <NUM> <*> <NUM>-<NUM>-<NUM>-<NUM> <*> RAS KERNEL <*> <*> <*>`. 
 configuration (after a leading timestamp that `head.strip_timestamp` knows):
 
 - level-first layouts: log4j / logback / Python logging / Spark / HDFS / Android / Windows CBS /
-  Apache / nginx / PostgreSQL / Elasticsearch, i.e. optional pid and tid numbers, an optional
-  `[thread]`, a level word (`ERROR`, `warn`, `[notice]`, `[WARN ]`, PostgreSQL's `LOG:`, or a
-  one-letter Android level after pid and tid), an optional `[thread]`, then an
-  optional `component:` (or a short component followed by two or more spaces);
+  Apache / nginx / PostgreSQL / Elasticsearch / Spring Boot, i.e. optional pid and tid numbers,
+  an optional `[thread]`, a level word (`ERROR`, `warn`, `[notice]`, `[WARN ]`, PostgreSQL's `LOG:`, or a
+  one-letter Android level after pid and tid), Spring Boot's `pid ---`, up to two `[...]`
+  groups, then an optional `component:` or `component  :` (or a short component followed by two
+  or more spaces);
 - syslog (BSD): `Jun 14 15:16:01 host program[pid]: content` (a relayed host as
   `host/relay` or `user@host`), and RFC 5424 / a leading `<PRI>`, whose severity is the level;
 - a relay prefix before any of these, as the Sandia supercomputer logs carry it (Oliner and
@@ -16,6 +17,7 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
   node, `- 1131566461 2005.11.09 node Nov 9 12:01:01 node/node crond[2915]: content`; the epoch
   is the line's time, and the tag is dropped (in those collections it is the label);
 - glog / abseil (`I1206 04:59:41.123456  1234 file.cc:12] content`);
+- Python logging's default `WARNING:root:content`;
 - logfmt (`ts=... level=error component=tsdb msg="compaction failed" err="disk full"`), read by
   `parse_logfmt` before anything else;
 - a line that starts with a level word and a colon or brackets (`ERROR: disk full`);
@@ -47,8 +49,9 @@ _AFTER_TS = re.compile(
     r"(?:\[[^\]]{0,64}\]\s*)?"
     r"(?:\[ ?(?P<blevel>(?i:" + LEVEL_WORDS + r")) *\]:?\s*"
     r"|(?P<level>(?i:" + LEVEL_WORDS + r")|[VDIWEF]|LOG(?=:))(?=[\s:])[:\s]\s*)"
-    r"(?:\[[^\]]{0,64}\]\s*)?"
-    r"(?:(?P<component>[\w.$\-/()#@]{1,128}?)(?:\[\d+\])?:\s+"
+    r"(?:\d+ --- )?"  # Spring Boot's pid
+    r"(?:\[[^\]]{0,64}\]\s*){0,2}"
+    r"(?:(?P<component>[\w.$\-/()#@]{1,128}?)(?:\[\d+\])?(?::| +: )\s*"
     r"|(?P<wcomponent>[A-Za-z][\w.\-]{0,31})\s{2,})?"
     r"(?P<content>.*)$",
     re.DOTALL,
@@ -103,6 +106,21 @@ _GLOG = re.compile(
 def parse_glog(line: str) -> Header | None:
     """glog / abseil: `I1206 04:59:41.123456  1234 file.cc:12] content`."""
     m = _GLOG.match(line)
+    if m is None or not m.group("content").strip():
+        return None
+    return Header(m.group("content").strip(), m.group("level"), m.group("component"))
+
+
+# Python logging's default layout (logging.basicConfig): `LEVEL:logger name:message`.
+_PYTHON_DEFAULT = re.compile(
+    r"(?P<level>CRITICAL|ERROR|WARNING|INFO|DEBUG):(?P<component>[\w.\-]{1,128}):(?P<content>.*)$",
+    re.DOTALL,
+)
+
+
+def parse_python_default(line: str) -> Header | None:
+    """`WARNING:root:disk almost full`: Python logging's default layout."""
+    m = _PYTHON_DEFAULT.match(line)
     if m is None or not m.group("content").strip():
         return None
     return Header(m.group("content").strip(), m.group("level"), m.group("component"))
