@@ -179,6 +179,17 @@ def test_raw_line_uses_key_and_its_leading_timestamp() -> None:
          parse_log_value(b"2024-05-01 12:00:00,000 WARN [main] Pool low", b"k", NOW)),
         (b'{"log":"no header here","time":"2024-05-01T12:00:01Z"}',
          LogRecord("k", _utc(2024, 5, 1, 12, 0, 1), "no header here")),
+        # MongoDB's structured log: "s" the level, "c" the component, "t" {"$date"}
+        (b'{"t":{"$date":"2024-05-01T12:00:00.500+00:00"},"s":"W","c":"NETWORK","id":1,'
+         b'"ctx":"conn7","msg":"Slow query"}',
+         LogRecord("k", _utc(2024, 5, 1, 12) + 0.5, "Slow query", "Slow query", "W", "NETWORK")),
+        # Serilog's compact JSON (CLEF): "@m" rendered, "@mt" its template; no "@l" is Information
+        (b'{"@t":"2024-05-01T12:00:00Z","@mt":"Disk {Disk} full","@l":"Error","Disk":"C:",'
+         b'"SourceContext":"App.Storage"}',
+         LogRecord("k", _utc(2024, 5, 1, 12), "Disk {Disk} full", "Disk {Disk} full", "Error",
+                   "App.Storage")),
+        (b'{"@t":"2024-05-01T12:00:00Z","@m":"Started"}',
+         LogRecord("k", _utc(2024, 5, 1, 12), "Started", "Started", "Information")),
     ],
 )  # fmt: skip
 def test_json_logger_records_are_read(value: bytes, expected: LogRecord) -> None:
@@ -192,6 +203,20 @@ def test_a_contract_record_states_its_level_as_level_or_severity() -> None:
             "k", NOW, "disk full", "disk full", "ERROR"
         )
     assert parse_log_value(b'{"message": "x"}', b"k", NOW).level is None
+
+
+def test_a_contract_record_in_elastic_common_schema_gives_its_level_time_and_logger() -> None:
+    flat = b'{"@timestamp":"2024-05-01T12:00:00Z","log.level":"warn","log.logger":"db","message":"slow"}'
+    nested = b'{"@timestamp":"2024-05-01T12:00:00Z","log":{"level":"warn","logger":"db"},"message":"slow"}'
+    for value in (flat, nested):
+        assert parse_log_value(value, b"k", NOW) == LogRecord(
+            "k", _utc(2024, 5, 1, 12), "slow", "slow", "warn", "db"
+        )
+    # The contract's "ts" wins; a logger's time that does not read is not an error (not the
+    # contract's field): the arrival time.
+    value = b'{"ts": 1714564800, "timestamp": "2024-05-02T00:00:00Z", "message": "x"}'
+    assert parse_log_value(value, b"k", NOW).ts == 1714564800.0
+    assert parse_log_value(b'{"timestamp": "5 May", "message": "x"}', b"k", NOW).ts == NOW
 
 
 @pytest.mark.parametrize(

@@ -332,6 +332,9 @@ def _logger_json(obj: dict, key_source: str, now: float, log_format: LogFormat |
     """A JSON logger's record: {"msg", "level", a time} (zap, logrus, slog, pino, bunyan), or
     Docker's json-file driver {"log": the raw line, "time"}, whose line is parsed as any raw one."""
     stamp = next((obj[k] for k in _LOGGER_TIME_KEYS if obj.get(k) is not None), None)
+    mongo = isinstance(obj.get("t"), dict) and "$date" in obj["t"]  # MongoDB's structured log
+    if stamp is None and mongo:
+        stamp = obj["t"]["$date"]
     if isinstance(stamp, int | float) and not isinstance(stamp, bool) and stamp > 1e11:
         stamp = stamp / 1000  # epoch milliseconds: seconds stay under 1e11 until the year 5138
     ts = now if stamp is None else parse_ts(stamp)
@@ -340,13 +343,49 @@ def _logger_json(obj: dict, key_source: str, now: float, log_format: LogFormat |
     message = _object_text(obj, field)
     if field == "log":
         return _raw_record(source, message.strip(), ts, log_format)
-    level = obj.get("level", obj.get("severity"))
+    level = obj.get("level", obj.get("severity", obj.get("s") if mongo else None))
     if isinstance(level, int) and not isinstance(level, bool):
         level = _NUMERIC_LEVELS.get(level)
     elif level is not None and not isinstance(level, str):
         raise ValueError("level must be a string or a number")
-    component = obj.get("logger", obj.get("name"))
+    component = obj.get("logger", obj.get("name", obj.get("c") if mongo else None))
     return LogRecord(source, ts, message, message, level or None,
+                     component if isinstance(component, str) and component else None)  # fmt: skip
+
+
+def _dotted(obj: dict, name: str):
+    """ECS writes `log.level` as a dotted key or as {"log": {"level": ...}}."""
+    if name in obj:
+        return obj[name]
+    head, _, tail = name.partition(".")
+    inner = obj.get(head)
+    return inner.get(tail) if isinstance(inner, dict) else None
+
+
+def _extra_time(obj: dict, now: float) -> float:
+    """A contract record without `ts`: a logger's time field if it has one that reads as a time
+    with a zone (ECS's `@timestamp`), else `now` (these fields are not the contract's, so one
+    that does not read is not an error)."""
+    stamp = next((obj[k] for k in ("time", "timestamp", "@timestamp") if obj.get(k) is not None),
+                 None)  # fmt: skip
+    if stamp is None:
+        return now
+    try:
+        return parse_ts(stamp)
+    except ValueError:
+        return now
+
+
+# Serilog's compact JSON (CLEF): a level is stated unless it is Information.
+def _clef(obj: dict, key_source: str, now: float) -> LogRecord:
+    """A CLEF record: `@m` (the rendered message) or `@mt` (its template), `@l`, `@t`."""
+    message = _object_text(obj, "@m" if "@m" in obj else "@mt")
+    level = obj.get("@l", "Information")
+    if not isinstance(level, str):
+        raise ValueError("@l must be a string")
+    ts = now if obj.get("@t") is None else parse_ts(obj["@t"])
+    component = obj.get("SourceContext")
+    return LogRecord(_object_source(obj, key_source), ts, message, message, level or None,
                      component if isinstance(component, str) and component else None)  # fmt: skip
 
 
@@ -354,7 +393,8 @@ def parse_log_value(
     value: bytes | None, key: bytes | None, now: float, log_format: LogFormat | None = None
 ) -> LogRecord:
     """Decode one tsguard.logs value: a JSON object {"source", "ts", "message"}, a journald or
-    JSON logger's record ("MESSAGE"; "msg" or Docker's "log"), or a raw line.
+    JSON logger's record ("MESSAGE"; "msg" or Docker's "log"; Serilog's "@m" / "@mt"), or a raw
+    line.
 
     source: the object's, else the key, else "unknown"; ts: the object's (the rule of every topic,
     `detector.messages.parse_ts`), else a timestamp at the start of a raw line, else `now`. Raises ValueError with a short
@@ -384,17 +424,22 @@ def parse_log_value(
             return _journald(obj, key_source)
         if "message" not in obj and ("msg" in obj or "log" in obj):
             return _logger_json(obj, key_source, now, log_format)
+        if "message" not in obj and ("@m" in obj or "@mt" in obj):
+            return _clef(obj, key_source, now)
         message = _object_text(obj, "message")
         source = _object_source(obj, key_source)
-        level = obj.get("level", obj.get("severity"))  # "severity": Cloud Logging's name
+        # "severity": Cloud Logging's name; "log.level": Elastic Common Schema's (ECS)
+        level = obj.get("level", obj.get("severity", _dotted(obj, "log.level")))
         if level is not None and not isinstance(level, str):
             raise ValueError("level must be a string")
+        component = obj.get("logger", _dotted(obj, "log.logger"))
         return LogRecord(
             source,
-            now if obj.get("ts") is None else parse_ts(obj["ts"]),
+            _extra_time(obj, now) if obj.get("ts") is None else parse_ts(obj["ts"]),
             message,
             None if level is None else message,
             level or None,
+            component if isinstance(component, str) and component else None,
         )
     return _raw_record(key_source, text, now, log_format)
 

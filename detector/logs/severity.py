@@ -148,6 +148,7 @@ STATED_LEVELS = {
     "err": "error", "error": "error", "fatal": "error", "failure": "error", "severe": "error",
     "panic": "error", "eror": "error", "dbug": "info",  # logrus' panic; log15's eror, dbug
     "log": "info",  # PostgreSQL's LOG: (read only as `LOG:`, detector/logs/headers.py)
+    "d1": "info", "d2": "info", "d3": "info", "d4": "info", "d5": "info",  # MongoDB's debug
     "e": "error", "f": "error", "a": "error",
     "warn": "warning", "warning": "warning", "w": "warning",
     "notice": "info", "info": "info", "information": "info", "informational": "info", "i": "info",
