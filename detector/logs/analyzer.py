@@ -329,8 +329,9 @@ _NUMERIC_LEVELS = {10: "trace", 20: "debug", 30: "info", 40: "warn", 50: "error"
 
 
 def _logger_json(obj: dict, key_source: str, now: float, log_format: LogFormat | None) -> LogRecord:
-    """A JSON logger's record: {"msg", "level", a time} (zap, logrus, slog, pino, bunyan), or
-    Docker's json-file driver {"log": the raw line, "time"}, whose line is parsed as any raw one."""
+    """A JSON logger's record: {"msg", "level", a time} (zap, logrus, slog, pino, bunyan;
+    MongoDB's "s", "c" and "t": {"$date"}), or Docker's json-file driver {"log": the raw line,
+    "time"}, whose line is parsed as any raw one."""
     stamp = next((obj[k] for k in _LOGGER_TIME_KEYS if obj.get(k) is not None), None)
     mongo = isinstance(obj.get("t"), dict) and "$date" in obj["t"]  # MongoDB's structured log
     if stamp is None and mongo:
@@ -376,9 +377,9 @@ def _extra_time(obj: dict, now: float) -> float:
         return now
 
 
-# Serilog's compact JSON (CLEF): a level is stated unless it is Information.
 def _clef(obj: dict, key_source: str, now: float) -> LogRecord:
-    """A CLEF record: `@m` (the rendered message) or `@mt` (its template), `@l`, `@t`."""
+    """Serilog's compact JSON (CLEF): `@m` (the rendered message) or `@mt` (its template), `@l`
+    (absent: Information, as the format says), `@t`."""
     message = _object_text(obj, "@m" if "@m" in obj else "@mt")
     level = obj.get("@l", "Information")
     if not isinstance(level, str):
@@ -428,10 +429,12 @@ def parse_log_value(
             return _clef(obj, key_source, now)
         message = _object_text(obj, "message")
         source = _object_source(obj, key_source)
-        # "severity": Cloud Logging's name; "log.level": Elastic Common Schema's (ECS)
-        level = obj.get("level", obj.get("severity", _dotted(obj, "log.level")))
+        level = obj.get("level", obj.get("severity"))  # "severity": Cloud Logging's name
         if level is not None and not isinstance(level, str):
             raise ValueError("level must be a string")
+        if level is None:  # Elastic Common Schema's, read only when it is a word
+            ecs = _dotted(obj, "log.level")
+            level = ecs if isinstance(ecs, str) else None
         component = obj.get("logger", _dotted(obj, "log.logger"))
         return LogRecord(
             source,

@@ -6,10 +6,10 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
 
 - level-first layouts: log4j / logback / Python logging / Spark / HDFS / Android / Windows CBS /
   Apache / nginx / PostgreSQL / Elasticsearch / Spring Boot, i.e. optional pid and tid numbers,
-  an optional `[thread]`, a level word (`ERROR`, `warn`, `[notice]`, `[WARN ]`, PostgreSQL's `LOG:`, or a
-  one-letter Android level after pid and tid), Spring Boot's `pid ---`, up to two `[...]`
-  groups, then an optional `component:` or `component  :` (or a short component followed by two
-  or more spaces);
+  an optional `[thread]`, a level word (`ERROR`, `warn`, `[notice]`, `[WARN ]`, PostgreSQL's
+  `LOG:`, or a one-letter Android level after pid and tid), Spring Boot's `pid ---`, up to two
+  `[...]` groups, then an optional `component:` or `component  :` (or a short component
+  followed by two or more spaces);
 - syslog (BSD): `Jun 14 15:16:01 host program[pid]: content` (a relayed host as
   `host/relay` or `user@host`), and RFC 5424 / a leading `<PRI>`, whose severity is the level;
 - a relay prefix before any of these, as the Sandia supercomputer logs carry it (Oliner and
