@@ -217,6 +217,7 @@ def test_a_contract_record_in_elastic_common_schema_gives_its_level_time_and_log
     value = b'{"ts": 1714564800, "timestamp": "2024-05-02T00:00:00Z", "message": "x"}'
     assert parse_log_value(value, b"k", NOW).ts == 1714564800.0
     assert parse_log_value(b'{"timestamp": "5 May", "message": "x"}', b"k", NOW).ts == NOW
+    assert parse_log_value(b'{"log": {"level": 5}, "message": "x"}', b"k", NOW).level is None
 
 
 @pytest.mark.parametrize(
