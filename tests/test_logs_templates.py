@@ -205,6 +205,16 @@ def test_a_contract_record_states_its_level_as_level_or_severity() -> None:
     assert parse_log_value(b'{"message": "x"}', b"k", NOW).level is None
 
 
+def test_a_container_runtime_line_is_read_as_the_containers_line() -> None:
+    """CRI (containerd, CRI-O): time, stream, F or P, then the line, read as Docker's "log" is:
+    the line's own time if it has one, else the runtime's."""
+    inner = b'level=error ts=2024-05-01T11:59:59Z msg="db down"'
+    cri = b"2024-05-01T12:00:00.123456789Z stderr F " + inner
+    assert parse_log_value(cri, b"k", NOW) == parse_log_value(inner, b"k", NOW)
+    plain = parse_log_value(b"2024-05-01T12:00:00.5Z stdout P no header here", b"k", NOW)
+    assert plain == LogRecord("k", _utc(2024, 5, 1, 12) + 0.5, "no header here")
+
+
 def test_a_contract_record_in_elastic_common_schema_gives_its_level_time_and_logger() -> None:
     flat = b'{"@timestamp":"2024-05-01T12:00:00Z","log.level":"warn","log.logger":"db","message":"slow"}'
     nested = b'{"@timestamp":"2024-05-01T12:00:00Z","log":{"level":"warn","logger":"db"},"message":"slow"}'

@@ -228,8 +228,22 @@ def header_timestamp(head: str) -> float | None:
         return None
 
 
+# A container runtime's log line (CRI: containerd, CRI-O; Kubernetes' /var/log/containers):
+# time, stream, F(ull) or P(artial), then the container's own line.
+_CRI_RE = re.compile(
+    r"(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})) "
+    r"(?:stdout|stderr) [FP] (?P<line>.*\S.*)$",
+    re.DOTALL,
+)
+
+
 def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None) -> LogRecord:
     """A raw line with its header parsed (see detector/logs/headers.py)."""
+    cri = _CRI_RE.match(text)
+    if cri is not None:  # the container's line, as Docker's json-file "log" is read
+        line = cri.group("line").strip()
+        return _raw_record(source, line, parse_line_timestamp(cri.group("ts"), now) or now,
+                           log_format)  # fmt: skip
     if log_format is not None:
         fields = log_format.parse(text)
         if fields is not None:

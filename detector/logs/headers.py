@@ -28,7 +28,8 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
   follows, without leading `[...]` groups and dashes, is the content (the first date and time
   among the header's tokens is the line's time: `analyzer.header_timestamp`).
 
-journald JSON records are read in `head.parse_log_value`. Anything else is a loghub-style format,
+journald JSON records and container runtimes' (CRI) lines are read in
+`analyzer.parse_log_value`. Anything else is a loghub-style format,
 `LogFormat('<Date> <Time> <Level> <Component>: <Content>')`: each `<Field>` matches lazily, the
 last one greedily, spaces match any run of spaces.
 """
