@@ -104,12 +104,17 @@ _GLOG = re.compile(
 )
 
 
-def parse_glog(line: str) -> Header | None:
-    """glog / abseil: `I1206 04:59:41.123456  1234 file.cc:12] content`."""
-    m = _GLOG.match(line)
+def _whole_line(pattern: re.Pattern, line: str) -> Header | None:
+    """A layout whose pattern names the level, component and content of the whole line."""
+    m = pattern.match(line)
     if m is None or not m.group("content").strip():
         return None
     return Header(m.group("content").strip(), m.group("level"), m.group("component"))
+
+
+def parse_glog(line: str) -> Header | None:
+    """glog / abseil: `I1206 04:59:41.123456  1234 file.cc:12] content`."""
+    return _whole_line(_GLOG, line)
 
 
 # Python logging's default layout (logging.basicConfig): `LEVEL:logger name:message`.
@@ -121,10 +126,7 @@ _PYTHON_DEFAULT = re.compile(
 
 def parse_python_default(line: str) -> Header | None:
     """`WARNING:root:disk almost full`: Python logging's default layout."""
-    m = _PYTHON_DEFAULT.match(line)
-    if m is None or not m.group("content").strip():
-        return None
-    return Header(m.group("content").strip(), m.group("level"), m.group("component"))
+    return _whole_line(_PYTHON_DEFAULT, line)
 
 
 def parse_relay(line: str) -> tuple[float, str] | None:
