@@ -77,6 +77,12 @@ class Metrics:
         self.anomaly_events = Counter(
             "tsguard_anomaly_events", "Anomaly events published", ["kind"], registry=r
         )
+        self.anomaly_causes = Counter(
+            "tsguard_anomaly_causes",
+            "Anomaly episodes started, by the signal that was loudest at the start",
+            ["signal"],
+            registry=r,
+        )
         self.score = Gauge(
             "tsguard_anomaly_score",
             "Latest calibrated score per series (0..1)",

@@ -61,6 +61,7 @@ CONTRACT_LABELS: dict[str, set[str]] = {
     "tsguard_rules_file_refused": set(),
     "tsguard_feedback_verdicts_total": {"verdict"},
     "tsguard_incidents_open": set(),  # stream/incidents.py
+    "tsguard_anomaly_causes_total": {"signal"},  # episode starts by their loudest signal
 }
 HISTOGRAMS = {"tsguard_scoring_seconds", "tsguard_batch_size", "tsguard_end_to_end_seconds"}
 SCRAPE_LABELS = {"job", "instance"}

@@ -249,6 +249,27 @@ def test_the_head_rebuilds_an_open_incident_after_a_restart():
     assert incidents_of(out) == later
 
 
+def test_each_published_start_is_counted_by_its_loudest_signal():
+    from detector.scorer import load_scorer
+    from detector.signals import SIGNALS
+    from stream.heads.metrics import MetricsHead
+    from stream.settings import Settings
+
+    metrics = Metrics()
+    head = MetricsHead(Settings(), load_scorer(None, "cpu"), metrics)
+    out = head.handle(host_records(340, {"h/a": 300, "h/b": 302}), 0.0)
+    out += [o for part in head.ready(0.0, flush=True) for o in part]
+    starts = [e for o in out if o.topic == "tsguard.anomalies"
+              if (e := orjson.loads(o.value))["kind"] == "start"]  # fmt: skip
+    assert len(starts) >= 2
+    want = dict.fromkeys(SIGNALS, 0)
+    for e in starts:
+        want[max(SIGNALS, key=lambda k: e["signals"].get(k, -1.0))] += 1  # first of any tie
+    got = {k: metrics.registry.get_sample_value("tsguard_anomaly_causes_total", {"signal": k})
+           for k in SIGNALS}  # fmt: skip
+    assert got == want
+
+
 def test_a_partition_read_behind_the_other_does_not_split_an_incident():
     """h/a's episode starts two points before h/b's, on another partition. A poll brings h/b's
     partition whole before h/a's (a restart's catch-up): its episode starts and ends first, yet

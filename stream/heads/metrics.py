@@ -60,6 +60,8 @@ class MetricsHead(Head):
         self.settings = settings
         self.topic = settings.topics.metrics
         self.metrics = metrics
+        for signal in SIGNALS:  # every cause shows, at 0, before it first happens
+            metrics.anomaly_causes.labels(signal)
         # Every series' slot, partition and episode; the windows' rings and the detector's rows
         # are slot-indexed arrays that reset a row when the table hands its slot to a new series.
         self.series = SeriesTable(settings.max_series)
@@ -374,6 +376,9 @@ class MetricsHead(Head):
         """A published event, in the metrics and the log."""
         if event.kind == "start":
             self.metrics.anomalies.inc()
+            if event.signals:  # ties go to the first in SIGNALS, as in the alerts' reasons
+                loudest = max(event.signals, key=lambda k: (event.signals[k], -SIGNALS.index(k)))
+                self.metrics.anomaly_causes.labels(loudest).inc()
         self.metrics.anomaly_events.labels(event.kind).inc()
         log.info(
             "anomaly %s series=%s ts=%s score=%.4f", event.kind, event.series, event.ts, event.score
