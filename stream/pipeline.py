@@ -277,6 +277,8 @@ class Pipeline:
 
     def _rebuild(self, commits: dict[TopicPartition, int | None]) -> None:
         """`commits`: each partition taken on and its group's committed offset (None: none)."""
+        if not commits:  # an assignment that only took partitions away: nothing to ask the broker
+            return
         depth = self.settings.rebuild_messages
         unread = self._unread(commits)
         now = time.monotonic()

@@ -38,6 +38,7 @@ class MemoryConsumer:
         return self.commits[partition]
 
     def end_offsets(self, partitions, timeout_s=None):
+        self.calls.append(("end_offsets", tuple(p.partition for p in partitions)))
         if self.end_offsets_fail:
             raise KafkaError("broker away")
         return {p: self.ends[p] for p in partitions}
@@ -109,6 +110,13 @@ def test_heads_are_told_which_new_partitions_have_records_left_to_read(monkeypat
     pipe._apply_assignment()
     assert head.revoked_ == [{1}]
     assert head.told == [{0, 2}, {4}]
+
+    # One that only takes a partition away rebuilds nothing and asks the broker nothing.
+    consumer.calls.clear()
+    pipe.on_assigned({tp(0), tp(2), tp(3)})
+    pipe._apply_assignment()
+    assert head.revoked_ == [{1}, {4}] and head.told == [{0, 2}, {4}]
+    assert not [c for c in consumer.calls if c[0] in ("end_offsets", "committed", "seek")]
 
 
 def test_when_end_offsets_cannot_be_read_every_new_partition_counts_as_unread(monkeypatch):
