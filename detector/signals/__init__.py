@@ -33,6 +33,15 @@ SIGNAL_WORDS = {
 LOUD = 0.3
 
 
+def loudest_first(signals: dict[str, float]) -> list[str]:
+    """The signals with an opinion, loudest first, ties in the order of SIGNALS.
+
+    >>> loudest_first({"spread": 0.2, "forecast": 0.9, "seasonal": 0.9})
+    ['forecast', 'seasonal', 'spread']
+    """
+    return sorted((k for k in SIGNALS if k in signals), key=lambda k: -signals[k])
+
+
 def reasons(signals: dict[str, float], loud: float = LOUD) -> list[str]:
     """The signals at or above `loud`, loudest first (ties in the order of SIGNALS), in words;
     the loudest alone when none is (several a little surprised at once can make an anomaly).
@@ -44,7 +53,7 @@ def reasons(signals: dict[str, float], loud: float = LOUD) -> list[str]:
     >>> reasons({"novelty": 0.25, "spread": 0.28}), reasons({"range": 0.0}), reasons({})
     (['change in variability'], [], [])
     """
-    ranked = sorted((k for k in SIGNALS if signals.get(k, 0.0) > 0.0), key=lambda k: -signals[k])
+    ranked = [k for k in loudest_first(signals) if signals[k] > 0.0]
     return [SIGNAL_WORDS[k] for k in ranked if signals[k] >= loud] or [
         SIGNAL_WORDS[k] for k in ranked[:1]
     ]
@@ -60,5 +69,6 @@ __all__ = [
     "RangeExcess",
     "SeasonalProfile",
     "SpreadShift",
+    "loudest_first",
     "reasons",
 ]

@@ -26,6 +26,7 @@ from detector.messages import (
     InvalidReason,
     message_id,
 )
+from detector.signals import loudest_first
 from stream.codec import decode_batch
 from stream.heads.base import Head, Output, dead_letter
 from stream.incidents import EventTimeOrder, IncidentTracker
@@ -376,9 +377,8 @@ class MetricsHead(Head):
         """A published event, in the metrics and the log."""
         if event.kind == "start":
             self.metrics.anomalies.inc()
-            if event.signals:  # ties go to the first in SIGNALS, as in the alerts' reasons
-                loudest = max(event.signals, key=lambda k: (event.signals[k], -SIGNALS.index(k)))
-                self.metrics.anomaly_causes.labels(loudest).inc()
+            if event.signals:  # ranked as the alerts' reasons are
+                self.metrics.anomaly_causes.labels(loudest_first(event.signals)[0]).inc()
         self.metrics.anomaly_events.labels(event.kind).inc()
         log.info(
             "anomaly %s series=%s ts=%s score=%.4f", event.kind, event.series, event.ts, event.score
