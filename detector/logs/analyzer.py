@@ -264,8 +264,7 @@ def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None
         header, stamp = logfmt
         ts = parse_line_timestamp(stamp, now) if stamp else None
         if ts is None and stamp and stamp.replace(".", "", 1).isdigit():
-            ts = float(stamp)  # epoch seconds (go-kit's ts=unix) or milliseconds
-            ts = ts / 1000 if ts > 1e11 else ts
+            ts = _epoch_seconds(float(stamp))  # go-kit's ts=unix, or milliseconds
         return LogRecord(source, now if ts is None else ts, text, header.content,
                          header.level or pri_level, header.component)  # fmt: skip
     relay = parse_relay(body)
@@ -338,6 +337,13 @@ def _object_text(obj: dict, field: str) -> str:
 # Time fields of JSON loggers: zap "ts" (epoch seconds), logrus / slog / bunyan "time" (ISO 8601),
 # pino "time" (epoch milliseconds), others "timestamp" or "@timestamp".
 _LOGGER_TIME_KEYS = ("ts", "time", "timestamp", "@timestamp")
+
+
+def _epoch_seconds(stamp: float) -> float:
+    """Epoch seconds or milliseconds, as seconds: seconds stay under 1e11 until the year 5138."""
+    return stamp / 1000 if stamp > 1e11 else stamp
+
+
 # pino and bunyan write their level as a number.
 _NUMERIC_LEVELS = {10: "trace", 20: "debug", 30: "info", 40: "warn", 50: "error", 60: "fatal"}
 
@@ -350,8 +356,8 @@ def _logger_json(obj: dict, key_source: str, now: float, log_format: LogFormat |
     mongo = isinstance(obj.get("t"), dict) and "$date" in obj["t"]  # MongoDB's structured log
     if stamp is None and mongo:
         stamp = obj["t"]["$date"]
-    if isinstance(stamp, int | float) and not isinstance(stamp, bool) and stamp > 1e11:
-        stamp = stamp / 1000  # epoch milliseconds: seconds stay under 1e11 until the year 5138
+    if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+        stamp = _epoch_seconds(stamp)
     ts = now if stamp is None else parse_ts(stamp)
     source = _object_source(obj, key_source)
     field = "msg" if "msg" in obj else "log"
@@ -378,11 +384,10 @@ def _dotted(obj: dict, name: str):
 
 
 def _extra_time(obj: dict, now: float) -> float:
-    """A contract record without `ts`: a logger's time field if it has one that reads as a time
-    with a zone (ECS's `@timestamp`), else `now` (these fields are not the contract's, so one
-    that does not read is not an error)."""
-    stamp = next((obj[k] for k in ("time", "timestamp", "@timestamp") if obj.get(k) is not None),
-                 None)  # fmt: skip
+    """A contract record without `ts` (the first of _LOGGER_TIME_KEYS): a logger's other time
+    field if it has one that reads as a time with a zone (ECS's `@timestamp`), else `now`
+    (these fields are not the contract's, so one that does not read is not an error)."""
+    stamp = next((obj[k] for k in _LOGGER_TIME_KEYS[1:] if obj.get(k) is not None), None)
     if stamp is None:
         return now
     try:
