@@ -148,13 +148,15 @@ _CAPS_LEVEL = re.compile(
     r"(?:EMERG|ALERT|CRIT|CRITICAL|ERROR|ERR|FATAL|FAILURE|PANIC|SEVERE|WARN|WARNING|NOTICE|INFO"
     r"|DEBUG|TRACE)"
 )
-_LEADING_NOISE = re.compile(r"(?:\[(?:[^\[\]]|\[[^\[\]]*\]){0,300}\]\s*|-\s+)*")
+# Inside a `[...]` group: text, and bracket groups one level deep (`[QuorumPeer[myid=1]/...]`).
+_IN_BRACKETS = r"(?:[^\[\]]|\[[^\[\]]*\]){0,300}"
+_LEADING_NOISE = re.compile(r"(?:\[" + _IN_BRACKETS + r"\]\s*|-\s+)*")
 # A header token: has a digit or punctuation, or is upper case (`RAS`, `KERNEL`); a plain word
 # such as `Took` means the line's prose has begun and a level word after it is content.
 _PLAIN_WORD = re.compile(r"[A-Za-z]*[a-z][A-Za-z]*")
 _DOTTED_COMPONENT = re.compile(r"([\w$-]+(?:\.[\w$-]+)+):?\s+")
 # log4j's `[%t:%C{1}@%L]` (ZooKeeper's layout): the thread, then the class that logged and its line.
-_THREAD_CLASS = re.compile(r"\[(?:[^\[\]]|\[[^\[\]]*\]){0,300}:(?P<cls>[A-Za-z_$][\w$]*)@\d+\]")
+_THREAD_CLASS = re.compile(r"\[" + _IN_BRACKETS + r":(?P<cls>[A-Za-z_$][\w$]*)@\d+\]")
 
 
 def parse_embedded_level(line: str) -> Header | None:
