@@ -225,6 +225,14 @@ class Demo:
                     producer.send(settings.topics.metrics, key=name.encode(),
                                   value=dumps(_msg(name, plan.ts(i), plan.data[name][i])))  # fmt: skip
             producer.flush()
+            # The live stream is played in real time and its injections timed against it: it
+            # starts once the service has scored the history (seconds on a busy machine, where
+            # joining the group and the first batches take longer), not while it is still behind.
+            deadline = time.monotonic() + 30.0
+            while not self._scored(HISTORY_POINTS - 1) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not self._scored(HISTORY_POINTS - 1):
+                self.say("  the service had not scored the history after 30 s; going live anyway")
             self.say(f"replayed {HISTORY_POINTS} points of history for {len(plan.names)} series; going live at "
                      f"{args.rate:g} points/s per series for {args.duration:g}s")  # fmt: skip
             log_thread = None
@@ -286,12 +294,12 @@ class Demo:
                               value=dumps(_msg(name, plan.ts(i), plan.data[name][i])))  # fmt: skip
         producer.flush()
         # On a busy machine the service can fall seconds behind the live stream: the last
-        # injections are judged once it has taken in every point played, not before.
+        # injections are judged once it has scored every point played, not before.
         deadline = time.monotonic() + 30.0
-        while not self._consumed(end - 1) and time.monotonic() < deadline:
+        while not self._scored(end - 1) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not self._consumed(end - 1):
-            self.say("  the service had not taken in every point after 30 s; stopping anyway")
+        if not self._scored(end - 1):
+            self.say("  the service had not scored every point after 30 s; stopping anyway")
         deadline = time.monotonic() + 10.0
         time.sleep(1.5)
         while checks and time.monotonic() < deadline:
@@ -322,10 +330,16 @@ class Demo:
             self.say(f"injecting a {inj.kind} into {inj.series}")
         return []
 
-    def _consumed(self, index: int) -> bool:
-        """Whether the service has taken in every series' points up to `index`."""
-        got = self.metrics.registry.get_sample_value("tsguard_points_total") or 0.0
-        return got >= (index + 1) * len(self.plan.names)
+    def _scored(self, index: int) -> bool:
+        """Whether the service has scored every series' windows up to point `index`, so their
+        events are decided (published or held). Taken in is not enough: on a busy machine the
+        scoring can trail the consumer by seconds. A series' first window is at point
+        max(min_points, stride) - 1, then one every `stride` points (stream/windows.py)."""
+        stride = self.settings.stride
+        first = max(self.head.scorer.min_points, stride) - 1
+        per_series = (index - first) // stride + 1 if index >= first else 0
+        got = self.metrics.registry.get_sample_value("tsguard_windows_scored_total") or 0.0
+        return got >= per_series * len(self.plan.names)
 
     def _check_mute(self, inj: Injection, upto: int, final: bool) -> bool:
         held = self.metrics.registry.get_sample_value("tsguard_events_held_total", {"reason": "mute"}) or 0.0  # fmt: skip
@@ -336,7 +350,7 @@ class Demo:
             self.say(f"  held by the mute: the spike in {inj.series} published no event and no alert "
                      f'(tsguard_events_held_total{{reason="mute"}} {held:g})')  # fmt: skip
             self.outcomes["mute"], self.notes["mute"] = "1 held by the mute", "held by the mute"
-        elif final or self._consumed(upto):
+        elif final or self._scored(upto):
             self.say(f"  the spike in {inj.series} was not alerted at all, so the mute had nothing to hold")  # fmt: skip
             self.outcomes["mute"] = "the muted spike was not alerted (nothing held)"
         else:
@@ -348,7 +362,7 @@ class Demo:
             self.say(f"  the same spike in {inj.series} alerted again, score {inj.event['score']:.3f}: "
                      "above the threshold the verdict raised")  # fmt: skip
             self.outcomes["repeat"] = "the repeat after the false-positive verdict alerted"
-        elif final or self._consumed(upto):
+        elif final or self._scored(upto):
             self.say(f"  no alert: the same spike in {inj.series} stays quiet now that it was judged a false positive")  # fmt: skip
             self.outcomes["repeat"] = "1 not alerted after a false-positive verdict"
             self.notes["repeat"] = "no alert"

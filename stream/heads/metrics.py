@@ -299,7 +299,6 @@ class MetricsHead(Head):
         det = self.detector.score(dims, slots, windows, ts, stride)
         self.metrics.scoring_seconds.observe(time.perf_counter() - t0)
         self.metrics.batch_size.observe(len(series))
-        self.metrics.windows_scored.inc(len(series))
         base = windows.shape[1] - stride
         point_ts = ts[:, base:]
         scores, kinds = det.scores, det.kinds
@@ -325,6 +324,9 @@ class MetricsHead(Head):
                 self._count(event)
                 out.append(Output(self.settings.topics.anomalies, name.encode(), event.encode()))
             events.append((event, publish, st.partition))
+        # Counted once their events are decided (published or held): whoever reads the counter
+        # (the demo) knows those points' fate.
+        self.metrics.windows_scored.inc(len(series))
         # Each series' last window: its partition's clock, and its score gauge.
         pairs = enumerate(zip(series, slot_list, strict=True))
         last = {name: i for i, (name, slot) in pairs if slot >= 0}
