@@ -80,6 +80,10 @@ class LogRecord:
     content: str | None = None  # the message without its header (None: no header parsed)
     level: str | None = None  # the level the line states, as written
     component: str | None = None  # the header's component (logger, program, tag)
+    # A raw line without header or time: one that reads as part of a stack trace (a frame, an
+    # exception), one that is indented (a traceback's code line, or not). LogAnalyzer._lines.
+    continues: bool = False
+    indented: bool = False
 
     @property
     def text(self) -> str:
@@ -228,6 +232,25 @@ def header_timestamp(head: str) -> float | None:
         return None
 
 
+# A line of a stack trace, when it has no header and no time of its own: a frame (Java's `at
+# ...(` and `... N more`, Python's `File "...", line N`), Python's chained-traceback notes, or an
+# exception's line (`Caused by:`, `pkg.SomeError: reason`), which is also mined on its own: it
+# names what went wrong, where a frame only says where.
+_EXCEPTION_RE = re.compile(
+    r"(?:Caused by|Suppressed): |(?:[A-Za-z_][\w$]*\.)*[A-Z][\w$]*(?:Exception|Error|Throwable)"
+    r"(?::\s|$)"
+)
+_TRACE_LINE_RE = re.compile(
+    r"at [\w$.<>/]+\(|\.\.\. \d+ (?:more|common frames omitted)$|File \"[^\"]+\", line \d+"
+    r"|During handling of the above exception|The above exception was the direct cause|"
+    + _EXCEPTION_RE.pattern
+)
+# The runtime's own report of an exception that escaped (Python's traceback banner, also written
+# by logging's exc_info; the JVM's uncaught-exception line): a record of its own that states ERROR,
+# so a crash after an ordinary line is not folded into that line.
+_UNCAUGHT_RE = re.compile(r'Traceback \(most recent call last\):$|Exception in thread "[^"]*" \S')
+
+
 # A container runtime's log line (CRI: containerd, CRI-O; Kubernetes' /var/log/containers):
 # time, stream, F(ull) or P(artial), then the container's own line.
 _CRI_RE = re.compile(
@@ -237,13 +260,16 @@ _CRI_RE = re.compile(
 )
 
 
-def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None) -> LogRecord:
-    """A raw line with its header parsed (see detector/logs/headers.py)."""
+def _raw_record(
+    source: str, text: str, now: float, log_format: LogFormat | None, indented: bool = False
+) -> LogRecord:
+    """A raw line with its header parsed (see detector/logs/headers.py); `indented`: the line
+    began with white space before it was stripped."""
     cri = _CRI_RE.match(text)
     if cri is not None:  # the container's line, as Docker's json-file "log" is read
-        line = cri.group("line").strip()
-        return _raw_record(source, line, parse_line_timestamp(cri.group("ts"), now) or now,
-                           log_format)  # fmt: skip
+        line = cri.group("line")
+        return _raw_record(source, line.strip(), parse_line_timestamp(cri.group("ts"), now) or now,
+                           log_format, line[:1] in (" ", "\t"))  # fmt: skip
     if log_format is not None:
         fields = log_format.parse(text)
         if fields is not None:
@@ -287,7 +313,12 @@ def _raw_record(source: str, text: str, now: float, log_format: LogFormat | None
                 ts = header_timestamp(head[: len(head) - len(header.content)])
     if header is None:
         if pri_level is None and relay is None:
-            return LogRecord(source, now if ts is None else ts, text)
+            if _UNCAUGHT_RE.match(body):
+                return LogRecord(source, now if ts is None else ts, text, body, "ERROR")
+            if ts is not None:
+                return LogRecord(source, ts, text)
+            trace = _TRACE_LINE_RE.match(body) is not None
+            return LogRecord(source, now, text, continues=trace, indented=indented)
         return LogRecord(source, now if ts is None else ts, text, strip_timestamp(body), pri_level)
     return LogRecord(source, now if ts is None else ts, text, header.content,
                      header.level or pri_level, header.component)  # fmt: skip
@@ -363,7 +394,7 @@ def _logger_json(obj: dict, key_source: str, now: float, log_format: LogFormat |
     field = "msg" if "msg" in obj else "log"
     message = _object_text(obj, field)
     if field == "log":
-        return _raw_record(source, message.strip(), ts, log_format)
+        return _raw_record(source, message.strip(), ts, log_format, message[:1] in (" ", "\t"))
     level = obj.get("level", obj.get("severity", obj.get("s") if mongo else None))
     if isinstance(level, int) and not isinstance(level, bool):
         level = _NUMERIC_LEVELS.get(level)
@@ -427,6 +458,7 @@ def parse_log_value(
         text = value.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("invalid UTF-8") from None
+    indented = text[:1] in (" ", "\t")
     text = text.strip()
     if not text:
         raise ValueError("empty line")
@@ -463,7 +495,7 @@ def parse_log_value(
             level or None,
             component if isinstance(component, str) and component else None,
         )
-    return _raw_record(key_source, text, now, log_format)
+    return _raw_record(key_source, text, now, log_format, indented)
 
 
 def json_lines(path: str, lines: list[str]) -> Iterator[tuple[int, object]]:
@@ -507,6 +539,16 @@ def _widens(old: str, new: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # The head
+
+# Per record of a batch: where it was mined, the record it belongs to, whether it is folded into it.
+_Lines = tuple[list[MinedLine], list[LogRecord], list[bool]]
+
+
+@dataclass
+class _OpenRecord:
+    record: LogRecord
+    mined: MinedLine
+    in_trace: bool  # a stack trace runs on from it: indented lines are its too
 
 
 class LogAnalyzer:
@@ -595,7 +637,10 @@ class LogAnalyzer:
         )
         # (source, template id) -> (template text, classifier input)
         self._texts: OrderedDict[tuple[str, int], tuple[str, TemplateText]] = OrderedDict()
-        self._last: tuple[list[LogRecord], list[MinedLine]] | None = None
+        self._last: tuple[list[LogRecord], _Lines] | None = None
+        # Per source, its last record that began with a header or on its own, where it was mined
+        # and whether a stack trace runs on from it.
+        self._open_records: OrderedDict[str, _OpenRecord] = OrderedDict()
         self.lines = 0
         self._since_prune = 0
         if config.corrections:
@@ -608,13 +653,44 @@ class LogAnalyzer:
     # -- mining (once per record, shared by classify and observe) --
 
     def _mine(self, records: list[LogRecord]) -> list[MinedLine]:
+        return self._lines(records)[0]
+
+    def _lines(self, records: list[LogRecord]) -> _Lines:
+        """Per record, where it was mined and the record it belongs to: itself, or for a line
+        of a stack trace (`LogRecord.continues`; an indented line once a trace has begun) the
+        source's record above it, whose time, level and component it takes. A frame also takes
+        that record's template and is not summarised apart (folded); an exception's line is
+        mined on its own."""
         if self._last is not None and self._last[0] is records:
             return self._last[1]
         limit = self.config.max_line_chars
-        mined = [self.miner.add(r.source, r.text[:limit]) for r in records]
-        self._last = (records, mined)
+        mined, heads, folded = [], [], []
+        open_records = self._open_records
+        for r in records:
+            head = open_records.get(r.source) if r.continues or r.indented else None
+            if head is not None and not r.continues and not head.in_trace:
+                head = None  # an indented line with no trace running: a line of its own
+            fold = False
+            if head is None:
+                in_trace = r.continues or _UNCAUGHT_RE.match(r.text) is not None
+                head = _OpenRecord(r, self.miner.add(r.source, r.text[:limit]), in_trace)
+                open_records[r.source] = head
+                if len(open_records) > self.config.max_sources:
+                    open_records.popitem(last=False)
+                m = head.mined
+            else:
+                head.in_trace = True
+                if _EXCEPTION_RE.match(r.text):
+                    m = self.miner.add(r.source, r.text[:limit])
+                else:
+                    m, fold = head.mined, True
+            open_records.move_to_end(r.source)
+            heads.append(head.record)
+            mined.append(m)
+            folded.append(fold)
+        self._last = (records, (mined, heads, folded))
         self.lines += len(records)
-        return mined
+        return mined, heads, folded
 
     def _input(self, mined: MinedLine) -> TemplateText:
         """What gets classified for a line: its template's words as first seen.
@@ -745,8 +821,8 @@ class LogAnalyzer:
         """One tsguard.log-classes message per record (embeddings batched, cached per template)."""
         if not records:
             return []
+        mined, heads, _ = self._lines(records)
         if self.config.template_cache:
-            mined = self._mine(records)
             texts = [self._input(m) for m in mined]
             # A batch repeats few templates many times: decide each distinct one once.
             distinct = list(dict.fromkeys(texts))
@@ -756,20 +832,19 @@ class LogAnalyzer:
         else:
             # The uncached path: each line's own masked words, embedded every time.
             limit = self.config.max_line_chars
-            masked = [mask_variables(r.text[:limit]) for r in records]
+            masked = [mask_variables(r.text[:limit]) for r in heads]
             texts = [TemplateText(embedding_text(m) or m, prose_words(m), m) for m in masked]
             decisions = list(map(self.classifier.decide, self.probabilities(texts)))
         out = []
-        mined_lines = self._mine(records) if self._corrections else [None] * len(records)
-        for record, c, m in zip(records, decisions, mined_lines, strict=True):
-            fixed = self._corrected(m) if m is not None else None
+        for record, head, c, m in zip(records, heads, decisions, mined, strict=True):
+            fixed = self._corrected(m) if self._corrections else None
             if fixed is not None:
                 self.corrected_lines += 1
-            c = fixed or self._stated(record) or c
-            header = None if record.content is None else LogHeader(record.level, record.component)
+            c = fixed or self._stated(head) or c
+            header = None if head.content is None else LogHeader(head.level, head.component)
             out.append(
                 LogClass(
-                    record.source, record.ts, record.message, c.label, c.confidence,
+                    record.source, head.ts, record.message, c.label, c.confidence,
                     dict(c.scores),  # each output owns its dict
                     header, corrected=fixed is not None,
                 )
@@ -809,13 +884,15 @@ class LogAnalyzer:
         n = len(records)
         scopes = [None] * n if scopes is None else scopes
         positions = [None] * n if positions is None else positions
-        mined = self._mine(records)
-        errors = self._error_class(records, mined)
-        for record, m, scope, position, error in zip(
-            records, mined, scopes, positions, errors, strict=True
+        mined, heads, folded = self._lines(records)
+        errors = self._error_class(heads, mined)
+        for record, head, m, fold, scope, position, error in zip(
+            records, heads, mined, folded, scopes, positions, errors, strict=True
         ):
+            if fold:  # a stack frame is part of its record's line, not one more
+                continue
             out.extend(
-                add(record.source, record.ts, m.template_id, record.message, scope, position, error)
+                add(record.source, head.ts, m.template_id, record.message, scope, position, error)
             )
         self._since_prune += len(records)
         if self._since_prune >= _PRUNE_EVERY:

@@ -1,0 +1,111 @@
+"""Stack traces: a frame or an exception's line belongs to the record above it."""
+
+from __future__ import annotations
+
+import pytest
+
+from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, LogRecord, parse_log_value
+from detector.messages import LogHeader
+from tests.test_logs_severity import HashEncoder
+
+NOW = 1_700_000_000.0
+T0 = 1704103200.0  # 2024-01-01 10:00:00 UTC
+
+JAVA = [
+    "2024-01-01 10:00:00,000 WARN  [pool-1] com.acme.Client: call failed, retrying",
+    "java.net.SocketTimeoutException: Read timed out",
+    "\tat java.base/java.net.SocketInputStream.read(SocketInputStream.java:168)",
+    "\tat com.acme.Client.call(Client.java:88)",
+    "Caused by: java.net.ConnectException: Connection refused",
+    "\t... 12 more",
+]
+
+
+def _parse(line: str, source: bytes = b"app") -> LogRecord:
+    return parse_log_value(line.encode(), source, NOW)
+
+
+def _head() -> LogAnalyzer:
+    return LogAnalyzer(LogAnalyzerConfig(labels="error,warning,info"), encoder=HashEncoder())
+
+
+@pytest.mark.parametrize(
+    ("line", "continues", "indented"),
+    [
+        ("\tat com.acme.Client.call(Client.java:88)", True, True),
+        ("at com.acme.Client.call(Client.java:88)", True, False),  # a shipper trimmed the tab
+        ("\t... 12 more", True, True),
+        ("Caused by: java.net.ConnectException: Connection refused", True, False),
+        ("java.lang.IllegalStateException", True, False),
+        ('  File "/app/x.py", line 3, in <module>', True, True),
+        ("KeyError: 'user'", True, False),
+        ("During handling of the above exception, another exception occurred:", True, False),
+        ("    main()", False, True),  # a traceback's code line: its only when a trace runs
+        (" getTodayTotalDetailSteps = 1514038440000##6993", False, True),
+        ("Error: disk full", False, False),  # a program's own message, not a class name
+        ("2024-01-01 10:00:00,000 ERROR java.lang.IllegalStateException: x", False, False),
+        ("2024-01-01T10:00:00Z at com.acme.Main.run(Main.java:3)", False, False),  # has a time
+    ],
+)
+def test_which_raw_lines_read_as_part_of_a_stack_trace(line, continues, indented) -> None:
+    rec = _parse(line)
+    assert (rec.continues, rec.indented) == (continues, indented)
+
+
+def test_the_runtimes_report_of_an_escaped_exception_states_error() -> None:
+    for banner in ("Traceback (most recent call last):",
+                   'Exception in thread "main" java.lang.RuntimeException: boom'):  # fmt: skip
+        rec = _parse(banner)
+        assert (rec.level, rec.content, rec.continues) == ("ERROR", banner, False)
+
+
+def test_a_trace_takes_its_records_level_time_and_component() -> None:
+    out = _head().classify([_parse(line) for line in JAVA])
+    assert [o.message for o in out] == [JAVA[0]] + [line.strip() for line in JAVA[1:]]
+    assert {(o.label, o.confidence, o.ts) for o in out} == {("warning", 1.0, T0)}
+    assert {o.header for o in out} == {LogHeader("WARN", "com.acme.Client")}
+
+
+def test_a_trace_continues_across_batches_and_per_source() -> None:
+    head = _head()
+    head.classify(
+        [_parse(JAVA[0], b"a"), _parse("2024-01-01 10:00:01,000 ERROR [m] db: down", b"b")]
+    )
+    out = head.classify([_parse(JAVA[2], b"b"), _parse(JAVA[3], b"a")])
+    assert [(o.source, o.label, o.header) for o in out] == [
+        ("b", "error", LogHeader("ERROR", "db")),
+        ("a", "warning", LogHeader("WARN", "com.acme.Client")),
+    ]
+
+
+def test_an_indented_line_with_no_trace_running_is_a_line_of_its_own() -> None:
+    head = _head()
+    recs = [_parse(JAVA[0]), _parse(" getTodayTotalDetailSteps = 1514038440000##6993")]
+    stated, own = head.classify(recs)
+    assert stated.confidence == 1.0
+    assert (own.ts, own.header) == (NOW, None) and own.confidence < 1.0
+
+
+def test_an_escaped_exception_after_an_ordinary_line_is_an_error_of_its_own() -> None:
+    lines = [
+        "2024-01-01 10:00:00,000 INFO  [main] app: request served",
+        "Traceback (most recent call last):",
+        '  File "/app/x.py", line 3, in <module>',
+        "    main()",
+        "ValueError: bad value",
+    ]
+    out = _head().classify([_parse(line) for line in lines])
+    assert [o.label for o in out] == ["info", "error", "error", "error", "error"]
+    assert {o.ts for o in out[1:]} == {NOW}  # the banner has no time of its own: arrival time
+
+
+def test_summaries_count_records_and_name_the_exceptions_not_the_frames() -> None:
+    head = _head()
+    lines = JAVA + ["2024-01-01 10:00:05,000 INFO  [main] com.acme.Server: request served"]
+    head.observe([_parse(line) for line in lines])
+    (summary,) = head.flush()
+    templates = [t.template for t in summary.templates]
+    assert summary.lines == 4  # the record, its two exceptions' lines, the next record
+    assert not any(t.startswith(("at ", "...")) for t in templates)
+    assert "Caused by: java.net.ConnectException: Connection refused" in templates
+    assert summary.window.start == T0  # the trace's lines are filed under their record's time
