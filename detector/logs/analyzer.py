@@ -80,8 +80,9 @@ class LogRecord:
     content: str | None = None  # the message without its header (None: no header parsed)
     level: str | None = None  # the level the line states, as written
     component: str | None = None  # the header's component (logger, program, tag)
-    # A raw line without header or time: one that reads as part of a stack trace (a frame, an
-    # exception), one that is indented (a traceback's code line, or not). LogAnalyzer._lines.
+    # A raw line without header or time that reads as part of a stack trace (a frame, an
+    # exception), or a header that says the line is a further part of its record (PostgreSQL's
+    # `DETAIL:`); `indented`, one without header or time that is indented. LogAnalyzer._lines.
     continues: bool = False
     indented: bool = False
 
@@ -321,7 +322,7 @@ def _raw_record(
             return LogRecord(source, now, text, continues=trace, indented=indented)
         return LogRecord(source, now if ts is None else ts, text, strip_timestamp(body), pri_level)
     return LogRecord(source, now if ts is None else ts, text, header.content,
-                     header.level or pri_level, header.component)  # fmt: skip
+                     header.level or pri_level, header.component, header.continues)  # fmt: skip
 
 
 _JOURNALD_LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
@@ -416,11 +417,14 @@ def _dotted(obj: dict, name: str):
 
 def _extra_time(obj: dict, now: float) -> float:
     """A contract record without `ts` (the first of _LOGGER_TIME_KEYS): a logger's other time
-    field if it has one that reads as a time with a zone (ECS's `@timestamp`), else `now`
-    (these fields are not the contract's, so one that does not read is not an error)."""
+    field if it has one that reads as a time with a zone (ECS's `@timestamp`) or epoch seconds or
+    milliseconds, else `now` (these fields are not the contract's, so one that does not read is
+    not an error)."""
     stamp = next((obj[k] for k in _LOGGER_TIME_KEYS[1:] if obj.get(k) is not None), None)
     if stamp is None:
         return now
+    if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+        stamp = _epoch_seconds(stamp)  # pino's milliseconds, as for a JSON logger's record
     try:
         return parse_ts(stamp)
     except ValueError:

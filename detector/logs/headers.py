@@ -9,7 +9,8 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
   an optional `[thread]`, a level word (`ERROR`, `warn`, `[notice]`, `[WARN ]`, PostgreSQL's
   `LOG:`, or a one-letter Android level after pid and tid), Spring Boot's `pid ---`, up to two
   `[...]` groups, then an optional `component:` or `component  :` (or a short component
-  followed by two or more spaces);
+  followed by two or more spaces); PostgreSQL's `DETAIL:`, `HINT:`, `CONTEXT:`, `STATEMENT:`,
+  `QUERY:` and `LOCATION:` in place of the level mark the line as part of the record above it;
 - syslog (BSD): `Jun 14 15:16:01 host program[pid]: content` (a relayed host as
   `host/relay` or `user@host`), and RFC 5424 / a leading `<PRI>`, whose severity is the level;
 - a relay prefix before any of these, as the Sandia supercomputer logs carry it (Oliner and
@@ -49,7 +50,8 @@ _AFTER_TS = re.compile(
     r"(?P<ids>(?:\d+\s+){0,2})"
     r"(?:\[[^\]]{0,64}\]\s*)?"
     r"(?:\[ ?(?P<blevel>(?i:" + LEVEL_WORDS + r")) *\]:?\s*"
-    r"|(?P<level>(?i:" + LEVEL_WORDS + r")|[VDIWEF]|LOG(?=:))(?=[\s:])[:\s]\s*)"
+    r"|(?P<level>(?i:" + LEVEL_WORDS + r")|[VDIWEF]|LOG(?=:))(?=[\s:])[:\s]\s*"
+    r"|(?P<part>DETAIL|HINT|CONTEXT|STATEMENT|QUERY|LOCATION):\s*)"
     r"(?:\d+ --- )?"  # Spring Boot's pid
     r"(?:\[[^\]]{0,64}\]\s*){0,2}"
     r"(?:(?P<component>[\w.$\-/()#@]{1,128}?)(?:\[\d+\])?(?::| +: )\s*"
@@ -75,11 +77,16 @@ class Header:
     level: str | None = None  # as written ("INFO", "notice", "W")
     component: str | None = None
     host: str | None = None
+    # The line is one more part of the record above it (PostgreSQL's `DETAIL:` or `STATEMENT:`).
+    continues: bool = False
 
 
 def parse_after_timestamp(rest: str, syslog: bool) -> Header | None:
     """Header fields of a line whose timestamp has been stripped (`rest`), or None."""
     m = _AFTER_TS.match(rest)
+    if m and m.group("part"):
+        content = m.group("content").strip()
+        return Header(content, continues=True) if content else None
     if m:
         level = m.group("blevel") or m.group("level")
         # A single letter is a level only in the Android layout (after pid and tid).

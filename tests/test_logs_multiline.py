@@ -1,4 +1,5 @@
-"""Stack traces: a frame or an exception's line belongs to the record above it."""
+"""Records written over several lines: a stack trace's frames and exception lines, PostgreSQL's
+DETAIL and STATEMENT lines belong to the record above them."""
 
 from __future__ import annotations
 
@@ -109,3 +110,23 @@ def test_summaries_count_records_and_name_the_exceptions_not_the_frames() -> Non
     assert not any(t.startswith(("at ", "...")) for t in templates)
     assert "Caused by: java.net.ConnectException: Connection refused" in templates
     assert summary.window.start == T0  # the trace's lines are filed under their record's time
+
+
+def test_postgresqls_detail_and_statement_lines_are_parts_of_their_record() -> None:
+    lines = [
+        '2024-01-01 10:00:00.000 UTC [4242] ERROR:  duplicate key value violates "users_pkey"',
+        "2024-01-01 10:00:00.000 UTC [4242] DETAIL:  Key (id)=(1) already exists.",
+        "2024-01-01 10:00:00.000 UTC [4242] STATEMENT:  INSERT INTO users VALUES (1)",
+    ]
+    recs = [_parse(line) for line in lines]
+    assert [(r.content, r.level, r.continues) for r in recs[1:]] == [
+        ("Key (id)=(1) already exists.", None, True),
+        ("INSERT INTO users VALUES (1)", None, True),
+    ]
+    head = _head()
+    assert {(o.label, o.confidence) for o in head.classify(recs)} == {("error", 1.0)}
+    (summary,) = head.observe(recs) + head.flush()
+    assert (summary.lines, [t.template for t in summary.templates]) == (
+        1,
+        ['duplicate key value violates "users_pkey"'],
+    )
