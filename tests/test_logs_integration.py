@@ -29,6 +29,12 @@ def test_logs_classified_summarised_and_dead_lettered(broker):
         (b"web", b"2023-11-14T22:13:21Z GET /index.html 200 5ms"),
         (b"web", b"2023-11-14T22:13:22Z GET /about.html 200 3ms"),
     ]
+    trace = [  # one record written over three lines: its frame is folded into it
+        (b"app", b"2023-11-14T22:13:23Z WARN [pool-1] com.acme.Client: call failed, retrying"),
+        (b"app", b"java.net.SocketTimeoutException: Read timed out"),
+        (b"app", b"\tat com.acme.Client.call(Client.java:88)"),
+    ]
+    raw += trace
     malformed = [
         (b"web", b'{"source": "web", "message": '),
         (b"web", b'{"source": "web", "ts": 1700000000, "message": 42}'),
@@ -48,7 +54,9 @@ def test_logs_classified_summarised_and_dead_lettered(broker):
     by_message = {c["message"]: c for c in classes}
     assert by_message[json_lines[0][2]]["label"] == "error"
     assert by_message[json_lines[1][2]]["label"] == "info"
-    assert {c["source"] for c in classes} == {"db", "web"}
+    assert {c["source"] for c in classes} == {"db", "web", "app"}
+    app = [c for c in classes if c["source"] == "app"]
+    assert [(c["label"], c["confidence"], c["ts"]) for c in app] == [("warning", 1.0, T0 + 3)] * 3
 
     summaries = read_topic(broker.bootstrap, "tsguard.log-summaries")
     db = sorted((s for s in summaries if s["source"] == "db"), key=lambda s: s["window"]["start"])
@@ -59,7 +67,12 @@ def test_logs_classified_summarised_and_dead_lettered(broker):
     assert all(t["new"] for t in first_templates.values())
     assert any(not t["new"] for t in db[1]["templates"])  # the checkpoint template was seen before
     assert all(isinstance(s["summary"], str) and s["summary"] for s in summaries)
-    assert sum(s["lines"] for s in summaries) == len(messages) + len(raw)
+    assert sum(s["lines"] for s in summaries) == len(messages) + len(raw) - 1
+    (app_summary,) = (s for s in summaries if s["source"] == "app")
+    assert [t["template"] for t in app_summary["templates"]] == [
+        "call failed, retrying",
+        "java.net.SocketTimeoutException: Read timed out",
+    ]
 
     dead = read_topic(broker.bootstrap, "tsguard.dead-letter", expect=len(malformed))
     assert len(dead) == len(malformed)
