@@ -5,7 +5,6 @@ and that serving scores what the benchmark measured."""
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from detector.logs.classifier import load_label_set
 from detector.logs.encoder import CachedEncoder
 from detector.logs.topic import NGRAM_BUCKETS, TopicModel, ngram_features, ngram_words
 from detector.messages import LogClass
+from tests.fakes import HashEncoder
 from training.topic import DESIGN, DESIGNS, fit
 
 
@@ -157,18 +157,6 @@ def test_bootstrap_gain_resamples_whole_templates() -> None:
 # ----------------------------------------------------------------------------- the topic head
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "detector" / "logs" / "models" / "topic"
-
-
-class HashEncoder:
-    """Unit vectors from a hash of each text: a stand-in for MiniLM where meaning is not tested."""
-
-    def encode(self, texts):
-        out = np.empty((len(texts), 384), dtype=np.float32)
-        for i, t in enumerate(texts):
-            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
-            v = np.random.default_rng(seed).standard_normal(384).astype(np.float32)
-            out[i] = v / np.linalg.norm(v)
-        return out
 
 
 def test_ngrams_read_the_words_of_a_template() -> None:

@@ -13,7 +13,7 @@ from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, parse_log_val
 from stream.heads.logs import LogsHead
 from stream.metrics import Metrics
 from stream.settings import Settings
-from tests.test_logs_severity import HashEncoder
+from tests.fakes import HashEncoder
 
 LINES = [b"cache node 3 evicted 120 keys", b"cache node 9 evicted 7 keys", b"job 5 started"]
 

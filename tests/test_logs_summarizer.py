@@ -6,7 +6,6 @@ the embedding model; the abstractive test builds a tiny randomly initialised T5 
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +16,9 @@ from detector.errors import UserError
 from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, LogRecord, parse_log_value
 from detector.logs.summarizer import mmr_select
 from detector.messages import SummaryWindow
+from tests.fakes import HashEncoder
 
 SUMMARY_KEYS = {"source", "window", "lines", "templates", "leads", "highlights", "summary"}
-
-
-class HashEncoder:
-    """A fixed unit vector per text (seeded by its CRC32); counts the texts it embeds."""
-
-    def __init__(self, dim: int = 384) -> None:
-        self.dim = dim
-        self.texts = 0
-
-    def encode(self, texts):
-        self.texts += len(texts)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for i, t in enumerate(texts):
-            v = np.random.default_rng(zlib.crc32(t.encode())).normal(size=self.dim)
-            out[i] = v / np.linalg.norm(v)
-        return out
 
 
 def _head(**kw) -> LogAnalyzer:
