@@ -7,7 +7,7 @@ import pytest
 
 from detector.logs.analyzer import LogAnalyzer, LogAnalyzerConfig, LogRecord, parse_log_value
 from detector.messages import LogHeader
-from tests.test_logs_severity import HashEncoder
+from tests.fakes import HashEncoder
 
 NOW = 1_700_000_000.0
 T0 = 1704103200.0  # 2024-01-01 10:00:00 UTC
@@ -130,3 +130,26 @@ def test_postgresqls_detail_and_statement_lines_are_parts_of_their_record() -> N
         1,
         ['duplicate key value violates "users_pkey"'],
     )
+
+
+def test_a_dotnet_header_line_is_followed_by_its_message() -> None:
+    lines = [
+        "fail: Microsoft.AspNetCore.Diagnostics.ExceptionHandlerMiddleware[1]",
+        "      An unhandled exception has occurred while executing the request.",
+        "      System.InvalidOperationException: boom",
+        "         at Foo.Bar() in /src/Foo.cs:line 10",
+        "info: Microsoft.Hosting.Lifetime[0]",
+        "      Now listening on: http://localhost:5000",
+    ]
+    recs = [_parse(line) for line in lines]
+    assert (recs[0].level, recs[0].opens) == ("fail", True)
+    head = _head()
+    out = head.classify(recs)
+    assert [o.label for o in out] == ["error"] * 4 + ["info"] * 2
+    (summary,) = head.observe(recs) + head.flush()
+    # each record counted once, by its message; the exception named; the frame folded
+    assert [t.template for t in summary.templates] == [
+        "An unhandled exception has occurred while executing the request.",
+        "System.InvalidOperationException: boom",
+        "Now listening on: http://localhost:<NUM>",
+    ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +22,10 @@ from detector.logs.severity import (
 )
 from detector.messages import LogHeader
 from stream.cli import main
+from tests.fakes import HashEncoder
 
 NOW = 1_700_000_000.0
 MODEL_DIR = Path(__file__).resolve().parents[1] / "detector" / "logs" / "models" / "severity"
-
-
-class HashEncoder:
-    """Unit vectors from a hash of each text: a stand-in for MiniLM where meaning is not tested."""
-
-    def encode(self, texts):
-        out = np.empty((len(texts), 384), dtype=np.float32)
-        for i, t in enumerate(texts):
-            seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "little")
-            v = np.random.default_rng(seed).standard_normal(384).astype(np.float32)
-            out[i] = v / np.linalg.norm(v)
-        return out
 
 
 def _parse(line: str, log_format: LogFormat | None = None) -> LogRecord:
@@ -156,6 +144,19 @@ def _parse(line: str, log_format: LogFormat | None = None) -> LogRecord:
             "W",
             "server.cc:88",
         ),  # fmt: skip
+        (
+            "E, [2024-01-31T10:00:00.123456 #1234] ERROR -- : connection lost",
+            "connection lost",
+            "ERROR",
+            None,
+        ),  # fmt: skip
+        ("I, [2024-01-31T10:00:00.123456 #1234]  INFO -- web: started", "started", "INFO", "web"),
+        (
+            "fail: Microsoft.AspNetCore.Server.Kestrel[13]",
+            "Microsoft.AspNetCore.Server.Kestrel[13]",
+            "fail",
+            "Microsoft.AspNetCore.Server.Kestrel",
+        ),  # fmt: skip
     ],
 )
 def test_headers_are_split_from_the_content(line, content, level, component) -> None:
@@ -167,7 +168,8 @@ def test_headers_are_split_from_the_content(line, content, level, component) -> 
 def test_prose_that_mentions_a_level_is_not_a_header() -> None:
     for line in ("Took 5 ms, ERROR count 3", "Error reading file /tmp/x", "user info updated",
                  "2024-01-31 10:00:00 log rotated", "2024-01-31 10:00:00 LOG rotated",
-                 "user=bob level=error action=login", "msg=ok but then prose"):  # fmt: skip
+                 "user=bob level=error action=login", "msg=ok but then prose",
+                 "fail: 3 of 12 checks [1]"):  # fmt: skip
         rec = _parse(line)
         assert (rec.content, rec.level) == (None, None)
 

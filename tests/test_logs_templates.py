@@ -310,6 +310,17 @@ def test_a_timestamp_inside_a_header_is_the_lines_time() -> None:
     assert parse_log_value(impossible, b"bgl", NOW).ts == NOW
 
 
+def test_an_access_log_line_is_timed_by_its_bracketed_time_and_mined_from_the_request() -> None:
+    line = (
+        b'10.0.0.7 - frank [10/Oct/2000:13:55:36 -0700] "GET /a.gif HTTP/1.0" 500 2326 "-" "curl"'
+    )
+    rec = parse_log_value(line, b"web", NOW)
+    assert rec.ts == _utc(2000, 10, 10, 20, 55, 36)
+    assert (rec.content, rec.level) == ('"GET /a.gif HTTP/1.0" 500 2326 "-" "curl"', None)
+    bad_month = b'10.0.0.7 - - [10/Foo/2000:13:55:36 -0700] "GET / HTTP/1.0" 200 5'
+    assert parse_log_value(bad_month, b"web", NOW).ts == NOW
+
+
 def test_a_relay_prefix_is_split_off_and_its_epoch_is_the_lines_time() -> None:
     # Alert tag, epoch, date and node before the original line (the Sandia supercomputer logs):
     # the relayed line is parsed as any other; the tag is neither content nor component.

@@ -42,13 +42,16 @@ from detector.logs.encoder import CachedEncoder, TextEncoder
 from detector.logs.headers import (
     LEVEL_WORDS,
     LogFormat,
+    parse_access_log,
     parse_after_timestamp,
+    parse_dotnet,
     parse_embedded_level,
     parse_glog,
     parse_logfmt,
     parse_pri,
     parse_python_default,
     parse_relay,
+    parse_ruby,
 )
 from detector.logs.severity import CLASSES as SEVERITY_CLASSES
 from detector.logs.severity import STATED_LEVELS, SeverityModel, features, severity_mapping
@@ -82,9 +85,11 @@ class LogRecord:
     component: str | None = None  # the header's component (logger, program, tag)
     # A raw line without header or time that reads as part of a stack trace (a frame, an
     # exception), or a header that says the line is a further part of its record (PostgreSQL's
-    # `DETAIL:`); `indented`, one without header or time that is indented. LogAnalyzer._lines.
+    # `DETAIL:`); `indented`, one without header or time that is indented; `opens`, a header
+    # whose message follows on the next, indented line (.NET's console). LogAnalyzer._lines.
     continues: bool = False
     indented: bool = False
+    opens: bool = False
 
     @property
     def text(self) -> str:
@@ -294,19 +299,33 @@ def _raw_record(
             ts = _epoch_seconds(float(stamp))  # go-kit's ts=unix, or milliseconds
         return LogRecord(source, now if ts is None else ts, text, header.content,
                          header.level or pri_level, header.component)  # fmt: skip
+    access = parse_access_log(body)
+    if access is not None:
+        header, stamp = access
+        try:
+            ts = datetime.strptime(stamp, "%d/%b/%Y:%H:%M:%S %z").timestamp()
+        except ValueError:  # e.g. month "Foo": the arrival time
+            ts = now
+        return LogRecord(source, ts, text, header.content, pri_level)
     relay = parse_relay(body)
     if relay is not None:  # its epoch is the line's time (the relayed line's may lack a year)
         ts, body = relay
     else:
         ts = parse_line_timestamp(body, now)
     m = _TS_PREFIX_RE.match(body)
-    header = None
-    if m and m.end() < len(body):
-        header = parse_after_timestamp(body[m.end() :], bool(_SYSLOG_RE.match(body)))
-    elif _LEVEL_FIRST_RE.match(body):
+    rest = body[m.end() :] if m and m.end() < len(body) else None
+    header = parse_dotnet(body if rest is None else rest)
+    if header is None and rest is not None:
+        header = parse_after_timestamp(rest, bool(_SYSLOG_RE.match(body)))
+    elif header is None and _LEVEL_FIRST_RE.match(body):
         header = parse_after_timestamp(body, False)
     if header is None:
-        header = parse_glog(body) or parse_python_default(body) or parse_embedded_level(body)
+        header = (
+            parse_glog(body)
+            or parse_python_default(body)
+            or parse_ruby(body)
+            or parse_embedded_level(body)
+        )
         if header is not None and ts is None:
             # The header is what precedes the content; its time is the line's.
             head = body.rstrip()
@@ -322,7 +341,8 @@ def _raw_record(
             return LogRecord(source, now, text, continues=trace, indented=indented)
         return LogRecord(source, now if ts is None else ts, text, strip_timestamp(body), pri_level)
     return LogRecord(source, now if ts is None else ts, text, header.content,
-                     header.level or pri_level, header.component, header.continues)  # fmt: skip
+                     header.level or pri_level, header.component, header.continues,
+                     opens=header.opens)  # fmt: skip
 
 
 _JOURNALD_LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
@@ -553,6 +573,7 @@ class _OpenRecord:
     record: LogRecord
     mined: MinedLine
     in_trace: bool  # a stack trace runs on from it: indented lines are its too
+    awaits_message: bool = False  # a header that opens a record: its next line is the message
 
 
 class LogAnalyzer:
@@ -664,7 +685,8 @@ class LogAnalyzer:
         of a stack trace (`LogRecord.continues`; an indented line once a trace has begun) the
         source's record above it, whose time, level and component it takes. A frame also takes
         that record's template and is not summarised apart (folded); an exception's line is
-        mined on its own."""
+        mined on its own, as is the message line of a header that `opens` a record (which is
+        folded in its place: the summaries count the record once, by its message)."""
         if self._last is not None and self._last[0] is records:
             return self._last[1]
         limit = self.config.max_line_chars
@@ -676,15 +698,16 @@ class LogAnalyzer:
                 head = None  # an indented line with no trace running: a line of its own
             fold = False
             if head is None:
-                in_trace = r.continues or _UNCAUGHT_RE.match(r.text) is not None
-                head = _OpenRecord(r, self.miner.add(r.source, r.text[:limit]), in_trace)
+                in_trace = r.continues or r.opens or _UNCAUGHT_RE.match(r.text) is not None
+                head = _OpenRecord(r, self.miner.add(r.source, r.text[:limit]), in_trace, r.opens)
                 open_records[r.source] = head
                 if len(open_records) > self.config.max_sources:
                     open_records.popitem(last=False)
-                m = head.mined
+                m, fold = head.mined, r.opens
             else:
                 head.in_trace = True
-                if _EXCEPTION_RE.match(r.text):
+                if head.awaits_message or _EXCEPTION_RE.match(r.text):
+                    head.awaits_message = False
                     m = self.miner.add(r.source, r.text[:limit])
                 else:
                     m, fold = head.mined, True

@@ -18,7 +18,12 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
   node, `- 1131566461 2005.11.09 node Nov 9 12:01:01 node/node crond[2915]: content`; the epoch
   is the line's time, and the tag is dropped (in those collections it is the label);
 - glog / abseil (`I1206 04:59:41.123456  1234 file.cc:12] content`);
-- Python logging's default `WARNING:root:content`;
+- .NET's console logger, whose header line `fail: Category[event id]` is followed by the
+  message on an indented line (the message is the record's content: `LogAnalyzer._lines`);
+- Python logging's default `WARNING:root:content`; Ruby's Logger
+  `E, [2024-01-31T10:00:00.123456 #1234] ERROR -- progname: content`;
+- web servers' access logs (Common and Combined Log Format): `client - user [10/Oct/2000:13:55:36
+  -0700] "GET / HTTP/1.0" 500 2326`, whose content is the request on (no level is stated);
 - logfmt (`ts=... level=error component=tsdb msg="compaction failed" err="disk full"`), read by
   `parse_logfmt` before anything else;
 - a line that starts with a level word and a colon or brackets (`ERROR: disk full`);
@@ -79,6 +84,7 @@ class Header:
     host: str | None = None
     # The line is one more part of the record above it (PostgreSQL's `DETAIL:` or `STATEMENT:`).
     continues: bool = False
+    opens: bool = False  # the record's message follows on the next, indented line (.NET's)
 
 
 def parse_after_timestamp(rest: str, syslog: bool) -> Header | None:
@@ -134,6 +140,52 @@ _PYTHON_DEFAULT = re.compile(
 def parse_python_default(line: str) -> Header | None:
     """`WARNING:root:disk almost full`: Python logging's default layout."""
     return _whole_line(_PYTHON_DEFAULT, line)
+
+
+# .NET's console logger (Microsoft.Extensions.Logging, simple format): a header line
+# `fail: Category[event id]`, the message on the next, indented line.
+_DOTNET = re.compile(
+    r"(?P<level>trce|dbug|info|warn|fail|crit): (?P<component>[^\s\[\]]{1,256})\[\d+\]\s*$"
+)
+
+
+def parse_dotnet(line: str) -> Header | None:
+    """The header line of .NET's console logger (`fail: Category[event id]`); its content is
+    the category and event id (the message follows on the next line)."""
+    m = _DOTNET.match(line)
+    return Header(line[m.end("level") + 2 :].strip(), m.group("level"), m.group("component"),
+                  opens=True) if m else None  # fmt: skip
+
+
+# Ruby's Logger: `E, [2024-01-31T10:00:00.123456 #1234] ERROR -- progname: message`.
+_RUBY = re.compile(
+    r"[DIWEFA], \[[^\]]{1,64} #\d+\] +(?P<level>[A-Z]+) -- (?P<component>[^:\s][^:]{0,127})?: "
+    r"(?P<content>.*)$",
+    re.DOTALL,
+)
+
+
+def parse_ruby(line: str) -> Header | None:
+    """`E, [2024-01-31T10:00:00.123456 #1234] ERROR -- web: failed`: Ruby's Logger."""
+    return _whole_line(_RUBY, line)
+
+
+# The Common and Combined Log Formats of web servers' access logs (Apache, nginx):
+# `client ident user [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.0" 200 2326 ...`.
+_ACCESS = re.compile(
+    r"(?P<client>\S+) \S+ \S+ \[(?P<time>\d{2}/[A-Za-z]{3}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4})\] "
+    r"(?P<content>\".*)$",
+    re.DOTALL,
+)
+
+
+def parse_access_log(line: str) -> tuple[Header, str] | None:
+    """(header, its time as written) of an access log line: the content is the request on, the
+    client is the host (an access log states no level)."""
+    m = _ACCESS.match(line)
+    if m is None:
+        return None
+    return Header(m.group("content").strip(), None, None, m.group("client")), m.group("time")
 
 
 def parse_relay(line: str) -> tuple[float, str] | None:

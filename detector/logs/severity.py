@@ -147,6 +147,7 @@ STATED_LEVELS = {
     "emerg": "error", "emergency": "error", "alert": "error", "crit": "error", "critical": "error",
     "err": "error", "error": "error", "fatal": "error", "failure": "error", "severe": "error",
     "panic": "error", "eror": "error", "dbug": "info",  # logrus' panic; log15's eror, dbug
+    "fail": "error", "trce": "info",  # .NET's console logger (read only as its header line)
     "log": "info",  # PostgreSQL's LOG: (read only as `LOG:`, detector/logs/headers.py)
     "d1": "info", "d2": "info", "d3": "info", "d4": "info", "d5": "info",  # MongoDB's debug
     "e": "error", "f": "error", "a": "error",
