@@ -152,7 +152,7 @@ _DOTNET = re.compile(
 def parse_dotnet(line: str) -> Header | None:
     """The header line of .NET's console logger (`fail: Category[event id]`); its content is
     the category and event id (the message follows on the next line)."""
-    m = _DOTNET.match(line)
+    m = _DOTNET.match(line) if line[4:6] == ": " else None  # every level has four letters
     return Header(line[m.end("level") + 2 :].strip(), m.group("level"), m.group("component"),
                   opens=True) if m else None  # fmt: skip
 
@@ -182,7 +182,7 @@ _ACCESS = re.compile(
 def parse_access_log(line: str) -> tuple[Header, str] | None:
     """(header, its time as written) of an access log line: the content is the request on, the
     client is the host (an access log states no level)."""
-    m = _ACCESS.match(line)
+    m = _ACCESS.match(line) if '] "' in line else None  # the time, then the request
     if m is None:
         return None
     return Header(m.group("content").strip(), None, None, m.group("client")), m.group("time")
