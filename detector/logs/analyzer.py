@@ -568,7 +568,7 @@ def _widens(old: str, new: str) -> bool:
 _Lines = tuple[list[MinedLine], list[LogRecord], list[bool]]
 
 
-@dataclass
+@dataclass(slots=True)
 class _OpenRecord:
     record: LogRecord
     mined: MinedLine
@@ -665,7 +665,7 @@ class LogAnalyzer:
         self._last: tuple[list[LogRecord], _Lines] | None = None
         # Per source, its last record that began with a header or on its own, where it was mined
         # and whether a stack trace runs on from it.
-        self._open_records: OrderedDict[str, _OpenRecord] = OrderedDict()
+        self._open_records: dict[str, _OpenRecord] = {}
         self.lines = 0
         self._since_prune = 0
         if config.corrections:
@@ -692,26 +692,29 @@ class LogAnalyzer:
         limit = self.config.max_line_chars
         mined, heads, folded = [], [], []
         open_records = self._open_records
+        add = self.miner.add
         for r in records:
+            text = r.text
             head = open_records.get(r.source) if r.continues or r.indented else None
             if head is not None and not r.continues and not head.in_trace:
                 head = None  # an indented line with no trace running: a line of its own
             fold = False
             if head is None:
-                in_trace = r.continues or r.opens or _UNCAUGHT_RE.match(r.text) is not None
-                head = _OpenRecord(r, self.miner.add(r.source, r.text[:limit]), in_trace, r.opens)
+                banner = r.level == "ERROR" and _UNCAUGHT_RE.match(text) is not None
+                head = _OpenRecord(r, add(r.source, text[:limit]),
+                                   r.continues or r.opens or banner, r.opens)  # fmt: skip
+                open_records.pop(r.source, None)  # so the oldest is the least recently seen
                 open_records[r.source] = head
                 if len(open_records) > self.config.max_sources:
-                    open_records.popitem(last=False)
+                    del open_records[next(iter(open_records))]
                 m, fold = head.mined, r.opens
             else:
                 head.in_trace = True
-                if head.awaits_message or _EXCEPTION_RE.match(r.text):
+                if head.awaits_message or _EXCEPTION_RE.match(text):
                     head.awaits_message = False
-                    m = self.miner.add(r.source, r.text[:limit])
+                    m = add(r.source, text[:limit])
                 else:
                     m, fold = head.mined, True
-            open_records.move_to_end(r.source)
             heads.append(head.record)
             mined.append(m)
             folded.append(fold)
