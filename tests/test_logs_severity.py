@@ -157,6 +157,31 @@ def _parse(line: str, log_format: LogFormat | None = None) -> LogRecord:
             "fail",
             "Microsoft.AspNetCore.Server.Kestrel",
         ),  # fmt: skip
+        (
+            "1:M 31 Jan 2024 10:00:00.123 # Server initialized",
+            "Server initialized",
+            "warning",
+            None,
+        ),
+        (
+            "INFO  [main] 2024-01-31 10:00:00,123 CassandraDaemon.java:123 - Starting up",
+            "Starting up",
+            "INFO",
+            "CassandraDaemon.java:123",
+        ),
+        (
+            "[2024-01-31 10:00:00,123: ERROR/MainProcess] consumer: Cannot connect",
+            "consumer: Cannot connect",
+            "ERROR",
+            "MainProcess",
+        ),
+        (
+            "[Wed Jan 31 10:00:00.123456 2024] [core:error] [pid 123:tid 456] [client 1.2.3.4:5] "
+            "AH00037: Symbolic link not allowed",
+            "Symbolic link not allowed",
+            "error",
+            "AH00037",
+        ),
     ],
 )
 def test_headers_are_split_from_the_content(line, content, level, component) -> None:

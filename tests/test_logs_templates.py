@@ -321,6 +321,18 @@ def test_an_access_log_line_is_timed_by_its_bracketed_time_and_mined_from_the_re
     assert parse_log_value(bad_month, b"web", NOW).ts == NOW
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"1:M 31 Jan 2024 10:00:00.250 * Ready to accept connections",  # Redis
+        b"[Wed Jan 31 10:00:00.250000 2024] [mpm_event:notice] [pid 1:tid 2] AH00489: ready",
+        b"31-Jan-2024 10:00:00.250 INFO [main] org.apache.catalina.startup.Catalina.start ready",
+    ],
+)
+def test_more_servers_times_are_read(line: bytes) -> None:
+    assert parse_log_value(line, b"k", NOW).ts == _utc(2024, 1, 31, 10) + 0.25
+
+
 def test_a_relay_prefix_is_split_off_and_its_epoch_is_the_lines_time() -> None:
     # Alert tag, epoch, date and node before the original line (the Sandia supercomputer logs):
     # the relayed line is parsed as any other; the tag is neither content nor component.

@@ -42,16 +42,18 @@ from detector.logs.encoder import CachedEncoder, TextEncoder
 from detector.logs.headers import (
     LEVEL_WORDS,
     LogFormat,
-    parse_access_log,
     parse_after_timestamp,
+    parse_celery,
     parse_dotnet,
     parse_embedded_level,
     parse_glog,
+    parse_level_thread_time,
     parse_logfmt,
     parse_pri,
     parse_python_default,
     parse_relay,
     parse_ruby,
+    parse_stamped,
 )
 from detector.logs.severity import CLASSES as SEVERITY_CLASSES
 from detector.logs.severity import STATED_LEVELS, SeverityModel, features, severity_mapping
@@ -132,12 +134,18 @@ _ISO_RE = re.compile(
     r"^\[?(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
     r"\s*(Z|[+-]\d{2}:?\d{2})?(?![\d:])"
 )
-_CTIME_RE = re.compile(r"^\[\w{3} (\w{3}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2}) (\d{4})\]")
+_CTIME_RE = re.compile(
+    r"^\[\w{3} (\w{3}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))? (\d{4})\]"
+)
 # A date and time inside a header of unknown layout (after a level, component or id fields):
 # ISO 8601 without zone, or IBM's dashed form "2005-06-03-15.42.50.363779" (DB2, Blue Gene).
 _HEADER_TIME_RE = re.compile(
     r"(?<![\d.:-])(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):|-(\d{2})\.)(\d{2})[:.](\d{2})"
     r"(?:[.,](\d{1,9}))?(?![\d:])"
+)
+# Java's `dd-Mon-yyyy hh:mm:ss.SSS` (Tomcat, java.util.logging's one-line layout)
+_DMY_TIME_RE = re.compile(
+    r"^(\d{2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?![\d:])"
 )
 _SYSLOG_RE = re.compile(r"^(\w{3}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2})\b")
 _YYMMDD_RE = re.compile(r"^(\d{2})(\d{2})(\d{2}) (\d{2})(\d{2})(\d{2})\b")  # HDFS
@@ -193,8 +201,8 @@ def parse_line_timestamp(line: str, now: float) -> float | None:
             return _utc(y, mo, d, h, mi, s, m.group(7))
         m = _CTIME_RE.match(line)
         if m and m.group(1).lower() in _MONTHS:
-            return _utc(int(m.group(6)), _MONTHS[m.group(1).lower()], int(m.group(2)),
-                        int(m.group(3)), int(m.group(4)), int(m.group(5)))  # fmt: skip
+            return _utc(int(m.group(7)), _MONTHS[m.group(1).lower()], int(m.group(2)),
+                        int(m.group(3)), int(m.group(4)), int(m.group(5)), m.group(6))  # fmt: skip
         m = _SYSLOG_RE.match(line)
         if m and m.group(1).lower() in _MONTHS:
             year = datetime.fromtimestamp(now, UTC).year
@@ -225,11 +233,18 @@ def parse_line_timestamp(line: str, now: float) -> float | None:
 def header_timestamp(head: str) -> float | None:
     """Epoch seconds from the first date and time among a header's fields (a line whose header
     does not start with its timestamp: OpenStack's `file.log 2017-05-16 00:00:00.008 ...`, Blue
-    Gene's `- 1117838570 2005.06.03 node 2005-06-03-15.42.50.363779 ...`), read as UTC; else
-    None."""
+    Gene's `- 1117838570 2005.06.03 node 2005-06-03-15.42.50.363779 ...`) or at its start in
+    Java's `31-Jan-2024 10:00:00.123` (Tomcat), read as UTC; else None."""
     m = _HEADER_TIME_RE.search(head)
     if m is None:
-        return None
+        m = _DMY_TIME_RE.match(head)
+        if m is None or m.group(2).lower() not in _MONTHS:
+            return None
+        d, month, y, h, mi, sec, frac = m.groups()
+        try:
+            return _utc(int(y), _MONTHS[month.lower()], int(d), int(h), int(mi), int(sec), frac)
+        except ValueError:  # e.g. day 31 of a 30-day month
+            return None
     y, mo, d = int(m.group(1)), int(m.group(2)), int(m.group(3))
     h = int(m.group(4) or m.group(5))
     try:
@@ -299,14 +314,11 @@ def _raw_record(
             ts = _epoch_seconds(float(stamp))  # go-kit's ts=unix, or milliseconds
         return LogRecord(source, now if ts is None else ts, text, header.content,
                          header.level or pri_level, header.component)  # fmt: skip
-    access = parse_access_log(body)
-    if access is not None:
-        header, stamp = access
-        try:
-            ts = datetime.strptime(stamp, "%d/%b/%Y:%H:%M:%S %z").timestamp()
-        except ValueError:  # e.g. month "Foo": the arrival time
-            ts = now
-        return LogRecord(source, ts, text, header.content, pri_level)
+    stamped = parse_stamped(body)
+    if stamped is not None:
+        header, ts = stamped
+        return LogRecord(source, now if ts is None else ts, text, header.content,
+                         header.level or pri_level, header.component)  # fmt: skip
     relay = parse_relay(body)
     if relay is not None:  # its epoch is the line's time (the relayed line's may lack a year)
         ts, body = relay
@@ -324,6 +336,8 @@ def _raw_record(
             parse_glog(body)
             or parse_python_default(body)
             or parse_ruby(body)
+            or parse_celery(body)
+            or parse_level_thread_time(body)
             or parse_embedded_level(body)
         )
         if header is not None and ts is None:

@@ -22,8 +22,12 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
   message on an indented line (the message is the record's content: `LogAnalyzer._lines`);
 - Python logging's default `WARNING:root:content`; Ruby's Logger
   `E, [2024-01-31T10:00:00.123456 #1234] ERROR -- progname: content`;
+- Celery's worker `[2024-01-31 10:00:00,123: ERROR/MainProcess] content`; a level, a
+  `[thread]` and then the time, as Cassandra writes them
+  (`INFO  [main] 2024-01-31 10:00:00,123 File.java:12 - content`); Apache 2.4's `[module:level]`;
 - web servers' access logs (Common and Combined Log Format): `client - user [10/Oct/2000:13:55:36
-  -0700] "GET / HTTP/1.0" 500 2326`, whose content is the request on (no level is stated);
+  -0700] "GET / HTTP/1.0" 500 2326`, whose content is the request on (no level is stated), and
+  Redis' `1:M 31 Jan 2024 10:00:00.123 # content` (`parse_stamped`, which also reads their times);
 - logfmt (`ts=... level=error component=tsdb msg="compaction failed" err="disk full"`), read by
   `parse_logfmt` before anything else;
 - a line that starts with a level word and a colon or brackets (`ERROR: disk full`);
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from detector.errors import UserError
 
@@ -54,7 +59,7 @@ LEVEL_WORDS = (
 _AFTER_TS = re.compile(
     r"(?P<ids>(?:\d+\s+){0,2})"
     r"(?:\[[^\]]{0,64}\]\s*)?"
-    r"(?:\[ ?(?P<blevel>(?i:" + LEVEL_WORDS + r")) *\]:?\s*"
+    r"(?:\[ ?(?:[\w\-]{1,32}:)?(?P<blevel>(?i:" + LEVEL_WORDS + r")) *\]:?\s*"
     r"|(?P<level>(?i:" + LEVEL_WORDS + r")|[VDIWEF]|LOG(?=:))(?=[\s:])[:\s]\s*"
     r"|(?P<part>DETAIL|HINT|CONTEXT|STATEMENT|QUERY|LOCATION):\s*)"
     r"(?:\d+ --- )?"  # Spring Boot's pid
@@ -170,6 +175,43 @@ def parse_ruby(line: str) -> Header | None:
     return _whole_line(_RUBY, line)
 
 
+# Celery's worker: `[2024-01-31 10:00:00,123: ERROR/MainProcess] message`.
+_CELERY = re.compile(
+    r"\[\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3}: (?P<level>[A-Z]+)/(?P<component>[\w\-]{1,64})\] "
+    r"(?P<content>.*)$",
+    re.DOTALL,
+)
+
+
+def parse_celery(line: str) -> Header | None:
+    """`[2024-01-31 10:00:00,123: ERROR/MainProcess] message`: Celery's worker."""
+    return _whole_line(_CELERY, line)
+
+
+# A level, a `[thread]`, then the time (Cassandra's default logback layout):
+# `INFO  [main] 2024-01-31 10:00:00,123 CassandraDaemon.java:123 - message`.
+_LEVEL_THREAD_TIME = re.compile(
+    r"(?P<level>TRACE|DEBUG|INFO|WARN|ERROR|FATAL) +\[[^\]]{0,128}\] +"
+    r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d{1,9})? +"
+    r"(?:(?P<component>[\w.$\-]{1,128}:\d+) - )?(?P<content>.*)$",
+    re.DOTALL,
+)
+
+
+def parse_level_thread_time(line: str) -> Header | None:
+    """`INFO  [main] 2024-01-31 10:00:00,123 CassandraDaemon.java:123 - message`."""
+    return _whole_line(_LEVEL_THREAD_TIME, line)
+
+
+def _strptime(stamp: str, layout: str) -> float | None:
+    """Epoch seconds of a time written in `layout` (UTC unless it has a zone), else None."""
+    try:
+        when = datetime.strptime(stamp, layout)
+    except ValueError:  # e.g. month "Foo": the caller uses the arrival time
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
 # The Common and Combined Log Formats of web servers' access logs (Apache, nginx):
 # `client ident user [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.0" 200 2326 ...`.
 _ACCESS = re.compile(
@@ -177,15 +219,31 @@ _ACCESS = re.compile(
     r"(?P<content>\".*)$",
     re.DOTALL,
 )
+# Redis: `pid:role 31 Jan 2024 10:00:00.123 # message`, the mark its level.
+_REDIS = re.compile(
+    r"\d+:[XCSM] (?P<time>\d{1,2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2})(?P<frac>\.\d{1,6})? "
+    r"(?P<mark>[.\-*#]) (?P<content>.*)$",
+    re.DOTALL,
+)
+_REDIS_LEVELS = {".": "debug", "-": "verbose", "*": "notice", "#": "warning"}
 
 
-def parse_access_log(line: str) -> tuple[Header, str] | None:
-    """(header, its time as written) of an access log line: the content is the request on, the
-    client is the host (an access log states no level)."""
+def parse_stamped(line: str) -> tuple[Header, float | None] | None:
+    """(header, the line's time or None) of a layout whose time only this parser reads: an
+    access log line (the content is the request on, the client is the host; no level is
+    stated) or Redis' (its mark as a level word: `#` warning, `*` notice, `-` verbose, `.`
+    debug)."""
     m = _ACCESS.match(line) if '] "' in line else None  # the time, then the request
-    if m is None:
-        return None
-    return Header(m.group("content").strip(), None, None, m.group("client")), m.group("time")
+    if m is not None:
+        header = Header(m.group("content").strip(), None, None, m.group("client"))
+        return header, _strptime(m.group("time"), "%d/%b/%Y:%H:%M:%S %z")
+    m = _REDIS.match(line) if line[:1].isdigit() else None
+    if m is not None and m.group("content").strip():
+        ts = _strptime(m.group("time"), "%d %b %Y %H:%M:%S")
+        if ts is not None and m.group("frac"):
+            ts += float(m.group("frac"))
+        return Header(m.group("content").strip(), _REDIS_LEVELS[m.group("mark")]), ts
+    return None
 
 
 def parse_relay(line: str) -> tuple[float, str] | None:
