@@ -4,7 +4,8 @@ A metric message value is a point or an array of points:
     {"series": "web-01/cpu", "ts": 1700000000.0, "value": 0.42}
     {"series": "m-1", "ts": "2024-05-01T12:00:00Z", "values": {"cpu": 0.4, "mem": 0.7}}
 `ts` is epoch seconds or ISO 8601 (`parse_ts`); null (or NaN) is a missing value; unknown fields
-are ignored. Anything else raises `InvalidMessage` with a short, bounded `reason` (a metric label)
+are ignored. Telegraf's outputs are read too (stream/influx.py): InfluxDB line protocol and its
+JSON format, each numeric field a series. Anything else raises `InvalidMessage` with a short, bounded `reason` (a metric label)
 and a detail. The message types of every topic, and their encoders, are in detector/messages.py.
 
 Most messages are one plain point: univariate, epoch-seconds ts. `_plain` is the one check for
@@ -25,6 +26,13 @@ import orjson
 
 from detector.api import TS_MAX, TS_MIN
 from detector.messages import InvalidMessage, InvalidReason, parse_ts
+from stream.influx import (
+    NotLineProtocol,
+    Sample,
+    is_telegraf_json,
+    line_protocol_points,
+    telegraf_json_points,
+)
 
 MAX_SERIES_ID = 256
 MAX_DIM_NAME = 64
@@ -49,6 +57,8 @@ def _loads(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidMessage(InvalidReason.INVALID_UTF8, str(exc)) from None
+    if text.lstrip()[:1] not in ("{", "["):  # not a point or an array: NaN cannot be the reason
+        raise InvalidMessage(InvalidReason.INVALID_JSON, "not a JSON object or array")
     try:
         return json.loads(text, parse_constant=_nan_only)
     except ValueError as exc:
@@ -150,6 +160,18 @@ def _point(obj: Any, max_dims: int) -> Point:
     raise InvalidMessage(InvalidReason.MISSING_VALUE, "point has neither value nor values")
 
 
+def _sampled(samples: list[Sample], max_points: int) -> list[Point]:
+    """Telegraf's metrics (stream/influx.py) as points, checked as a JSON point's are."""
+    if len(samples) > max_points:
+        raise InvalidMessage(InvalidReason.TOO_LARGE, f"{len(samples)} points > {max_points}")
+    for series, _, _ in samples:
+        if len(series) > MAX_SERIES_ID:
+            raise InvalidMessage(
+                InvalidReason.BAD_SERIES, f"series id longer than {MAX_SERIES_ID} characters"
+            )
+    return [Point(s, ts, UNIVARIATE, (_value(v, s),)) for s, ts, v in samples]
+
+
 def decode_points(
     raw: bytes | None, max_bytes: int = 1_000_000, max_points: int = 10_000, max_dims: int = 64
 ) -> list[Point]:
@@ -159,7 +181,20 @@ def decode_points(
         raise InvalidMessage(InvalidReason.EMPTY, "message has no value (tombstone)")
     if len(raw) > max_bytes:
         raise InvalidMessage(InvalidReason.TOO_LARGE, f"{len(raw)} bytes > {max_bytes}")
-    obj = _loads(raw)
+    try:
+        obj = _loads(raw)
+    except InvalidMessage as exc:
+        if exc.reason is not InvalidReason.INVALID_JSON:
+            raise
+        try:  # Telegraf's default output (the bytes are UTF-8: _loads checked)
+            samples = line_protocol_points(raw.decode("utf-8"))
+        except NotLineProtocol as why:
+            raise InvalidMessage(
+                InvalidReason.INVALID_JSON, f"{exc.detail}; not line protocol either: {why}"
+            ) from None
+        return _sampled(samples, max_points)
+    if is_telegraf_json(obj):
+        return _sampled(telegraf_json_points(obj), max_points)
     if isinstance(obj, list):
         if not obj:
             raise InvalidMessage(InvalidReason.EMPTY, "empty array of points")

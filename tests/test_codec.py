@@ -1,6 +1,7 @@
 """The metrics message codec: every form in the contract decodes, everything else is rejected
 with a bounded reason (which becomes the dead-letter reason and metric label)."""
 
+import doctest
 import json
 import math
 
@@ -8,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import stream.influx
 from detector.messages import DeadLetter, InvalidReason
 from stream.codec import InvalidMessage, Point, decode_points, parse_ts
 
@@ -40,6 +42,58 @@ def test_array_of_points_and_unknown_fields_ignored():
 def test_null_and_nan_are_missing(raw):
     (p,) = decode_points(raw)
     assert math.isnan(p.values[0])
+
+
+def test_telegraf_line_protocol_each_numeric_field_a_series():
+    raw = (
+        b"# a comment\n"
+        b'cpu,host=web-01,cpu=cpu0 usage_idle=91.5,usage_user=3i,up=true,state="ok" 1700000000000000000\n'
+        b"disk,path=/var\\ lib,host=db-01 used\\ percent=42.5 1700000000123456789"
+    )
+    assert decode_points(raw) == [
+        Point("web-01/cpu_usage_idle{cpu=cpu0}", 1700000000.0, ("value",), (91.5,)),
+        Point("web-01/cpu_usage_user{cpu=cpu0}", 1700000000.0, ("value",), (3.0,)),
+        Point("web-01/cpu_up{cpu=cpu0}", 1700000000.0, ("value",), (1.0,)),
+        Point("db-01/disk_used percent{path=/var lib}", 1700000000.1234567, ("value",), (42.5,)),
+    ]
+
+
+def test_telegraf_json_single_and_batch():
+    one = {"name": "mem", "tags": {"host": "h"}, "fields": {"used": 7, "ok": False, "s": "x"},
+           "timestamp": 1700000000}  # fmt: skip
+    expected = [Point("h/mem_used", 1700000000.0, ("value",), (7.0,)),
+                Point("h/mem_ok", 1700000000.0, ("value",), (0.0,))]  # fmt: skip
+    assert decode_points(json.dumps(one).encode()) == expected
+    batch = {"metrics": [one, {**one, "timestamp": 1700000060000}]}  # milliseconds
+    assert [p.ts for p in decode_points(json.dumps(batch).encode())] == [1700000000.0] * 2 + [
+        1700000060.0
+    ] * 2
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"cpu usage=1", "missing_ts"),  # tsguard does not invent a point's time
+        (b"cpu usage=high 1700000000", "bad_value"),
+        (b'cpu state="ok" 1700000000', "missing_value"),
+        (b"cpu usage=1e39 1700000000", "value_out_of_range"),
+        (b"cpu usage=1 yesterday", "invalid_json"),  # neither JSON nor line protocol
+        (b"hello world", "invalid_json"),
+        (b'{"name": "cpu", "fields": {"v": 1}}', "missing_ts"),
+        (b'{"name": "cpu", "fields": {"v": [1]}, "timestamp": 1}', "bad_value"),
+        (b'{"name": "cpu", "tags": {"n": 1}, "fields": {"v": 1}, "timestamp": 1}', "bad_series"),
+        (b'{"metrics": [1]}', "not_an_object"),
+    ],
+)
+def test_telegraf_formats_rejected_with_a_reason(raw, reason):
+    with pytest.raises(InvalidMessage) as exc:
+        decode_points(raw)
+    assert exc.value.reason == reason
+
+
+def test_influx_doctests():
+    result = doctest.testmod(stream.influx)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_iso_offset_timestamp():

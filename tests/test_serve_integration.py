@@ -45,6 +45,15 @@ def test_stop_at_end_publishes_anomaly_and_dead_letters(broker):
     messages += [
         point("calm", t0 + 60 * i, float(v)) for i, v in enumerate(normal_series(n, seed=1))
     ]
+    # The same spike as Telegraf writes it (line protocol, keyed by its host tag): series
+    # "web-03/cpu_usage{cpu=total}"; its string field is no series.
+    messages += [
+        (
+            b"web-03",
+            f'cpu,host=web-03,cpu=total usage={v},state="ok" {int(t0 + 60 * i) * 10**9}'.encode(),
+        )
+        for i, v in enumerate(values)
+    ]
     produce(broker.bootstrap, "tsguard.metrics", messages[:200] + MALFORMED + messages[200:])
 
     proc = tsguard("serve", "--bootstrap", broker.bootstrap, "--stop-at-end", "--metrics-port",
@@ -62,6 +71,8 @@ def test_stop_at_end_publishes_anomaly_and_dead_letters(broker):
     assert ev["window"]["start"] < ev["window"]["end"]
     assert math.isclose(sum(ev["contributions"].values()), 1.0, abs_tol=1e-3)
     assert not [e for e in events if e["series"] == "calm" and e["kind"] == "start"]
+    telegraf = [e for e in events if e["series"] == "web-03/cpu_usage{cpu=total}"]
+    assert [e["ts"] for e in telegraf if e["kind"] == "start"] == [e["ts"] for e in starts]
 
     dead = read_topic(broker.bootstrap, "tsguard.dead-letter", expect=len(MALFORMED))
     assert len(dead) == len(MALFORMED)
