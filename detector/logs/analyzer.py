@@ -43,17 +43,13 @@ from detector.logs.headers import (
     LEVEL_WORDS,
     LogFormat,
     parse_after_timestamp,
-    parse_celery,
     parse_dotnet,
     parse_embedded_level,
-    parse_glog,
-    parse_level_thread_time,
     parse_logfmt,
     parse_pri,
-    parse_python_default,
     parse_relay,
-    parse_ruby,
     parse_stamped,
+    parse_whole_line,
 )
 from detector.logs.severity import CLASSES as SEVERITY_CLASSES
 from detector.logs.severity import STATED_LEVELS, SeverityModel, features, severity_mapping
@@ -332,14 +328,7 @@ def _raw_record(
     elif header is None and _LEVEL_FIRST_RE.match(body):
         header = parse_after_timestamp(body, False)
     if header is None:
-        header = (
-            parse_glog(body)
-            or parse_python_default(body)
-            or parse_ruby(body)
-            or parse_celery(body)
-            or parse_level_thread_time(body)
-            or parse_embedded_level(body)
-        )
+        header = parse_whole_line(body) or parse_embedded_level(body)
         if header is not None and ts is None:
             # The header is what precedes the content; its time is the line's.
             head = body.rstrip()

@@ -115,24 +115,12 @@ def parse_after_timestamp(rest: str, syslog: bool) -> Header | None:
     return None
 
 
+# glog / abseil: `I1206 04:59:41.123456  1234 file.cc:12] message`.
 _GLOG = re.compile(
     r"(?P<level>[IWEF])\d{4} \d{2}:\d{2}:\d{2}(?:\.\d+)?\s+\d+ (?P<component>[\w.\-]+:\d+)\] "
     r"(?P<content>.*)$",
     re.DOTALL,
 )
-
-
-def _whole_line(pattern: re.Pattern, line: str) -> Header | None:
-    """A layout whose pattern names the level, component and content of the whole line."""
-    m = pattern.match(line)
-    if m is None or not m.group("content").strip():
-        return None
-    return Header(m.group("content").strip(), m.group("level"), m.group("component"))
-
-
-def parse_glog(line: str) -> Header | None:
-    """glog / abseil: `I1206 04:59:41.123456  1234 file.cc:12] content`."""
-    return _whole_line(_GLOG, line)
 
 
 # Python logging's default layout (logging.basicConfig): `LEVEL:logger name:message`.
@@ -142,9 +130,44 @@ _PYTHON_DEFAULT = re.compile(
 )
 
 
-def parse_python_default(line: str) -> Header | None:
-    """`WARNING:root:disk almost full`: Python logging's default layout."""
-    return _whole_line(_PYTHON_DEFAULT, line)
+# Ruby's Logger: `E, [2024-01-31T10:00:00.123456 #1234] ERROR -- progname: message`.
+_RUBY = re.compile(
+    r"[DIWEFA], \[[^\]]{1,64} #\d+\] +(?P<level>[A-Z]+) -- (?P<component>[^:\s][^:]{0,127})?: "
+    r"(?P<content>.*)$",
+    re.DOTALL,
+)
+
+
+# Celery's worker: `[2024-01-31 10:00:00,123: ERROR/MainProcess] message`.
+_CELERY = re.compile(
+    r"\[\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3}: (?P<level>[A-Z]+)/(?P<component>[\w\-]{1,64})\] "
+    r"(?P<content>.*)$",
+    re.DOTALL,
+)
+
+
+# A level, a `[thread]`, then the time (Cassandra's default logback layout):
+# `INFO  [main] 2024-01-31 10:00:00,123 CassandraDaemon.java:123 - message`.
+_LEVEL_THREAD_TIME = re.compile(
+    r"(?P<level>TRACE|DEBUG|INFO|WARN|ERROR|FATAL) +\[[^\]]{0,128}\] +"
+    r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d{1,9})? +"
+    r"(?:(?P<component>[\w.$\-]{1,128}:\d+) - )?(?P<content>.*)$",
+    re.DOTALL,
+)
+
+
+# Layouts whose pattern names the level, component and content of the whole line, tried in turn.
+_WHOLE_LINE = (_GLOG, _PYTHON_DEFAULT, _RUBY, _CELERY, _LEVEL_THREAD_TIME)
+
+
+def parse_whole_line(line: str) -> Header | None:
+    """The header of a line in one of the `_WHOLE_LINE` layouts (glog, Python logging's
+    default, Ruby's Logger, Celery's worker, Cassandra's), or None."""
+    for pattern in _WHOLE_LINE:
+        m = pattern.match(line)
+        if m is not None and m.group("content").strip():
+            return Header(m.group("content").strip(), m.group("level"), m.group("component"))
+    return None
 
 
 # .NET's console logger (Microsoft.Extensions.Logging, simple format): a header line
@@ -160,47 +183,6 @@ def parse_dotnet(line: str) -> Header | None:
     m = _DOTNET.match(line) if line[4:6] == ": " else None  # every level has four letters
     return Header(line[m.end("level") + 2 :].strip(), m.group("level"), m.group("component"),
                   opens=True) if m else None  # fmt: skip
-
-
-# Ruby's Logger: `E, [2024-01-31T10:00:00.123456 #1234] ERROR -- progname: message`.
-_RUBY = re.compile(
-    r"[DIWEFA], \[[^\]]{1,64} #\d+\] +(?P<level>[A-Z]+) -- (?P<component>[^:\s][^:]{0,127})?: "
-    r"(?P<content>.*)$",
-    re.DOTALL,
-)
-
-
-def parse_ruby(line: str) -> Header | None:
-    """`E, [2024-01-31T10:00:00.123456 #1234] ERROR -- web: failed`: Ruby's Logger."""
-    return _whole_line(_RUBY, line)
-
-
-# Celery's worker: `[2024-01-31 10:00:00,123: ERROR/MainProcess] message`.
-_CELERY = re.compile(
-    r"\[\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3}: (?P<level>[A-Z]+)/(?P<component>[\w\-]{1,64})\] "
-    r"(?P<content>.*)$",
-    re.DOTALL,
-)
-
-
-def parse_celery(line: str) -> Header | None:
-    """`[2024-01-31 10:00:00,123: ERROR/MainProcess] message`: Celery's worker."""
-    return _whole_line(_CELERY, line)
-
-
-# A level, a `[thread]`, then the time (Cassandra's default logback layout):
-# `INFO  [main] 2024-01-31 10:00:00,123 CassandraDaemon.java:123 - message`.
-_LEVEL_THREAD_TIME = re.compile(
-    r"(?P<level>TRACE|DEBUG|INFO|WARN|ERROR|FATAL) +\[[^\]]{0,128}\] +"
-    r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:[.,]\d{1,9})? +"
-    r"(?:(?P<component>[\w.$\-]{1,128}:\d+) - )?(?P<content>.*)$",
-    re.DOTALL,
-)
-
-
-def parse_level_thread_time(line: str) -> Header | None:
-    """`INFO  [main] 2024-01-31 10:00:00,123 CassandraDaemon.java:123 - message`."""
-    return _whole_line(_LEVEL_THREAD_TIME, line)
 
 
 def _strptime(stamp: str, layout: str) -> float | None:
