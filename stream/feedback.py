@@ -135,6 +135,9 @@ def register_cli(sub) -> None:
     p.add_argument("--verdict", required=True, choices=VERDICTS)
     p.add_argument("--by", default=None, help="who judged it (default: the user name)")
     p.add_argument("--note", default="", help="free text kept with the verdict")
+    p.add_argument("--key", default=None,
+                   help="the Kafka key of the series' metrics when it is not the series id "
+                        "(e.g. the host, for Telegraf with routing_tag = \"host\")")  # fmt: skip
     p.add_argument("--bootstrap", default=env_default("bootstrap", "127.0.0.1:9092"))
     p.add_argument("--lookup-timeout", type=float, default=30.0, metavar="S",
                    help="longest to search tsguard.anomalies for the event")  # fmt: skip
@@ -146,17 +149,20 @@ def feedback(args: argparse.Namespace) -> int:
 
     verdict = publish(Settings(bootstrap=args.bootstrap), args.event_id, args.verdict,
                       series=args.series, by=args.by, note=args.note,
-                      lookup_timeout_s=args.lookup_timeout)  # fmt: skip
+                      lookup_timeout_s=args.lookup_timeout, key=args.key)  # fmt: skip
     sys.stdout.write(verdict.encode().decode() + "\n")
     return 0
 
 
 def publish(settings: Settings, event_id: str, verdict: str, series: str | None = None,
-            by: str | None = None, note: str = "", lookup_timeout_s: float = 30.0) -> Verdict:  # fmt: skip
+            by: str | None = None, note: str = "", lookup_timeout_s: float = 30.0,
+            key: str | None = None) -> Verdict:  # fmt: skip
     """What `tsguard feedback` does (and `tsguard demo` with it): look the event up on
     tsguard.anomalies for its series, score and threshold, and publish the verdict to
-    tsguard.feedback keyed by series. UserError when the event is not found and no series is
-    given."""
+    tsguard.feedback keyed by series, or by `key`: the key the series' metrics are produced
+    with when that is not the series id (Telegraf keyed by host), so the verdict lands on the
+    partition of the process that owns the series. UserError when the event is not found and
+    no series is given."""
     from stream.clients import make_producer
     from stream.kafka_io import ensure_topics
 
@@ -177,7 +183,7 @@ def publish(settings: Settings, event_id: str, verdict: str, series: str | None 
     )
     producer = make_producer(settings)
     try:
-        producer.send(settings.topics.feedback, record.series.encode(), record.encode())
+        producer.send(settings.topics.feedback, (key or record.series).encode(), record.encode())
         producer.flush(timeout_s=30)
     finally:
         producer.close(timeout_s=10)

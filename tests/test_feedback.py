@@ -101,6 +101,13 @@ def test_feedback_looks_the_event_up_and_publishes_co_partitioned(broker):
     assert len(consumer.partitions_for_topic("tsguard.feedback")) == 3
     consumer.close()
 
+    # Metrics keyed by host (Telegraf): the verdict goes with the host's key, names its series.
+    proc = tsguard("feedback", "--event-id", "ev-1", "--verdict", "true_positive", "--key",
+                   "web-01", "--bootstrap", broker.bootstrap)  # fmt: skip
+    assert proc.wait(timeout=60) == 0
+    (keyed,) = [r for r in records(broker.bootstrap, "tsguard.feedback") if r.key == b"web-01"]
+    assert orjson.loads(keyed.value)["series"] == "web-01/cpu"
+
     proc = tsguard("feedback", "--event-id", "nope", "--verdict", "true_positive",
                    "--bootstrap", broker.bootstrap, "--lookup-timeout", "10",
                    stderr=subprocess.PIPE, text=True)  # fmt: skip
