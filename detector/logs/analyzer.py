@@ -41,6 +41,7 @@ from detector.logs.classifier import (
 from detector.logs.encoder import CachedEncoder, TextEncoder
 from detector.logs.headers import (
     LEVEL_WORDS,
+    Header,
     LogFormat,
     parse_after_timestamp,
     parse_dotnet,
@@ -308,13 +309,11 @@ def _raw_record(
         ts = parse_line_timestamp(stamp, now) if stamp else None
         if ts is None and stamp and stamp.replace(".", "", 1).isdigit():
             ts = _epoch_seconds(float(stamp))  # go-kit's ts=unix, or milliseconds
-        return LogRecord(source, now if ts is None else ts, text, header.content,
-                         header.level or pri_level, header.component)  # fmt: skip
+        return _headed(source, now if ts is None else ts, text, header, pri_level)
     stamped = parse_stamped(body)
     if stamped is not None:
         header, ts = stamped
-        return LogRecord(source, now if ts is None else ts, text, header.content,
-                         header.level or pri_level, header.component)  # fmt: skip
+        return _headed(source, now if ts is None else ts, text, header, pri_level)
     relay = parse_relay(body)
     if relay is not None:  # its epoch is the line's time (the relayed line's may lack a year)
         ts, body = relay
@@ -343,9 +342,13 @@ def _raw_record(
             trace = _TRACE_LINE_RE.match(body) is not None
             return LogRecord(source, now, text, continues=trace, indented=indented)
         return LogRecord(source, now if ts is None else ts, text, strip_timestamp(body), pri_level)
-    return LogRecord(source, now if ts is None else ts, text, header.content,
-                     header.level or pri_level, header.component, header.continues,
-                     opens=header.opens)  # fmt: skip
+    return _headed(source, now if ts is None else ts, text, header, pri_level)
+
+
+def _headed(source: str, ts: float, text: str, header: Header, pri_level: str | None) -> LogRecord:
+    """A raw line's record from its parsed header (a `<PRI>`'s level when the header has none)."""
+    return LogRecord(source, ts, text, header.content, header.level or pri_level,
+                     header.component, header.continues, opens=header.opens)  # fmt: skip
 
 
 _JOURNALD_LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
