@@ -118,6 +118,17 @@ def _plain(obj: dict) -> tuple[str, float | int, float | int | None] | None:
 _ABSENT = object()
 
 
+def _series(series: Any) -> str:
+    """A point's series id: a non-empty string of at most MAX_SERIES_ID characters."""
+    if not isinstance(series, str) or not series:
+        raise InvalidMessage(InvalidReason.BAD_SERIES, "series must be a non-empty string")
+    if len(series) > MAX_SERIES_ID:
+        raise InvalidMessage(
+            InvalidReason.BAD_SERIES, f"series id longer than {MAX_SERIES_ID} characters"
+        )
+    return series
+
+
 def _point(obj: Any, max_dims: int) -> Point:
     if type(obj) is dict:
         plain = _plain(obj)
@@ -128,13 +139,7 @@ def _point(obj: Any, max_dims: int) -> Point:
         raise InvalidMessage(
             InvalidReason.NOT_AN_OBJECT, f"a point must be a JSON object, got {type(obj).__name__}"
         )
-    series = obj.get("series")
-    if not isinstance(series, str) or not series:
-        raise InvalidMessage(InvalidReason.BAD_SERIES, "series must be a non-empty string")
-    if len(series) > MAX_SERIES_ID:
-        raise InvalidMessage(
-            InvalidReason.BAD_SERIES, f"series id longer than {MAX_SERIES_ID} characters"
-        )
+    series = _series(obj.get("series"))
     if "ts" not in obj:
         raise InvalidMessage(InvalidReason.MISSING_TS, "point has no ts")
     ts = parse_ts(obj["ts"])
@@ -164,12 +169,7 @@ def _sampled(samples: list[Sample], max_points: int) -> list[Point]:
     """Telegraf's metrics (stream/influx.py) as points, checked as a JSON point's are."""
     if len(samples) > max_points:
         raise InvalidMessage(InvalidReason.TOO_LARGE, f"{len(samples)} points > {max_points}")
-    for series, _, _ in samples:
-        if len(series) > MAX_SERIES_ID:
-            raise InvalidMessage(
-                InvalidReason.BAD_SERIES, f"series id longer than {MAX_SERIES_ID} characters"
-            )
-    return [Point(s, ts, UNIVARIATE, (_value(v, s),)) for s, ts, v in samples]
+    return [Point(_series(s), ts, UNIVARIATE, (_value(v, s),)) for s, ts, v in samples]
 
 
 def decode_points(
