@@ -228,10 +228,7 @@ class Demo:
             # The live stream is played in real time and its injections timed against it: it
             # starts once the service has scored the history (seconds on a busy machine, where
             # joining the group and the first batches take longer), not while it is still behind.
-            deadline = time.monotonic() + 30.0
-            while not self._scored(HISTORY_POINTS - 1) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if not self._scored(HISTORY_POINTS - 1):
+            if not self._wait_scored(HISTORY_POINTS - 1):
                 self.say("  the service had not scored the history after 30 s; going live anyway")
             self.say(f"replayed {HISTORY_POINTS} points of history for {len(plan.names)} series; going live at "
                      f"{args.rate:g} points/s per series for {args.duration:g}s")  # fmt: skip
@@ -295,10 +292,7 @@ class Demo:
         producer.flush()
         # On a busy machine the service can fall seconds behind the live stream: the last
         # injections are judged once it has scored every point played, not before.
-        deadline = time.monotonic() + 30.0
-        while not self._scored(end - 1) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not self._scored(end - 1):
+        if not self._wait_scored(end - 1):
             self.say("  the service had not scored every point after 30 s; stopping anyway")
         deadline = time.monotonic() + 10.0
         time.sleep(1.5)
@@ -329,6 +323,15 @@ class Demo:
         else:
             self.say(f"injecting a {inj.kind} into {inj.series}")
         return []
+
+    def _wait_scored(self, index: int, timeout_s: float = 30.0) -> bool:
+        """Wait up to `timeout_s` for `_scored(index)`; whether it came."""
+        deadline = time.monotonic() + timeout_s
+        while not self._scored(index):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _scored(self, index: int) -> bool:
         """Whether the service has scored every series' windows up to point `index`, so their
