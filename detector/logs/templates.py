@@ -31,12 +31,16 @@ from dataclasses import dataclass
 # port or with three or more labels and a digit or hyphen (dsl-1-2.isp.nl). Java/Android names
 # (org.apache.X, com.android.phone, mapred.task.id) end in neither; the lookahead keeps "java.net"
 # out of "java.net.ConnectException". The regex finds dotted names that end in a candidate top-level
-# domain; the rest of the test runs in Python on those few candidates.
-_DOTTED_RE = re.compile(
-    r"(?<![\w.\-])[A-Za-z0-9][A-Za-z0-9\-]*(?:\.[A-Za-z0-9\-]+)*"
-    r"\.(?:[a-z]{2}|com|net|org|edu|gov|mil|int|info|biz|io)(?::\d{1,5})?(?![\w\-]|\.[\w\-])"
-)
+# domain; the rest of the test runs in Python on those few candidates. The dotted run is taken
+# whole (possessive) and its last label checked by lookbehinds: backtracking label by label to
+# find a domain was a third of the masking time.
 _GENERIC_TLDS = frozenset(("com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "io"))
+_DOTTED_RE = re.compile(
+    r"[A-Za-z0-9](?<![\w.\-][A-Za-z0-9])[A-Za-z0-9\-]*+(?:\.[A-Za-z0-9\-]++)++"
+    + "(?:(?<=\\.[a-z]{2})|"
+    + "|".join(f"(?<=\\.{tld})" for tld in sorted(_GENERIC_TLDS))
+    + r")(?::\d{1,5})?(?![\w\-]|\.[\w\-])"
+)
 _CC_TLD_RE = re.compile(r"[a-z]{2}")
 _DIGIT_OR_HYPHEN_RE = re.compile(r"[\d\-]")
 
@@ -59,49 +63,59 @@ def _host_or_keep(match: re.Match[str]) -> str:
 _ANY_DIGIT_RE = re.compile(r"\d")
 
 
-def _has_digit(line: str) -> bool:
-    return _ANY_DIGIT_RE.search(line) is not None
-
-
 # Order matters: the specific shapes (UUID, IP, hex) must be masked before the generic number rule
 # eats their digits. Masks carry no digits, so Drain does not re-parametrize the masked tokens and the
-# template keeps the readable mask name. Each rule comes with a test for characters it cannot
-# match without (a UUID has four hyphens, an IP three dots, a MAC five separators): most lines
-# skip most rules at the cost of a substring search or count (masking is a visible part of the
-# per-line cost once templates are cached).
-_MASKS: tuple[tuple[re.Pattern[str], object, object], ...] = (
-    (
-        re.compile(
-            r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
-        ),
-        "<UUID>",
-        lambda line: line.count("-") >= 4,
-    ),
-    (_DOTTED_RE, _host_or_keep, lambda line: "." in line),
-    (
-        re.compile(r"(?<![\w.])\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?(?![\w.])"),
-        "<IP>",
-        lambda line: line.count(".") >= 3,
-    ),
-    (
-        re.compile(r"\b(?:[0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}\b"),
-        "<MAC>",
-        lambda line: line.count(":") + line.count("-") >= 5,
-    ),
-    (re.compile(r"\b0[xX][0-9a-fA-F]+\b"), "<HEX>", lambda line: "0x" in line or "0X" in line),
-    # Bare hex of 6+ characters with at least one digit and one letter a-f (object hashes, ids).
-    (
-        re.compile(r"\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{6,}\b"),
-        "<HEX>",
-        _has_digit,
-    ),
-    # Unix paths with two or more segments, and Windows drive paths.
-    (re.compile(r"(?<![\w/])(?:/[\w.\-@~+]+){2,}/?"), "<PATH>", lambda line: "/" in line),
-    (re.compile(r"\b[A-Za-z]:\\[^\s,;\"']*"), "<PATH>", lambda line: ":\\" in line),
-    # Numbers, including dotted/comma/colon groups (versions, times, 1,204): one mask per run.
-    # A leading minus belongs to the number unless it follows a digit (dates: 2015-10-18).
-    (re.compile(r"(?<!\d)-?\d+(?:[.,:]\d+)*"), "<NUM>", _has_digit),
+# template keeps the readable mask name. Masking is most of a line's cost once its template is
+# known, so each pattern begins with the character class its match must start with (the regex
+# engine then skips to candidate characters instead of trying every position; the word-boundary
+# and "not after a digit" conditions follow as fixed-width lookbehinds), and `mask_variables`
+# skips a rule when the line lacks a character the rule cannot match without.
+_HEXC = "[0-9a-fA-F]"
+_UUID_RE = re.compile(
+    rf"{_HEXC}(?<!\w{_HEXC}){_HEXC}{{7}}-{_HEXC}{{4}}-{_HEXC}{{4}}-{_HEXC}{{4}}-{_HEXC}{{12}}\b"
 )
+_IP_RE = re.compile(r"\d(?<![\w.]\d)\d{0,2}(?:\.\d{1,3}){3}(?::\d{1,5})?(?![\w.])")
+_MAC_RE = re.compile(rf"{_HEXC}(?<!\w{_HEXC}){_HEXC}(?:[:-]{_HEXC}{{2}}){{5}}\b")
+_HEX_0X_RE = re.compile(r"\b0[xX][0-9a-fA-F]+\b")
+# Bare hex of 6+ characters with at least one digit and one letter a-f (object hashes, ids).
+_HEX_BARE_RE = re.compile(
+    rf"{_HEXC}(?<!\w{_HEXC})(?={_HEXC}{{5}})"
+    rf"(?:(?<=\d)(?={_HEXC}*[a-fA-F])|(?<=[a-fA-F])(?={_HEXC}*\d)){_HEXC}{{5,}}+\b"
+)
+# Unix paths with two or more segments, and Windows drive paths.
+_PATH_RE = re.compile(r"(?<![\w/])(?:/[\w.\-@~+]+){2,}/?")
+_WIN_PATH_RE = re.compile(r"\b[A-Za-z]:\\[^\s,;\"']*")
+# Numbers, including dotted/comma/colon groups (versions, times, 1,204): one mask per run.
+# A leading minus belongs to the number unless it follows a digit (dates: 2015-10-18).
+_NUM_RE = re.compile(r"[-\d](?:(?<=-)(?<!\d-)(?=\d)|(?<=\d)(?<!\d\d))\d*(?:[.,:]\d+)*")
+
+
+def mask_variables(line: str) -> str:
+    """Replace the variable parts of a log line (ids, numbers, IPs, hex, paths) with named masks."""
+    # The skip tests read the line as it came: masks hold none of the characters they count, so a
+    # rule the masked line could not match is skipped or finds nothing, the same either way.
+    dots, hyphens = line.count("."), line.count("-")
+    digit = _ANY_DIGIT_RE.search(line) is not None
+    if hyphens >= 4:
+        line = _UUID_RE.sub("<UUID>", line)
+    if dots:
+        line = _DOTTED_RE.sub(_host_or_keep, line)
+        if dots >= 3 and digit:
+            line = _IP_RE.sub("<IP>", line)
+    if hyphens + line.count(":") >= 5:
+        line = _MAC_RE.sub("<MAC>", line)
+    if "0x" in line or "0X" in line:
+        line = _HEX_0X_RE.sub("<HEX>", line)
+    if digit:
+        line = _HEX_BARE_RE.sub("<HEX>", line)
+    if "/" in line:
+        line = _PATH_RE.sub("<PATH>", line)
+    if ":\\" in line:
+        line = _WIN_PATH_RE.sub("<PATH>", line)
+    if digit:
+        line = _NUM_RE.sub("<NUM>", line)
+    return line
+
 
 # Drain3 logs one INFO line per miner it starts, i.e. per source: noise at our scale.
 logging.getLogger("drain3.template_miner").setLevel(logging.WARNING)
@@ -120,14 +134,6 @@ MASK_TOKENS: tuple[str, ...] = (
 _PLACEHOLDER_RE = re.compile("|".join(map(re.escape, MASK_TOKENS)))
 _CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _NON_WORD_RE = re.compile(r"[^A-Za-z'!?]+")
-
-
-def mask_variables(line: str) -> str:
-    """Replace the variable parts of a log line (ids, numbers, IPs, hex, paths) with named masks."""
-    for pattern, mask, may_match in _MASKS:
-        if may_match(line):
-            line = pattern.sub(mask, line)
-    return line
 
 
 def embedding_text(template: str, max_words: int = 48) -> str:
