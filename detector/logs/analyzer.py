@@ -626,6 +626,13 @@ class LogAnalyzer:
         )
         # Label set column of each severity class, when the label set is the three levels.
         self.severity_columns = severity_mapping(self.label_set.names)
+        # The decision for each level a line can state (`_stated`), made once: not per line.
+        self._stated_as: dict[str, Classification] = {}
+        if self.severity_columns is not None:
+            names = self.label_set.names
+            for level, column in zip(SEVERITY_CLASSES, self.severity_columns, strict=True):
+                scores = {name: 1.0 if i == column else 0.0 for i, name in enumerate(names)}
+                self._stated_as[level] = Classification(names[column], 1.0, scores)
         self.severity: SeverityModel | None = None
         if self.severity_columns is not None and config.severity_head:
             self.severity = severity or SeverityModel.load(
@@ -843,15 +850,10 @@ class LogAnalyzer:
 
     def _stated(self, record: LogRecord) -> Classification | None:
         """The level a severity line states in its header, as a decision with confidence 1."""
-        if self.severity_columns is None or record.level is None:
+        if record.level is None or not self._stated_as:
             return None
         level = STATED_LEVELS.get(record.level.lower())
-        if level is None:
-            return None
-        column = self.severity_columns[SEVERITY_CLASSES.index(level)]
-        names = self.label_set.names
-        scores = {name: 1.0 if i == column else 0.0 for i, name in enumerate(names)}
-        return Classification(label=names[column], confidence=1.0, scores=scores)
+        return None if level is None else self._stated_as[level]
 
     def classify(self, records: list[LogRecord]) -> list[LogClass]:
         """One tsguard.log-classes message per record (embeddings batched, cached per template)."""
