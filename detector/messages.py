@@ -87,6 +87,19 @@ class InvalidMessage(ValueError):
         self.detail = detail
 
 
+def epoch_seconds(stamp: int | float) -> float:
+    """A timestamp in seconds, milliseconds, microseconds or nanoseconds, as seconds (the unit
+    read from its size, for times after 1973): Telegraf's line protocol, JSON loggers' times.
+
+    >>> epoch_seconds(1700000000), epoch_seconds(1700000000123), epoch_seconds(1700000000123456789)
+    (1700000000.0, 1700000000.123, 1700000000.1234567)
+    """
+    for scale in (1e9, 1e6, 1e3):
+        if abs(stamp) >= 1e8 * scale:  # 1e8 s is 1973
+            return stamp / scale
+    return float(stamp)
+
+
 def parse_ts(raw: Any) -> float:
     """A message's `ts` in epoch seconds, for every topic: a number of epoch seconds, or an ISO
     8601 string with a timezone ("Z" or an offset), within 1970..2100."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from detector.messages import InvalidMessage, InvalidReason, parse_ts
+from detector.messages import InvalidMessage, InvalidReason, epoch_seconds, parse_ts
 
 # Measurement and tags run to the first unescaped space, the measurement to the first comma.
 _KEYS = re.compile(r"(?:[^ \\]|\\.)+")
@@ -63,19 +63,6 @@ def _field_value(raw: str) -> float | None:
     if _FLOAT.fullmatch(raw):
         return float(raw)
     raise InvalidMessage(InvalidReason.BAD_VALUE, f"field value {raw[:40]!r} is not a number")
-
-
-def epoch_seconds(stamp: int | float) -> float:
-    """A timestamp in seconds, milliseconds, microseconds or nanoseconds, as seconds (the unit
-    read from its size, for times after 1973).
-
-    >>> epoch_seconds(1700000000), epoch_seconds(1700000000123), epoch_seconds(1700000000123456789)
-    (1700000000.0, 1700000000.123, 1700000000.1234567)
-    """
-    for scale in (1e9, 1e6, 1e3):
-        if abs(stamp) >= 1e8 * scale:  # 1e8 s is 1973
-            return stamp / scale
-    return float(stamp)
 
 
 def series_id(measurement: str, field: str, tags: dict[str, str]) -> str:

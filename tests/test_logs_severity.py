@@ -203,6 +203,7 @@ def test_a_logfmt_lines_time_is_its_ts_or_time_field() -> None:
     assert _parse('level=info ts=2024-01-31T10:00:00.5Z msg="started"').ts == 1706695200.5
     assert _parse("level=info ts=1706695200.25 msg=started").ts == 1706695200.25
     assert _parse("level=info ts=1706695200250 msg=started").ts == 1706695200.25  # milliseconds
+    assert _parse("level=info ts=1706695200250000 msg=started").ts == 1706695200.25  # microseconds
     rec = _parse('msg="no time here" level=WARN')
     assert (rec.ts, rec.level, rec.content) == (NOW, "WARN", "no time here")
 

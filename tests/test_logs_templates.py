@@ -227,8 +227,9 @@ def test_a_contract_record_in_elastic_common_schema_gives_its_level_time_and_log
     value = b'{"ts": 1714564800, "timestamp": "2024-05-02T00:00:00Z", "message": "x"}'
     assert parse_log_value(value, b"k", NOW).ts == 1714564800.0
     assert parse_log_value(b'{"timestamp": "5 May", "message": "x"}', b"k", NOW).ts == NOW
-    # Epoch seconds or milliseconds, as in a JSON logger's own record.
-    for stamp in (b"1714564800", b"1714564800000"):
+    # Epoch seconds, milliseconds (pino), microseconds or nanoseconds (zap's and slog's epoch
+    # encoders), the unit read from the size as for Telegraf's timestamps.
+    for stamp in (b"1714564800", b"1714564800000", b"1714564800000000", b"1714564800000000000"):
         value = b'{"time": ' + stamp + b', "message": "x"}'
         assert parse_log_value(value, b"k", NOW).ts == 1714564800.0
     assert parse_log_value(b'{"log": {"level": 5}, "message": "x"}', b"k", NOW).level is None

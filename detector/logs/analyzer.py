@@ -65,7 +65,7 @@ from detector.logs.templates import (
 )
 from detector.logs.topic import TopicModel
 from detector.logs.topic import features as topic_features
-from detector.messages import LogClass, LogHeader, LogSummary, parse_ts
+from detector.messages import LogClass, LogHeader, LogSummary, epoch_seconds, parse_ts
 
 UNKNOWN_SOURCE = "unknown"
 MAX_SOURCE_CHARS = 256
@@ -308,7 +308,7 @@ def _raw_record(
         header, stamp = logfmt
         ts = parse_line_timestamp(stamp, now) if stamp else None
         if ts is None and stamp and stamp.replace(".", "", 1).isdigit():
-            ts = _epoch_seconds(float(stamp))  # go-kit's ts=unix, or milliseconds
+            ts = epoch_seconds(float(stamp))  # go-kit's ts=unix; ms, us or ns by its size
         return _headed(source, now if ts is None else ts, text, header, pri_level)
     stamped = parse_stamped(body)
     if stamped is not None:
@@ -397,11 +397,6 @@ def _object_text(obj: dict, field: str) -> str:
 _LOGGER_TIME_KEYS = ("ts", "time", "timestamp", "@timestamp")
 
 
-def _epoch_seconds(stamp: float) -> float:
-    """Epoch seconds or milliseconds, as seconds: seconds stay under 1e11 until the year 5138."""
-    return stamp / 1000 if stamp > 1e11 else stamp
-
-
 # pino and bunyan write their level as a number.
 _NUMERIC_LEVELS = {10: "trace", 20: "debug", 30: "info", 40: "warn", 50: "error", 60: "fatal"}
 
@@ -415,7 +410,7 @@ def _logger_json(obj: dict, key_source: str, now: float, log_format: LogFormat |
     if stamp is None and mongo:
         stamp = obj["t"]["$date"]
     if isinstance(stamp, int | float) and not isinstance(stamp, bool):
-        stamp = _epoch_seconds(stamp)
+        stamp = epoch_seconds(stamp)
     ts = now if stamp is None else parse_ts(stamp)
     source = _object_source(obj, key_source)
     field = "msg" if "msg" in obj else "log"
@@ -450,7 +445,7 @@ def _extra_time(obj: dict, now: float) -> float:
     if stamp is None:
         return now
     if isinstance(stamp, int | float) and not isinstance(stamp, bool):
-        stamp = _epoch_seconds(stamp)  # pino's milliseconds, as for a JSON logger's record
+        stamp = epoch_seconds(stamp)  # e.g. pino's milliseconds, as for a JSON logger's record
     try:
         return parse_ts(stamp)
     except ValueError:
