@@ -153,3 +153,60 @@ def test_a_dotnet_header_line_is_followed_by_its_message() -> None:
         "System.InvalidOperationException: boom",
         "Now listening on: http://localhost:<NUM>",
     ]
+
+
+JUL = [
+    "Jan 1, 2024 10:00:00 AM com.acme.Pool borrow",
+    "SEVERE: Connection refused to db-01",
+    "java.net.ConnectException: Connection refused",
+    "\tat com.acme.Pool.borrow(Pool.java:42)",
+    "Jan 1, 2024 10:00:05 PM org.apache.catalina.startup.Catalina start",
+    "INFO: Server startup in 1234 ms",
+]
+T_PM = T0 + 12 * 3600 + 5  # 10:00:05 PM
+
+
+def test_a_java_util_logging_header_line_opens_a_record_its_next_line_completes() -> None:
+    recs = [_parse(line) for line in JUL]
+    assert (recs[0].ts, recs[0].component, recs[0].level, recs[0].opens) == (
+        T0,
+        "com.acme.Pool",
+        None,
+        True,
+    )
+    assert (recs[1].ts, recs[1].level, recs[1].content, recs[1].completes) == (
+        NOW,
+        "SEVERE",
+        "Connection refused to db-01",
+        True,
+    )
+    assert recs[4].ts == T_PM
+    head = _head()
+    out = head.classify(recs)
+    # both lines of a record, and its trace, have the second line's level at the first's time
+    assert [(o.label, o.confidence, o.ts) for o in out] == [("error", 1.0, T0)] * 4 + [
+        ("info", 1.0, T_PM)
+    ] * 2
+    assert out[0].header == LogHeader("SEVERE", "com.acme.Pool") == out[3].header
+    morning, evening = head.observe(recs) + head.flush()
+    assert (morning.window.start, morning.lines, evening.lines) == (T0, 2, 1)
+    templates = [t.template for s in (morning, evening) for t in s.templates]
+    assert templates == [  # each record once, by its message; the exception named
+        "Connection refused to db<NUM>",
+        "java.net.ConnectException: Connection refused",
+        "Server startup in <NUM> ms",
+    ]
+
+
+def test_a_java_util_logging_record_split_across_batches_still_completes() -> None:
+    head = _head()
+    (first,) = head.classify([_parse(JUL[0])])
+    message, other = head.classify([_parse(JUL[1]), _parse(JUL[1], b"other")])
+    assert (message.label, message.ts, message.header) == (
+        "error",
+        T0,
+        LogHeader("SEVERE", "com.acme.Pool"),
+    )
+    assert first.ts == T0  # labelled alone: its level had not come yet
+    # a `LEVEL: message` line with no header line above it is a record of its own
+    assert (other.label, other.ts, other.header) == ("error", NOW, LogHeader("SEVERE", None))

@@ -85,10 +85,12 @@ class LogRecord:
     # A raw line without header or time that reads as part of a stack trace (a frame, an
     # exception), or a header that says the line is a further part of its record (PostgreSQL's
     # `DETAIL:`); `indented`, one without header or time that is indented; `opens`, a header
-    # whose message follows on the next, indented line (.NET's console). LogAnalyzer._lines.
+    # whose message follows on the next line (.NET's console, indented; java.util.logging's, a
+    # line that `completes` the record: its level and message, no time). LogAnalyzer._lines.
     continues: bool = False
     indented: bool = False
     opens: bool = False
+    completes: bool = False
 
     @property
     def text(self) -> str:
@@ -326,6 +328,8 @@ def _raw_record(
         header = parse_after_timestamp(rest, bool(_SYSLOG_RE.match(body)))
     elif header is None and _LEVEL_FIRST_RE.match(body):
         header = parse_after_timestamp(body, False)
+        if header is not None and ts is None:  # `LEVEL: message`, no time: may complete a record
+            header = replace(header, completes=True)
     if header is None:
         header = parse_whole_line(body) or parse_embedded_level(body)
         if header is not None and ts is None:
@@ -348,7 +352,8 @@ def _raw_record(
 def _headed(source: str, ts: float, text: str, header: Header, pri_level: str | None) -> LogRecord:
     """A raw line's record from its parsed header (a `<PRI>`'s level when the header has none)."""
     return LogRecord(source, ts, text, header.content, header.level or pri_level,
-                     header.component, header.continues, opens=header.opens)  # fmt: skip
+                     header.component, header.continues, opens=header.opens,
+                     completes=header.completes)  # fmt: skip
 
 
 _JOURNALD_LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
@@ -575,6 +580,7 @@ class _OpenRecord:
     mined: MinedLine
     in_trace: bool  # a stack trace runs on from it: indented lines are its too
     awaits_message: bool = False  # a header that opens a record: its next line is the message
+    where: tuple[int, int] = (-1, -1)  # (batch, index) of the line that began it
 
 
 class LogAnalyzer:
@@ -674,6 +680,7 @@ class LogAnalyzer:
         # Per source, its last record that began with a header or on its own, where it was mined
         # and whether a stack trace runs on from it.
         self._open_records: dict[str, _OpenRecord] = {}
+        self._batches = 0  # calls of _lines: where an open record began (_OpenRecord.where)
         self.lines = 0
         self._since_prune = 0
         if config.corrections:
@@ -701,16 +708,21 @@ class LogAnalyzer:
         mined, heads, folded = [], [], []
         open_records = self._open_records
         add = self.miner.add
-        for r in records:
+        self._batches += 1
+        for i, r in enumerate(records):
             text = r.text
-            head = open_records.get(r.source) if r.continues or r.indented else None
-            if head is not None and not r.continues and not head.in_trace:
+            joins = r.continues or r.indented or r.completes
+            head = open_records.get(r.source) if joins else None
+            if head is not None and r.completes and not head.awaits_message:
+                head = None  # a `LEVEL: message` line with no header line above: its own record
+            elif head is not None and not r.continues and not head.in_trace:
                 head = None  # an indented line with no trace running: a line of its own
             fold = False
             if head is None:
                 banner = r.level == "ERROR" and _UNCAUGHT_RE.match(text) is not None
                 head = _OpenRecord(r, add(r.source, text[:limit]),
-                                   r.continues or r.opens or banner, r.opens)  # fmt: skip
+                                   r.continues or r.opens or banner, r.opens,
+                                   (self._batches, i))  # fmt: skip
                 open_records.pop(r.source, None)  # so the oldest is the least recently seen
                 open_records[r.source] = head
                 if len(open_records) > self.config.max_sources:
@@ -718,7 +730,15 @@ class LogAnalyzer:
                 m, fold = head.mined, r.opens
             else:
                 head.in_trace = True
-                if head.awaits_message or _EXCEPTION_RE.match(text):
+                if r.completes:  # the header line's time and component, this line's level
+                    head.awaits_message = False
+                    opened = head.record
+                    head.record = replace(r, ts=opened.ts, component=opened.component)
+                    head.mined = m = add(r.source, text[:limit])
+                    batch, index = head.where
+                    if batch == self._batches:  # the header line is in this batch: its label too
+                        heads[index] = head.record
+                elif head.awaits_message or _EXCEPTION_RE.match(text):
                     head.awaits_message = False
                     m = add(r.source, text[:limit])
                 else:

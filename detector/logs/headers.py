@@ -28,6 +28,9 @@ configuration (after a leading timestamp that `head.strip_timestamp` knows):
 - web servers' access logs (Common and Combined Log Format): `client - user [10/Oct/2000:13:55:36
   -0700] "GET / HTTP/1.0" 500 2326`, whose content is the request on (no level is stated), and
   Redis' `1:M 31 Jan 2024 10:00:00.123 # content` (`parse_stamped`, which also reads their times);
+- java.util.logging's default two-line layout: `Jan 31, 2024 9:05:03 AM com.acme.Pool borrow`
+  (time and the class that logged, read by `parse_stamped`) opens a record that the next line,
+  `SEVERE: content` (a level-first line with no time), completes with its level and content;
 - logfmt (`ts=... level=error component=tsdb msg="compaction failed" err="disk full"`), read by
   `parse_logfmt` before anything else;
 - a line that starts with a level word and a colon or brackets (`ERROR: disk full`);
@@ -89,7 +92,10 @@ class Header:
     host: str | None = None
     # The line is one more part of the record above it (PostgreSQL's `DETAIL:` or `STATEMENT:`).
     continues: bool = False
-    opens: bool = False  # the record's message follows on the next, indented line (.NET's)
+    opens: bool = False  # the record's message follows on the next line (.NET, java.util.logging)
+    # The line completes the record whose header line opened it: java.util.logging's second line
+    # (`SEVERE: message`, no time of its own) gives that record its level and content.
+    completes: bool = False
 
 
 def parse_after_timestamp(rest: str, syslog: bool) -> Header | None:
@@ -208,13 +214,20 @@ _REDIS = re.compile(
     re.DOTALL,
 )
 _REDIS_LEVELS = {".": "debug", "-": "verbose", "*": "notice", "#": "warning"}
+# java.util.logging's SimpleFormatter (its default): `Jan 31, 2024 9:05:03 AM com.example.Foo run`,
+# the time and the class (and method) that logged; `LEVEL: message` follows on the next line.
+_JUL = re.compile(
+    r"(?P<time>[A-Z][a-z]{2} \d{1,2}, \d{4} \d{1,2}:\d{2}:\d{2} [AP]M) "
+    r"(?P<component>[A-Za-z_$][\w.$]{0,255})(?: [\w$<>]{1,128})?\s*$"
+)
 
 
 def parse_stamped(line: str) -> tuple[Header, float | None] | None:
     """(header, the line's time or None) of a layout whose time only this parser reads: an
     access log line (the content is the request on, the client is the host; no level is
-    stated) or Redis' (its mark as a level word: `#` warning, `*` notice, `-` verbose, `.`
-    debug)."""
+    stated), Redis' (its mark as a level word: `#` warning, `*` notice, `-` verbose, `.`
+    debug) or java.util.logging's header line (it opens a record: class and method as content,
+    the class as component; level and message come on the next line)."""
     m = _ACCESS.match(line) if '] "' in line else None  # the time, then the request
     if m is not None:
         header = Header(m.group("content").strip(), None, None, m.group("client"))
@@ -225,6 +238,10 @@ def parse_stamped(line: str) -> tuple[Header, float | None] | None:
         if ts is not None and m.group("frac"):
             ts += float(m.group("frac"))
         return Header(m.group("content").strip(), _REDIS_LEVELS[m.group("mark")]), ts
+    m = _JUL.match(line) if line[3:4] == " " and line[:1].isupper() else None  # `Jan 31, `
+    if m is not None:
+        header = Header(line[m.end("time") + 1 :].strip(), None, m.group("component"), opens=True)
+        return header, _strptime(m.group("time"), "%b %d, %Y %I:%M:%S %p")
     return None
 
 
