@@ -199,6 +199,18 @@ def test_prose_that_mentions_a_level_is_not_a_header() -> None:
         assert (rec.content, rec.level) == (None, None)
 
 
+@pytest.mark.parametrize(
+    ("zone", "east_minutes"),
+    [("UTC", 0), ("CET", 60), ("CEST", 120), ("EST", -300), ("PDT", -420), ("+01", 60),
+     ("+05:30", 330), ("-0500", -300), ("CST", 0)],  # CST names two zones: read as UTC
+)  # fmt: skip
+def test_a_zone_after_the_time_is_applied_and_the_header_still_read(zone, east_minutes) -> None:
+    """PostgreSQL writes its log_timezone's name (or a numeric offset) after the time."""
+    rec = _parse(f"2024-01-31 10:00:00.123 {zone} [4821] ERROR:  relation does not exist")
+    assert (rec.level, rec.content) == ("ERROR", "relation does not exist")
+    assert rec.ts == pytest.approx(1706695200.123 - 60 * east_minutes)
+
+
 def test_a_logfmt_lines_time_is_its_ts_or_time_field() -> None:
     assert _parse('level=info ts=2024-01-31T10:00:00.5Z msg="started"').ts == 1706695200.5
     assert _parse("level=info ts=1706695200.25 msg=started").ts == 1706695200.25

@@ -129,9 +129,19 @@ _MONTHS = {
         ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
     )
 }
+# Zone names a server writes after its time (PostgreSQL's `%m` uses its log_timezone's), as
+# minutes east of UTC. A name that several zones share (CST: US Central or China; IST; BST; AST)
+# maps to None: read as UTC, as a time without a zone is.
+_ZONE_MINUTES: dict[str, int | None] = {
+    "UTC": 0, "GMT": 0, "WET": 0, "WEST": 60, "CET": 60, "CEST": 120, "EET": 120, "EEST": 180,
+    "MSK": 180, "EST": -300, "EDT": -240, "CDT": -300, "MST": -420, "MDT": -360, "PST": -480,
+    "PDT": -420, "AKST": -540, "AKDT": -480, "HST": -600, "JST": 540, "KST": 540, "HKT": 480,
+    "SGT": 480, "AWST": 480, "ACST": 570, "ACDT": 630, "AEST": 600, "AEDT": 660, "NZST": 720,
+    "NZDT": 780, "CST": None, "IST": None, "BST": None, "AST": None,
+}  # fmt: skip
 _ISO_RE = re.compile(
     r"^\[?(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
-    r"\s*(Z|[+-]\d{2}:?\d{2})?(?![\d:])"
+    r"\s*(Z|[+-]\d{2}(?::?\d{2})?|(?:" + "|".join(_ZONE_MINUTES) + r")\b)?(?![\d:])"
 )
 _CTIME_RE = re.compile(
     r"^\[\w{3} (\w{3}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))? (\d{4})\]"
@@ -162,7 +172,7 @@ _TS_PREFIX_RE = re.compile(
         f"(?:{p.pattern})"
         for p in (_ISO_RE, _CTIME_RE, _SYSLOG_RE, _YYMMDD_RE, _SLASH_RE, _YMD_SLASH_RE, _MMDD_RE)
     )
-    + r")(?:\s*(?:UTC|GMT)\b)?[\s,;|\]]*"  # PostgreSQL writes its zone's name after the time
+    + r")(?:\s*(?:UTC|GMT)\b)?[\s,;|\]]*"  # UTC after a time of another layout than ISO
 )
 
 
@@ -184,20 +194,22 @@ def parse_line_timestamp(line: str, now: float) -> float | None:
     Recognises ISO 8601 ("2015-10-18 18:01:47,978", with or without zone), Apache
     "[Sun Dec 04 04:47:44 2005]", syslog "Jun 14 15:16:01", HDFS "081109 203615", "17/06/09
     20:10:40", Go's and nginx's "2024/01/31 10:00:00" and Android "03-17 16:13:38.811".
-    Zone-less times are read as UTC; year-less ones take the year of `now`. Anything else: None
+    A zone after an ISO time (`Z`, an offset, or a name in `_ZONE_MINUTES`) is applied;
+    zone-less times are read as UTC; year-less ones take the year of `now`. Anything else: None
     (the caller uses arrival time).
     """
     try:
         m = _ISO_RE.match(line)
         if m:
             y, mo, d, h, mi, s = (int(g) for g in m.groups()[:6])
-            if m.group(8):
-                tz = m.group(8)
-                iso = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}"
-                iso += "+00:00" if tz == "Z" else tz[:3] + ":" + tz[-2:]
-                ts = datetime.fromisoformat(iso).timestamp()
-                return ts + (float("0." + m.group(7)) if m.group(7) else 0.0)
-            return _utc(y, mo, d, h, mi, s, m.group(7))
+            tz = m.group(8)
+            if tz is None or tz == "Z" or tz[0] not in "+-":
+                east = _ZONE_MINUTES.get(tz) if tz else None  # Z, UTC and GMT: 0
+            else:  # +01, +0530, -05:00
+                digits = tz[1:].replace(":", "")
+                east = int(digits[:2]) * 60 + int(digits[2:] or 0)
+                east = -east if tz[0] == "-" else east
+            return _utc(y, mo, d, h, mi, s, m.group(7)) - 60 * (east or 0)
         m = _CTIME_RE.match(line)
         if m and m.group(1).lower() in _MONTHS:
             return _utc(int(m.group(7)), _MONTHS[m.group(1).lower()], int(m.group(2)),
