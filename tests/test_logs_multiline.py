@@ -210,3 +210,18 @@ def test_a_java_util_logging_record_split_across_batches_still_completes() -> No
     assert first.ts == T0  # labelled alone: its level had not come yet
     # a `LEVEL: message` line with no header line above it is a record of its own
     assert (other.label, other.ts, other.header) == ("error", NOW, LogHeader("SEVERE", None))
+
+
+def test_a_header_line_whose_message_does_not_come_is_a_line_of_its_own() -> None:
+    lines = [
+        "fail: App.Worker[7]",  # the next line is another record's header: no message came
+        "info: Microsoft.Hosting.Lifetime[0]",
+        "      Now listening on: http://localhost:5000",
+    ]
+    head = _head()
+    (summary,) = head.observe([_parse(line) for line in lines]) + head.flush()
+    assert summary.lines == 2
+    assert [t.template for t in summary.templates] == [
+        "App.Worker[<NUM>]",
+        "Now listening on: http://localhost:<NUM>",
+    ]

@@ -712,8 +712,9 @@ class LogAnalyzer:
         of a stack trace (`LogRecord.continues`; an indented line once a trace has begun) the
         source's record above it, whose time, level and component it takes. A frame also takes
         that record's template and is not summarised apart (folded); an exception's line is
-        mined on its own, as is the message line of a header that `opens` a record (which is
-        folded in its place: the summaries count the record once, by its message)."""
+        mined on its own, as is the message line of a header that `opens` a record (the header
+        line is then folded when it is in the same batch: the summaries count the record once,
+        by its message; a header whose message does not come is a line of its own)."""
         if self._last is not None and self._last[0] is records:
             return self._last[1]
         limit = self.config.max_line_chars
@@ -739,19 +740,20 @@ class LogAnalyzer:
                 open_records[r.source] = head
                 if len(open_records) > self.config.max_sources:
                     del open_records[next(iter(open_records))]
-                m, fold = head.mined, r.opens
+                m = head.mined
             else:
                 head.in_trace = True
-                if r.completes:  # the header line's time and component, this line's level
+                if head.awaits_message:  # a header line's message: the record is counted by it
                     head.awaits_message = False
-                    opened = head.record
-                    head.record = replace(r, ts=opened.ts, component=opened.component)
-                    head.mined = m = add(r.source, text[:limit])
+                    m = add(r.source, text[:limit])
                     batch, index = head.where
-                    if batch == self._batches:  # the header line is in this batch: its label too
-                        heads[index] = head.record
-                elif head.awaits_message or _EXCEPTION_RE.match(text):
-                    head.awaits_message = False
+                    if r.completes:  # the header line's time and component, this line's level
+                        opened = head.record
+                        head.record = replace(r, ts=opened.ts, component=opened.component)
+                        head.mined = m
+                    if batch == self._batches:  # the header line is in this batch
+                        heads[index], folded[index] = head.record, True
+                elif _EXCEPTION_RE.match(text):
                     m = add(r.source, text[:limit])
                 else:
                     m, fold = head.mined, True
