@@ -328,10 +328,13 @@ def test_an_access_log_line_is_timed_by_its_bracketed_time_and_mined_from_the_re
         b"1:M 31 Jan 2024 10:00:00.250 * Ready to accept connections",  # Redis
         b"[Wed Jan 31 10:00:00.250000 2024] [mpm_event:notice] [pid 1:tid 2] AH00489: ready",
         b"31-Jan-2024 10:00:00.250 INFO [main] org.apache.catalina.startup.Catalina.start ready",
+        b"[2024-01-31 10:00:00,250: ERROR/MainProcess] consumer: Cannot connect",  # Celery
+        b"Jan 31, 2024 10:00:00 AM com.acme.Pool borrow",  # java.util.logging (no fraction)
     ],
 )
 def test_more_servers_times_are_read(line: bytes) -> None:
-    assert parse_log_value(line, b"k", NOW).ts == _utc(2024, 1, 31, 10) + 0.25
+    fraction = 0.0 if line.startswith(b"Jan") else 0.25
+    assert parse_log_value(line, b"k", NOW).ts == _utc(2024, 1, 31, 10) + fraction
 
 
 def test_a_relay_prefix_is_split_off_and_its_epoch_is_the_lines_time() -> None:

@@ -140,8 +140,10 @@ _ZONE_MINUTES: dict[str, int | None] = {
     "NZDT": 780, "CST": None, "IST": None, "BST": None, "AST": None,
 }  # fmt: skip
 _ISO_RE = re.compile(
-    r"^\[?(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?"
-    r"\s*(Z|[+-]\d{2}(?::?\d{2})?|(?:" + "|".join(_ZONE_MINUTES) + r")\b)?(?![\d:])"
+    r"^\[?(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](?P<isofrac>\d{1,9}))?"
+    r"\s*(?P<isozone>Z|[+-]\d{2}(?::?\d{2})?|(?:" + "|".join(_ZONE_MINUTES) + r")\b)?"
+    # no digit next, nor a colon unless a fraction ends the time (Celery's `10:00:00,123:`)
+    r"(?(isozone)(?![\d:])|(?(isofrac)(?!\d)|(?![\d:])))"
 )
 _CTIME_RE = re.compile(
     r"^\[\w{3} (\w{3}) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))? (\d{4})\]"
@@ -150,7 +152,7 @@ _CTIME_RE = re.compile(
 # ISO 8601 without zone, or IBM's dashed form "2005-06-03-15.42.50.363779" (DB2, Blue Gene).
 _HEADER_TIME_RE = re.compile(
     r"(?<![\d.:-])(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):|-(\d{2})\.)(\d{2})[:.](\d{2})"
-    r"(?:[.,](\d{1,9}))?(?![\d:])"
+    r"(?:[.,](\d{1,9})(?!\d)|(?![\d:]))"  # a fraction may end in a colon (Celery's `,123:`)
 )
 # Java's `dd-Mon-yyyy hh:mm:ss.SSS` (Tomcat, java.util.logging's one-line layout)
 _DMY_TIME_RE = re.compile(
