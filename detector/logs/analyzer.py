@@ -174,7 +174,7 @@ _TS_PREFIX_RE = re.compile(
         f"(?:{p.pattern})"
         for p in (_ISO_RE, _CTIME_RE, _SYSLOG_RE, _YYMMDD_RE, _SLASH_RE, _YMD_SLASH_RE, _MMDD_RE)
     )
-    + r")(?:\s*(?:UTC|GMT)\b)?[\s,;|\]]*"  # UTC after a time of another layout than ISO
+    + r")(?:\s*(?:UTC|GMT)\b)?[\s,;|\]]*"  # UTC or GMT after a time that is not ISO 8601
 )
 
 
