@@ -46,6 +46,15 @@ def _head() -> LogAnalyzer:
         ("Error: disk full", False, False),  # a program's own message, not a class name
         ("2024-01-01 10:00:00,000 ERROR java.lang.IllegalStateException: x", False, False),
         ("2024-01-01T10:00:00Z at com.acme.Main.run(Main.java:3)", False, False),  # has a time
+        # Go's runtime traceback
+        ("goroutine 1 [running]:", True, False),
+        ("main.handler(0xc000010000)", True, False),
+        ("net/http.(*conn).serve(0xc000126000, {0x7c1a28, 0xc0000a4ae0})", True, False),
+        ("created by net/http.(*Server).Serve in goroutine 1", True, False),
+        ("\t/usr/local/go/src/net/http/server.go:3086 +0x4cc", True, True),
+        ("[signal SIGSEGV: segmentation violation code=0x1 addr=0x0 pc=0x48f3c5]", True, False),
+        ("exit status 2", False, False),
+        ("request served in 3 ms", False, False),
     ],
 )
 def test_which_raw_lines_read_as_part_of_a_stack_trace(line, continues, indented) -> None:
@@ -55,7 +64,9 @@ def test_which_raw_lines_read_as_part_of_a_stack_trace(line, continues, indented
 
 def test_the_runtimes_report_of_an_escaped_exception_states_error() -> None:
     for banner in ("Traceback (most recent call last):",
-                   'Exception in thread "main" java.lang.RuntimeException: boom'):  # fmt: skip
+                   'Exception in thread "main" java.lang.RuntimeException: boom',
+                   "panic: runtime error: index out of range [3] with length 3",  # Go
+                   "fatal error: all goroutines are asleep - deadlock!"):  # fmt: skip
         rec = _parse(banner)
         assert (rec.level, rec.content, rec.continues) == ("ERROR", banner, False)
 
@@ -225,3 +236,26 @@ def test_a_header_line_whose_message_does_not_come_is_a_line_of_its_own() -> Non
         "App.Worker[<NUM>]",
         "Now listening on: http://localhost:<NUM>",
     ]
+
+
+def test_a_go_panic_and_its_goroutines_are_one_error_record() -> None:
+    lines = [
+        "2024/01/01 10:00:00 starting server on :8080",
+        "panic: runtime error: index out of range [3] with length 3",
+        "goroutine 1 [running]:",
+        "main.handler(0xc000010000)",
+        "\t/app/main.go:10 +0x1d",
+        "main.main()",
+        "\t/app/main.go:20 +0x25",
+        "exit status 2",
+    ]
+    recs = [_parse(line) for line in lines]
+    head = _head()
+    out = head.classify(recs)
+    assert [(o.label, o.confidence) for o in out[1:7]] == [("error", 1.0)] * 6
+    assert out[0].header is None and out[7].header is None  # before and after: lines of their own
+    assert {o.ts for o in out[1:7]} == {NOW}  # the runtime writes no time: the arrival time
+    summaries = head.observe(recs) + head.flush()
+    templates = [t.template for s in summaries for t in s.templates]
+    assert "panic: runtime error: index out of range [<NUM>] with length <NUM>" in templates
+    assert sum(s.lines for s in summaries) == 3  # the server's line, the panic, `exit status`

@@ -276,13 +276,19 @@ _EXCEPTION_RE = re.compile(
 )
 _TRACE_LINE_RE = re.compile(
     r"at [\w$.<>/]+\(|\.\.\. \d+ (?:more|common frames omitted)$|File \"[^\"]+\", line \d+"
-    r"|During handling of the above exception|The above exception was the direct cause|"
+    r"|During handling of the above exception|The above exception was the direct cause"
+    # Go's traceback: a goroutine's header, a call (`main.run(0xc0000b2000)`, `net/http.(*conn)
+    # .serve(...)`, `panic({...})`), `created by`, a file line, the signal that caused a panic
+    r"|goroutine \d+ [^\n]*\[[^\]]*\]:$|(?:[\w.\-]+/)*[\w\-]+\.(?:\(\*?[\w\[\]]+\)\.)?[\w\[\].]+\(.*\)$"
+    r"|panic\(.*\)$|created by \S+|\S+\.go:\d+(?: \+0x[0-9a-f]+)?$|\[signal [A-Z]+|"
     + _EXCEPTION_RE.pattern
 )
 # The runtime's own report of an exception that escaped (Python's traceback banner, also written
-# by logging's exc_info; the JVM's uncaught-exception line): a record of its own that states ERROR,
-# so a crash after an ordinary line is not folded into that line.
-_UNCAUGHT_RE = re.compile(r'Traceback \(most recent call last\):$|Exception in thread "[^"]*" \S')
+# by logging's exc_info; the JVM's uncaught-exception line; Go's `panic:` and `fatal error:`): a
+# record of its own that states ERROR, so a crash after an ordinary line is not folded into it.
+_UNCAUGHT_RE = re.compile(
+    r'Traceback \(most recent call last\):$|Exception in thread "[^"]*" \S|(?:panic|fatal error): \S'
+)
 
 
 # A container runtime's log line (CRI: containerd, CRI-O; Kubernetes' /var/log/containers):
@@ -340,7 +346,7 @@ def _raw_record(
     header = parse_dotnet(body if rest is None else rest)
     if header is None and rest is not None:
         header = parse_after_timestamp(rest, bool(_SYSLOG_RE.match(body)))
-    elif header is None and _LEVEL_FIRST_RE.match(body):
+    elif header is None and _LEVEL_FIRST_RE.match(body) and not _UNCAUGHT_RE.match(body):
         header = parse_after_timestamp(body, False)
         if header is not None and ts is None:  # `LEVEL: message`, no time: may complete a record
             header = replace(header, completes=True)
