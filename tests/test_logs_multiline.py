@@ -66,7 +66,9 @@ def test_the_runtimes_report_of_an_escaped_exception_states_error() -> None:
     for banner in ("Traceback (most recent call last):",
                    'Exception in thread "main" java.lang.RuntimeException: boom',
                    "panic: runtime error: index out of range [3] with length 3",  # Go
-                   "fatal error: all goroutines are asleep - deadlock!"):  # fmt: skip
+                   "fatal error: all goroutines are asleep - deadlock!",
+                   "/app/src/users.js:12"):  # fmt: skip
+        # (the last: Node.js's first line of an uncaught exception, the file and line that threw)
         rec = _parse(banner)
         assert (rec.level, rec.content, rec.continues) == ("ERROR", banner, False)
 
@@ -259,3 +261,18 @@ def test_a_go_panic_and_its_goroutines_are_one_error_record() -> None:
     templates = [t.template for s in summaries for t in s.templates]
     assert "panic: runtime error: index out of range [<NUM>] with length <NUM>" in templates
     assert sum(s.lines for s in summaries) == 3  # the server's line, the panic, `exit status`
+
+
+def test_a_node_crash_is_one_error_record() -> None:
+    lines = [
+        "Server listening on 3000",
+        "/app/src/users.js:12",
+        "    return user.id;",
+        "                ^",
+        "TypeError: Cannot read properties of undefined (reading 'id')",
+        "    at getUser (/app/src/users.js:12:20)",
+        "Node.js v20.11.0",
+    ]
+    out = _head().classify([_parse(line) for line in lines])
+    assert [(o.label, o.confidence) for o in out[1:6]] == [("error", 1.0)] * 5
+    assert out[0].header is None and out[6].header is None

@@ -284,10 +284,12 @@ _TRACE_LINE_RE = re.compile(
     + _EXCEPTION_RE.pattern
 )
 # The runtime's own report of an exception that escaped (Python's traceback banner, also written
-# by logging's exc_info; the JVM's uncaught-exception line; Go's `panic:` and `fatal error:`): a
+# by logging's exc_info; the JVM's uncaught-exception line; Go's `panic:` and `fatal error:`;
+# Node.js's `/app/server.js:12`, the file and line that threw, then the code and a caret): a
 # record of its own that states ERROR, so a crash after an ordinary line is not folded into it.
 _UNCAUGHT_RE = re.compile(
     r'Traceback \(most recent call last\):$|Exception in thread "[^"]*" \S|(?:panic|fatal error): \S'
+    r"|(?:/|file://|[A-Za-z]:\\)\S*\.[cm]?[jt]s:\d+$"
 )
 
 
