@@ -211,6 +211,11 @@ def test_a_zone_after_the_time_is_applied_and_the_header_still_read(zone, east_m
     assert rec.ts == pytest.approx(1706695200.123 - 60 * east_minutes)
 
 
+def test_a_signed_number_after_the_time_is_not_read_as_a_zone_beyond_14_hours() -> None:
+    rec = _parse("2024-01-31 10:00:00 +15 new users today")
+    assert (rec.ts, rec.text) == (1706695200.0, "+15 new users today")
+
+
 def test_a_logfmt_lines_time_is_its_ts_or_time_field() -> None:
     assert _parse('level=info ts=2024-01-31T10:00:00.5Z msg="started"').ts == 1706695200.5
     assert _parse("level=info ts=1706695200.25 msg=started").ts == 1706695200.25

@@ -141,7 +141,7 @@ _ZONE_MINUTES: dict[str, int | None] = {
 }  # fmt: skip
 _ISO_RE = re.compile(
     r"^\[?(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](?P<isofrac>\d{1,9}))?"
-    r"\s*(?P<isozone>Z|[+-]\d{2}(?::?\d{2})?|(?:" + "|".join(_ZONE_MINUTES) + r")\b)?"
+    r"\s*(?P<isozone>Z|[+-](?:0\d|1[0-4])(?::?\d{2})?|(?:" + "|".join(_ZONE_MINUTES) + r")\b)?"
     # no digit next, nor a colon unless a fraction ends the time (Celery's `10:00:00,123:`)
     r"(?(isozone)(?![\d:])|(?(isofrac)(?!\d)|(?![\d:])))"
 )
