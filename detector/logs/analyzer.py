@@ -302,16 +302,15 @@ _CRI_RE = re.compile(
 )
 
 
-def _raw_record(
-    source: str, text: str, now: float, log_format: LogFormat | None, indented: bool = False
-) -> LogRecord:
-    """A raw line with its header parsed (see detector/logs/headers.py); `indented`: the line
-    began with white space before it was stripped."""
+def _raw_record(source: str, line: str, now: float, log_format: LogFormat | None) -> LogRecord:
+    """A raw line, as it came, with its header parsed (see detector/logs/headers.py); one that
+    began with white space is `indented`."""
+    indented = line[:1] in (" ", "\t")
+    text = line.strip()
     cri = _CRI_RE.match(text)
     if cri is not None:  # the container's line, as Docker's json-file "log" is read
-        line = cri.group("line")
-        return _raw_record(source, line.strip(), parse_line_timestamp(cri.group("ts"), now) or now,
-                           log_format, line[:1] in (" ", "\t"))  # fmt: skip
+        return _raw_record(source, cri.group("line"),
+                           parse_line_timestamp(cri.group("ts"), now) or now, log_format)  # fmt: skip
     if log_format is not None:
         fields = log_format.parse(text)
         if fields is not None:
@@ -443,7 +442,7 @@ def _logger_json(obj: dict, key_source: str, now: float, log_format: LogFormat |
     field = "msg" if "msg" in obj else "log"
     message = _object_text(obj, field)
     if field == "log":
-        return _raw_record(source, message.strip(), ts, log_format, message[:1] in (" ", "\t"))
+        return _raw_record(source, message, ts, log_format)
     level = obj.get("level", obj.get("severity", obj.get("s") if mongo else None))
     if isinstance(level, int) and not isinstance(level, bool):
         level = _NUMERIC_LEVELS.get(level)
@@ -510,8 +509,7 @@ def parse_log_value(
         text = value.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("invalid UTF-8") from None
-    indented = text[:1] in (" ", "\t")
-    text = text.strip()
+    line, text = text, text.strip()
     if not text:
         raise ValueError("empty line")
     key_source = UNKNOWN_SOURCE
@@ -547,7 +545,7 @@ def parse_log_value(
             level or None,
             component if isinstance(component, str) and component else None,
         )
-    return _raw_record(key_source, text, now, log_format, indented)
+    return _raw_record(key_source, line, now, log_format)
 
 
 def json_lines(path: str, lines: list[str]) -> Iterator[tuple[int, object]]:
@@ -602,7 +600,6 @@ class _OpenRecord:
     mined: MinedLine
     in_trace: bool  # a stack trace runs on from it: indented lines are its too
     awaits_message: bool = False  # a header that opens a record: its next line is the message
-    where: tuple[int, int] = (-1, -1)  # (batch, index) of the line that began it
 
 
 class LogAnalyzer:
@@ -702,7 +699,6 @@ class LogAnalyzer:
         # Per source, its last record that began with a header or on its own, where it was mined
         # and whether a stack trace runs on from it.
         self._open_records: dict[str, _OpenRecord] = {}
-        self._batches = 0  # calls of _lines: where an open record began (_OpenRecord.where)
         self.lines = 0
         self._since_prune = 0
         if config.corrections:
@@ -731,7 +727,7 @@ class LogAnalyzer:
         mined, heads, folded = [], [], []
         open_records = self._open_records
         add = self.miner.add
-        self._batches += 1
+        began_here: dict[str, int] = {}  # per source, the index of its open record's first line
         for i, r in enumerate(records):
             text = r.text
             joins = r.continues or r.indented or r.completes
@@ -744,8 +740,8 @@ class LogAnalyzer:
             if head is None:
                 banner = r.level == "ERROR" and _UNCAUGHT_RE.match(text) is not None
                 head = _OpenRecord(r, add(r.source, text[:limit]),
-                                   r.continues or r.opens or banner, r.opens,
-                                   (self._batches, i))  # fmt: skip
+                                   r.continues or r.opens or banner, r.opens)  # fmt: skip
+                began_here[r.source] = i
                 open_records.pop(r.source, None)  # so the oldest is the least recently seen
                 open_records[r.source] = head
                 if len(open_records) > self.config.max_sources:
@@ -756,12 +752,12 @@ class LogAnalyzer:
                 if head.awaits_message:  # a header line's message: the record is counted by it
                     head.awaits_message = False
                     m = add(r.source, text[:limit])
-                    batch, index = head.where
                     if r.completes:  # the header line's time and component, this line's level
                         opened = head.record
                         head.record = replace(r, ts=opened.ts, component=opened.component)
                         head.mined = m
-                    if batch == self._batches:  # the header line is in this batch
+                    index = began_here.get(r.source)
+                    if index is not None:  # the header line is in this batch
                         heads[index], folded[index] = head.record, True
                 elif _EXCEPTION_RE.match(text):
                     m = add(r.source, text[:limit])
